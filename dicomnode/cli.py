@@ -1,0 +1,310 @@
+"""The ``dicomnode`` command line (SPEC: CLI contract).
+
+Every command takes ``--config FILE`` (default ``$DICOMNODE_CONFIG``, else
+``./dicomnode.toml``, else built-in defaults). Errors an admin can fix are
+printed as one line on stderr with exit status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dicomnode import __version__
+from dicomnode.config import ConfigError, Settings, load_settings
+
+
+class UsageError(Exception):
+    """A one-line error for the admin."""
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "config", None))
+
+
+def _peer(text: str) -> tuple[str, str, int]:
+    """Parse ``AET@HOST:PORT``."""
+    try:
+        aet, _, address = text.partition("@")
+        host, _, port = address.rpartition(":")
+        if not aet or not host or not port:
+            raise ValueError
+        return aet, host, int(port)
+    except ValueError:
+        raise UsageError(f"{text!r}: expected AET@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242") from None
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dicomnode.logs import setup_logging
+    from dicomnode.service import Node
+
+    settings = _settings(args)
+    setup_logging(settings.log_level)
+    Node(settings).run()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from dicomnode.database import upgrade
+    from dicomnode.logs import setup_logging
+    from dicomnode.workers import WorkerPool
+
+    settings = _settings(args)
+    if args.device:
+        for config in settings.pipelines.values():
+            config.device = args.device
+    setup_logging(settings.log_level)
+    upgrade(settings.database.url)
+    pipelines = [p for p in (args.pipelines or "").split(",") if p] or None
+    pool = WorkerPool(settings, args.processes or max(1, settings.workers.processes), pipelines)
+    pool.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(2):
+        pool.check()
+    pool.stop()
+    return 0
+
+
+def _queue(args: argparse.Namespace) -> Any:
+    from dicomnode.database import make_engine, session_factory, upgrade
+    from dicomnode.jobs import JobQueue
+
+    settings = _settings(args)
+    upgrade(settings.database.url)
+    return JobQueue(session_factory(make_engine(settings.database.url)))
+
+
+def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    widths = {c: max([len(c), *(len(str(r.get(c) or "")) for r in rows)]) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row.get(c) or "").ljust(widths[c]) for c in columns))
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    from dicomnode.jobs import job_to_dict
+
+    jobs = [
+        job_to_dict(j)
+        for j in _queue(args).list(
+            status=args.status, pipeline=args.pipeline, study_instance_uid=args.study, limit=args.limit
+        )
+    ]
+    if args.json:
+        print(json.dumps(jobs, indent=1))
+        return 0
+    for job in jobs:
+        job["outputs"] = f"{sum(o['status'] == 'sent' for o in job['outputs'])}/{len(job['outputs'])} sent"
+        job["error"] = (job["error"] or "")[:60]
+    _print_table(jobs, ["id", "status", "pipeline", "study_instance_uid", "created_at", "outputs", "error"])
+    return 0
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> int:
+    from dicomnode.jobs import job_to_dict
+
+    job = job_to_dict(_queue(args).get(args.id), events=True)
+    if args.json:
+        print(json.dumps([job], indent=1))
+        return 0
+    for key in ("id", "status", "pipeline", "route", "study_instance_uid", "error", "attempts",
+                "created_at", "started_at", "finished_at"):
+        print(f"{key:>18}: {job[key] if job[key] is not None else ''}")
+    print("\ntimeline:")
+    for e in job["events"]:
+        took = f" ({e['duration_s']:.2f} s)" if e["duration_s"] is not None else ""
+        print(f"  {e['at']}  {e['stage']:<10} {e['level']:<7} {e['message']}{took}")
+    if job["outputs"]:
+        print("\noutputs:")
+        for o in job["outputs"]:
+            print(f"  {o['sop_instance_uid']}  -> {o['destination']}: {o['status']} {o['error'] or ''}")
+    return 0
+
+
+def cmd_jobs_retry(args: argparse.Namespace) -> int:
+    job = _queue(args).retry(args.id)
+    print(f"job {job.id}: {job.status}")
+    return 0
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    job = _queue(args).cancel(args.id)
+    print(f"job {job.id}: {job.status}")
+    return 0
+
+
+def cmd_studies_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from dicomnode.database import make_engine, session_factory, upgrade
+    from dicomnode.models import Study
+
+    settings = _settings(args)
+    upgrade(settings.database.url)
+    with session_factory(make_engine(settings.database.url))() as session:
+        studies = session.execute(select(Study).order_by(Study.id.desc()).limit(args.limit)).scalars()
+        rows = [
+            {
+                "study_instance_uid": s.study_instance_uid,
+                "status": s.status,
+                "instances": s.instance_count,
+                "calling_aet": s.calling_aet,
+                "last_received_at": s.last_received_at.isoformat(),
+                "note": s.note,
+            }
+            for s in studies
+        ]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        _print_table(rows, ["study_instance_uid", "status", "instances", "calling_aet", "last_received_at", "note"])
+    return 0
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from dicomnode.scu import echo
+
+    aet, host, port = _peer(args.peer)
+    ok, message = echo(aet, host, port, calling_aet=args.calling_aet)
+    print(message)
+    return 0 if ok else 1
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from dicomnode.scu import collect_files, send
+
+    aet, host, port = _peer(args.to)
+    files = collect_files(args.paths)
+    if not files:
+        raise UsageError("no files to send")
+    report = send(files, aet, host, port, calling_aet=args.calling_aet)
+    print(report.summary())
+    for path, error in report.failures.items():
+        print(f"  {path}: {error}", file=sys.stderr)
+    return 0 if not report.failures else 1
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    settings = load_settings(args.file, resolve=False)
+    print(
+        f"{args.file}: OK ({len(settings.routes)} route(s), {len(settings.destinations)} "
+        f"destination(s), AE {settings.node.ae_title} on port {settings.node.port})"
+    )
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from dicomnode.database import upgrade
+
+    settings = _settings(args)
+    upgrade(settings.database.url)
+    print(f"database at {settings.database.url}: schema up to date")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dicomnode.demo import run_demo
+
+    return run_demo(workdir=Path(args.workdir), keep=args.keep)
+
+
+# -- parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="TOML config (default: $DICOMNODE_CONFIG, else ./dicomnode.toml)")
+    parser = argparse.ArgumentParser(prog="dicomnode", parents=[common],
+                                     description="PACS-integrated DICOM AI node")
+    parser.add_argument("--version", action="version", version=f"dicomnode {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", parents=[common], help="receiver + scheduler + workers").set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", parents=[common], help="worker processes only (scale-out)")
+    worker.add_argument("--pipelines", help="comma-separated pipelines this worker runs (default: all)")
+    worker.add_argument("--device", help="device for the pipelines, e.g. cuda:1 or cpu")
+    worker.add_argument("--processes", type=int, help="worker processes (default: workers.processes)")
+    worker.set_defaults(func=cmd_worker)
+
+    jobs = sub.add_parser("jobs", parents=[common], help="list and manage jobs").add_subparsers(
+        dest="jobs_command", required=True)
+    listing = jobs.add_parser("list", parents=[common], help="jobs, newest first")
+    listing.add_argument("--status", choices=["waiting", "queued", "running", "sending", "done", "failed", "cancelled"])
+    listing.add_argument("--pipeline")
+    listing.add_argument("--study", help="Study Instance UID")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_jobs_list)
+    for name, func, text in (("show", cmd_jobs_show, "one job with its timeline"),
+                             ("retry", cmd_jobs_retry, "run or resend a finished job again"),
+                             ("cancel", cmd_jobs_cancel, "cancel a job that has not finished")):
+        p = jobs.add_parser(name, parents=[common], help=text)
+        p.add_argument("id", type=int)
+        if name == "show":
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+
+    studies = sub.add_parser("studies", parents=[common], help="received studies").add_subparsers(
+        dest="studies_command", required=True)
+    slist = studies.add_parser("list", parents=[common])
+    slist.add_argument("--limit", type=int, default=50)
+    slist.add_argument("--json", action="store_true")
+    slist.set_defaults(func=cmd_studies_list)
+
+    echo = sub.add_parser("echo", parents=[common], help="C-ECHO a peer")
+    echo.add_argument("peer", metavar="AET@HOST:PORT")
+    echo.add_argument("--calling-aet", default="DICOMNODE")
+    echo.set_defaults(func=cmd_echo)
+
+    send = sub.add_parser("send", parents=[common], help="C-STORE files or folders to a peer")
+    send.add_argument("paths", nargs="+", metavar="PATH")
+    send.add_argument("--to", required=True, metavar="AET@HOST:PORT")
+    send.add_argument("--calling-aet", default="DICOMNODE")
+    send.set_defaults(func=cmd_send)
+
+    config = sub.add_parser("config", parents=[common], help="configuration").add_subparsers(
+        dest="config_command", required=True)
+    check = config.add_parser("check", parents=[common], help="validate a config file")
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(func=cmd_config_check)
+
+    db = sub.add_parser("db", parents=[common], help="database").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", parents=[common], help="apply schema migrations").set_defaults(func=cmd_db_upgrade)
+
+    demo = sub.add_parser("demo", parents=[common], help="end-to-end demo on synthetic studies")
+    demo.add_argument("--workdir", default="var/demo")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's files")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dicomnode`` console script."""
+    from dicomnode.jobs import JobError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, UsageError, JobError) as exc:
+        print(f"dicomnode: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""Node configuration: one TOML file, overridable by environment variables.
+
+The file layout is the contract in SPEC.md (``[node]``, ``[storage]``,
+``[database]``, ``[assembly]``, ``[api]``, ``[[destinations]]``,
+``[[routes]]``, ``[pipelines.NAME]``). An environment variable
+``DICOMNODE_SECTION__KEY`` overrides ``SECTION.KEY`` (values are parsed as
+TOML literals when they can be, so ``DICOMNODE_NODE__PORT=11113`` is an int).
+
+Every validation error is reported as one :class:`ConfigError` whose message
+names the offending key, e.g. ``node.port: Input should be less than or equal
+to 65535``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "DICOMNODE_"
+DEFAULT_CONFIG_NAME = "dicomnode.toml"
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: no backslash, no control
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a one-line message naming the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_ae_title(value: str) -> str:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ValueError("must be 1-16 printable characters without backslash")
+    return value.strip()
+
+
+class TLSConfig(_Section):
+    """DICOM TLS for the receiver (server side)."""
+
+    enabled: bool = False
+    certificate: Path | None = None
+    private_key: Path | None = None
+    ca_certificates: Path | None = None  # set to verify client certificates
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _files_when_enabled(self) -> TLSConfig:
+        if self.enabled and (self.certificate is None or self.private_key is None):
+            raise ValueError("certificate and private_key are required when TLS is enabled")
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("ca_certificates is required to verify client certificates")
+        return self
+
+
+class NodeConfig(_Section):
+    """The DICOM receiver (SCP)."""
+
+    ae_title: str = "DICOMNODE"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    max_associations: int = Field(16, ge=1, le=1024)
+    network_timeout: float = Field(60.0, gt=0)
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(60.0, gt=0)
+    maximum_pdu_size: int = Field(4_194_304, ge=0)  # 0: unlimited
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _aets(cls, values: list[str]) -> list[str]:
+        return [_check_ae_title(v) for v in values]
+
+
+class StorageConfig(_Section):
+    """Where received instances and produced results live."""
+
+    path: Path = Path("var/storage")
+    min_free_bytes: int = Field(1_073_741_824, ge=0)  # below this, C-STORE answers 0xA700
+    fsync: bool = True  # only benchmarks of the disk itself should turn this off
+
+
+class DatabaseConfig(_Section):
+    """SQLAlchemy URL of the job database."""
+
+    url: str = "sqlite:///var/dicomnode.db"
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, url: str) -> str:
+        if not (url.startswith("sqlite:") or url.startswith("postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return url
+
+
+class AssemblyConfig(_Section):
+    """When is a study complete."""
+
+    quiet_seconds: float = Field(10.0, gt=0)
+    early_quiet_seconds: float = Field(2.0, ge=0)  # quiet time once a route's series are present
+    check_interval: float = Field(1.0, gt=0)
+
+
+class WorkersConfig(_Section):
+    """Job execution."""
+
+    processes: int = Field(1, ge=0, le=64)  # worker processes started by `serve`
+    lease_seconds: float = Field(60.0, gt=1)
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    poll_seconds: float = Field(1.0, gt=0)
+    job_timeout_seconds: float = Field(3600.0, gt=0)
+    max_attempts: int = Field(3, ge=1)  # claims of one job before it is failed
+
+    @model_validator(mode="after")
+    def _heartbeat_inside_lease(self) -> WorkersConfig:
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
+        return self
+
+
+class DeliveryConfig(_Section):
+    """Sending results to destinations."""
+
+    max_attempts: int = Field(5, ge=1)
+    backoff_seconds: float = Field(5.0, gt=0)
+    backoff_max_seconds: float = Field(600.0, gt=0)
+    check_interval: float = Field(1.0, gt=0)
+
+
+class APIConfig(_Section):
+    """The admin REST API."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class DestinationConfig(_Section):
+    """A DICOM peer results can be sent to."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: bool = False
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+
+class SenderConfig(_Section):
+    """Where the calling AE of a study can be reached (destination ``sender``)."""
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+MatchValue = str | int | float | bool | list[Any] | dict[str, Any]
+
+
+class RouteConfig(_Section):
+    """Sends studies that match to a pipeline. See :mod:`dicomnode.routing`."""
+
+    name: str | None = None
+    pipeline: str
+    match: dict[str, MatchValue] = Field(default_factory=dict)
+    send_to: list[str] = Field(default_factory=list)
+    priority: int = 0
+    # The study may complete before quiet_seconds once one series matches each entry.
+    complete_when: list[dict[str, MatchValue]] = Field(default_factory=list)
+    # False: the first matching route wins. True: later routes are tried too.
+    continue_matching: bool = False
+
+    @field_validator("match", "complete_when", mode="after")
+    @classmethod
+    def _valid_conditions(cls, value: Any) -> Any:
+        from dicomnode.routing import validate_conditions  # routing imports config
+
+        for conditions in value if isinstance(value, list) else [value]:
+            validate_conditions(conditions)
+        return value
+
+
+class PipelineConfig(BaseModel):
+    """Settings of one pipeline; keys beyond these are passed to the pipeline."""
+
+    model_config = ConfigDict(extra="allow")
+
+    # A registered pipeline name or "package.module:Class"; default: the section name.
+    type: str | None = None
+    bundle: Path | None = None
+    device: str = "auto"
+    timeout_seconds: float | None = None
+
+
+class Settings(_Section):
+    """The whole node configuration."""
+
+    node: NodeConfig = Field(default_factory=NodeConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    assembly: AssemblyConfig = Field(default_factory=AssemblyConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    api: APIConfig = Field(default_factory=APIConfig)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    destinations: list[DestinationConfig] = Field(default_factory=list)
+    senders: list[SenderConfig] = Field(default_factory=list)
+    routes: list[RouteConfig] = Field(default_factory=list)
+    pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Settings:
+        names = {d.name for d in self.destinations}
+        for i, route in enumerate(self.routes):
+            for target in route.send_to:
+                if target != "sender" and target not in names:
+                    raise ValueError(
+                        f"routes[{i}].send_to names unknown destination {target!r}"
+                    )
+        return self
+
+    def destination(self, name: str) -> DestinationConfig:
+        """The destination called *name* (KeyError if there is none)."""
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        raise KeyError(name)
+
+    def pipeline(self, name: str) -> PipelineConfig:
+        """Settings of pipeline *name*; defaults when it has no section."""
+        return self.pipelines.get(name, PipelineConfig())
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: {'.'.join(path)} is not a table")
+        node[path[-1]] = _parse_env_value(raw)
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "config"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = len(err.errors()) - 1
+    return f"{key}: {msg}" + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def resolve_config_path(path: str | os.PathLike[str] | None) -> Path | None:
+    """The file to load: *path*, else ``$DICOMNODE_CONFIG``, else ``./dicomnode.toml``."""
+    if path is not None:
+        return Path(path)
+    env = os.environ.get(ENV_PREFIX + "CONFIG")
+    if env:
+        return Path(env)
+    default = Path(DEFAULT_CONFIG_NAME)
+    return default if default.exists() else None
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    resolve: bool = True,
+) -> Settings:
+    """Load, override from the environment and validate the configuration.
+
+    Parameters
+    ----------
+    path
+        A TOML file. ``None`` looks for ``$DICOMNODE_CONFIG`` then
+        ``dicomnode.toml`` and falls back to built-in defaults.
+    environ
+        Environment to take ``DICOMNODE_*`` overrides from (default ``os.environ``).
+    resolve
+        Whether to look up the default locations when *path* is None.
+
+    Raises
+    ------
+    ConfigError
+        With a one-line message naming the bad key.
+    """
+    file = resolve_config_path(path) if resolve else (Path(path) if path else None)
+    data: dict[str, Any] = {}
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{file}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    _apply_env(data, dict(os.environ if environ is None else environ))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None

@@ -1,0 +1,114 @@
+"""Engine and sessions for the job database (SQLite by default, PostgreSQL in production).
+
+SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit survives a
+crash of the node process (it is in the WAL), and received files are fsynced
+before their row is written, so a power cut can at most lose index rows of
+files that are on disk; :func:`dicomnode.store.reindex_orphans` restores them
+at start-up.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        return
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def is_sqlite(engine: Engine) -> bool:
+    """Whether *engine* talks to SQLite (claims then use one write transaction)."""
+    return engine.dialect.name == "sqlite"
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine for *url*, creating the SQLite file's folder if needed."""
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {"future": True}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        # Receiver threads share the pool; each session uses its own connection.
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        kwargs["pool_size"] = 20
+        kwargs["max_overflow"] = 20
+        engine = create_engine(url, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        # pysqlite's own transaction handling defers BEGIN; emit it ourselves so
+        # "BEGIN IMMEDIATE" can take the write lock for job claims.
+        event.listen(engine, "connect", _disable_pysqlite_begin)
+        event.listen(engine, "begin", _emit_begin)
+        return engine
+    kwargs["pool_pre_ping"] = True
+    kwargs["pool_size"] = 10
+    kwargs["max_overflow"] = 20
+    return create_engine(url, **kwargs)
+
+
+def _disable_pysqlite_begin(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None
+
+
+def _emit_begin(conn: Any) -> None:
+    mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A sessionmaker that keeps loaded objects usable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def write_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose transaction holds the write lock from its first statement.
+
+    On SQLite this is ``BEGIN IMMEDIATE``, so read-then-update sequences (job
+    claims) cannot interleave between processes. On PostgreSQL it is an
+    ordinary transaction; callers there use ``FOR UPDATE SKIP LOCKED``.
+    """
+    with factory() as session:
+        session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def alembic_config(url: str) -> Any:
+    """An Alembic Config pointing at the packaged migrations and *url*."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Apply the schema migrations to the database at *url*."""
+    from alembic import command
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(url), revision)

@@ -1,0 +1,157 @@
+"""Delivery: C-STORE of result objects to each destination, with retries.
+
+Each (result object, destination) is one row in ``outputs``. :meth:`Deliverer.tick`
+(an APScheduler job in ``serve``) sends the rows that are due, one association
+per (job, destination). A failure schedules the next attempt with exponential
+backoff (``delivery.backoff_seconds`` doubling up to ``backoff_max_seconds``);
+after ``delivery.max_attempts`` the row is ``failed`` and so is the job, with
+the peer's answer in the error. ``jobs retry`` resends the same files, so the
+SOP Instance UIDs never change and a PACS sees at most a duplicate it ignores.
+
+Destination ``sender`` is the calling AE of the study: its address comes from
+``[[senders]]`` in config, else from the association's peer address on the
+node's port configured for that AE title.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.config import Settings
+from dicomnode.database import write_transaction
+from dicomnode.jobs import add_event
+from dicomnode.models import Job, JobStatus, Output, OutputStatus, Study, utcnow
+from dicomnode.scu import send
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where to send."""
+
+    ae_title: str
+    host: str
+    port: int
+
+
+class DeliveryError(Exception):
+    """Why a send failed, as a sentence."""
+
+
+class Deliverer:
+    """Sends due outputs and moves jobs from ``sending`` to ``done`` or ``failed``."""
+
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self.config = settings.delivery
+        self.storage = Path(settings.storage.path)
+
+    def backoff(self, attempts: int) -> timedelta:
+        """Wait before attempt ``attempts + 1``."""
+        seconds = min(self.config.backoff_seconds * 2 ** max(0, attempts - 1), self.config.backoff_max_seconds)
+        return timedelta(seconds=seconds)
+
+    def peer_for(self, destination: str, study: Study) -> Peer:
+        """Resolve a destination name (or ``sender``) to an address."""
+        if destination != "sender":
+            dest = self.settings.destination(destination)
+            return Peer(dest.ae_title, dest.host, dest.port)
+        for sender in self.settings.senders:
+            if sender.ae_title == study.calling_aet:
+                return Peer(sender.ae_title, sender.host, sender.port)
+        raise DeliveryError(
+            f"destination 'sender': calling AE {study.calling_aet!r} has no [[senders]] entry with its port"
+        )
+
+    def tick(self, now: datetime | None = None) -> int:
+        """Send every due output; return how many were sent."""
+        now = now or utcnow()
+        with self.sessions() as session:
+            due = session.execute(
+                select(Output, Job.study_id)
+                .join(Job, Output.job_id == Job.id)
+                .where(
+                    Output.status == OutputStatus.PENDING,
+                    Output.next_attempt_at <= now,
+                    Job.status == JobStatus.SENDING,
+                )
+                .order_by(Output.id)
+            ).all()
+            groups: dict[tuple[int, str], list[Output]] = defaultdict(list)
+            studies: dict[int, Study] = {}
+            for output, study_id in due:
+                groups[(output.job_id, output.destination)].append(output)
+                studies[output.job_id] = session.get_one(Study, study_id)
+        sent = 0
+        for (job_id, destination), outputs in groups.items():
+            sent += self._deliver(job_id, destination, outputs, studies[job_id])
+        return sent
+
+    def _deliver(self, job_id: int, destination: str, outputs: list[Output], study: Study) -> int:
+        paths = {o.id: self.storage / o.path for o in outputs}
+        try:
+            peer = self.peer_for(destination, study)
+            report = send(list(paths.values()), peer.ae_title, peer.host, peer.port,
+                          calling_aet=self.settings.node.ae_title)
+            errors = {oid: report.failures.get(path) for oid, path in paths.items()}
+        except (DeliveryError, KeyError, OSError) as exc:
+            errors = {o.id: str(exc) for o in outputs}
+        return self._record(job_id, destination, errors)
+
+    def _record(self, job_id: int, destination: str, errors: dict[int, str | None]) -> int:
+        now = utcnow()
+        sent = 0
+        with write_transaction(self.sessions) as session:
+            job = session.get_one(Job, job_id)
+            for output in session.execute(select(Output).where(Output.id.in_(list(errors)))).scalars():
+                error = errors[output.id]
+                output.attempts += 1
+                if error is None:
+                    output.status = OutputStatus.SENT
+                    output.sent_at = now
+                    output.last_error = None
+                    sent += 1
+                elif output.attempts >= self.config.max_attempts:
+                    output.status = OutputStatus.FAILED
+                    output.last_error = error
+                else:
+                    output.last_error = error
+                    output.next_attempt_at = now + self.backoff(output.attempts)
+            failed = [e for e in errors.values() if e is not None]
+            if sent:
+                add_event(session, job_id, "delivery", f"{sent} object(s) stored at {destination}")
+            if failed:
+                add_event(session, job_id, "delivery", f"{destination}: {failed[0]}", level="warning")
+            session.flush()
+            self._settle(session, job, now)
+        return sent
+
+    def _settle(self, session: Session, job: Job, now: datetime) -> None:
+        states = [o.status for o in session.execute(select(Output).where(Output.job_id == job.id)).scalars()]
+        if job.status != JobStatus.SENDING or OutputStatus.PENDING in states:
+            return
+        job.finished_at = now
+        if OutputStatus.FAILED in states:
+            last = session.execute(
+                select(Output.last_error, Output.destination)
+                .where(Output.job_id == job.id, Output.status == OutputStatus.FAILED)
+                .limit(1)
+            ).one()
+            job.status = JobStatus.FAILED
+            job.error = (
+                f"delivery to {last.destination} failed after {self.config.max_attempts} attempts: "
+                f"{last.last_error}"
+            )
+            add_event(session, job.id, "failed", job.error, level="error")
+        else:
+            job.status = JobStatus.DONE
+            add_event(session, job.id, "done", "all results delivered")

@@ -1,0 +1,404 @@
+"""The job table: creation, claims with lease and heartbeat, state changes, timeline.
+
+Several worker processes, on several hosts, share one database. A worker
+*claims* a job by moving it to ``running`` with a lease (``lease_owner``,
+``lease_expires_at``) inside one transaction: ``BEGIN IMMEDIATE`` on SQLite,
+``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL. It renews the lease
+with heartbeats. A job whose lease expired (its worker died) is claimed again
+by the next worker, up to ``workers.max_attempts`` claims, then it fails with
+a sentence saying so.
+
+Every state change writes a :class:`~dicomnode.models.JobEvent`, so
+``jobs show`` is the job's timeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from dicomnode.database import write_transaction
+from dicomnode.models import (
+    FINAL_JOB_STATES,
+    Job,
+    JobEvent,
+    JobStatus,
+    Output,
+    OutputStatus,
+    Study,
+    utcnow,
+)
+
+
+class JobError(Exception):
+    """A job operation that cannot be done (unknown id, wrong state)."""
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What a worker needs to run a claimed job."""
+
+    id: int
+    study_id: int
+    study_instance_uid: str
+    pipeline: str
+    send_to: tuple[str, ...]
+    attempt: int
+
+
+def add_event(
+    session: Session,
+    job_id: int,
+    stage: str,
+    message: str = "",
+    *,
+    duration_s: float | None = None,
+    level: str = "info",
+) -> None:
+    """Append one line to a job's timeline (in the caller's transaction)."""
+    session.add(
+        JobEvent(
+            job_id=job_id,
+            stage=stage,
+            message=message,
+            duration_s=duration_s,
+            level=level,
+            at=utcnow(),
+        )
+    )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def job_to_dict(job: Job, *, events: bool = False) -> dict[str, Any]:
+    """The JSON shape of a job (SPEC: id, study_instance_uid, pipeline, status, ...)."""
+    data: dict[str, Any] = {
+        "id": job.id,
+        "study_instance_uid": job.study_instance_uid,
+        "pipeline": job.pipeline,
+        "route": job.route_name,
+        "status": job.status,
+        "error": job.error,
+        "priority": job.priority,
+        "attempts": job.attempts,
+        "worker": job.lease_owner,
+        "created_at": _iso(job.created_at),
+        "queued_at": _iso(job.queued_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "outputs": [
+            {
+                "sop_instance_uid": o.sop_instance_uid,
+                "sop_class_uid": o.sop_class_uid,
+                "destination": o.destination,
+                "status": o.status,
+                "attempts": o.attempts,
+                "error": o.last_error,
+                "path": o.path,
+            }
+            for o in job.outputs
+        ],
+    }
+    if events:
+        data["events"] = [
+            {
+                "at": _iso(e.at),
+                "stage": e.stage,
+                "duration_s": e.duration_s,
+                "level": e.level,
+                "message": e.message,
+            }
+            for e in job.events
+        ]
+    return data
+
+
+class JobQueue:
+    """Operations on the job table.
+
+    Parameters
+    ----------
+    sessions
+        Session factory of the job database.
+    lease_seconds
+        How long a claim lasts without a heartbeat.
+    max_attempts
+        Claims of one job before it is failed (a worker keeps dying on it).
+    """
+
+    def __init__(
+        self, sessions: sessionmaker[Session], *, lease_seconds: float = 60.0, max_attempts: int = 3
+    ) -> None:
+        self.sessions = sessions
+        self.lease = timedelta(seconds=lease_seconds)
+        self.max_attempts = max_attempts
+
+    # -- claims ----------------------------------------------------------------------
+
+    def claim(self, worker_id: str, pipelines: Iterable[str] | None = None) -> ClaimedJob | None:
+        """Claim the next job: highest priority, then oldest queued; None if there is none."""
+        now = utcnow()
+        with write_transaction(self.sessions) as session:
+            self._fail_exhausted(session, now)
+            claimable = or_(
+                Job.status == JobStatus.QUEUED,
+                and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
+            )
+            query = (
+                select(Job)
+                .where(claimable)
+                .order_by(Job.priority.desc(), Job.queued_at, Job.id)
+                .limit(1)
+            )
+            if pipelines is not None:
+                query = query.where(Job.pipeline.in_(list(pipelines)))
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            job = session.execute(query).scalars().first()
+            if job is None:
+                return None
+            if job.status == JobStatus.RUNNING:
+                add_event(
+                    session,
+                    job.id,
+                    "claim",
+                    f"lease of worker {job.lease_owner} expired; job claimed again",
+                    level="warning",
+                )
+            job.status = JobStatus.RUNNING
+            job.lease_owner = worker_id
+            job.lease_expires_at = now + self.lease
+            job.heartbeat_at = now
+            job.started_at = now
+            job.attempts += 1
+            job.error = None
+            add_event(session, job.id, "claim", f"claimed by {worker_id} (attempt {job.attempts})")
+            return ClaimedJob(
+                id=job.id,
+                study_id=job.study_id,
+                study_instance_uid=job.study_instance_uid,
+                pipeline=job.pipeline,
+                send_to=tuple(job.send_to or ()),
+                attempt=job.attempts,
+            )
+
+    def _fail_exhausted(self, session: Session, now: datetime) -> None:
+        """Fail running jobs whose lease expired after their last allowed attempt."""
+        exhausted = session.execute(
+            select(Job).where(
+                Job.status == JobStatus.RUNNING,
+                Job.lease_expires_at < now,
+                Job.attempts >= self.max_attempts,
+            )
+        ).scalars()
+        for job in exhausted:
+            job.status = JobStatus.FAILED
+            job.finished_at = now
+            job.error = (
+                f"The worker running this job stopped responding {job.attempts} times "
+                f"(last: {job.lease_owner}); giving up."
+            )
+            job.lease_owner = None
+            add_event(session, job.id, "failed", job.error, level="error")
+
+    def heartbeat(self, job_id: int, worker_id: str) -> bool:
+        """Extend the lease; False when the job is no longer ours (cancelled, re-claimed)."""
+        now = utcnow()
+        with write_transaction(self.sessions) as session:
+            result = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.lease_owner == worker_id,
+                    Job.status == JobStatus.RUNNING,
+                )
+                .values(heartbeat_at=now, lease_expires_at=now + self.lease)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    # -- outcomes --------------------------------------------------------------------
+
+    def _owned(self, session: Session, job_id: int, worker_id: str) -> Job | None:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or job.lease_owner != worker_id or job.status != JobStatus.RUNNING:
+            return None
+        return job
+
+    def complete(
+        self, job_id: int, worker_id: str, outputs: Sequence[tuple[str, str, str]]
+    ) -> str | None:
+        """Record a finished pipeline run.
+
+        *outputs* are ``(sop_instance_uid, sop_class_uid, path)``; one delivery row
+        is made per output and destination. Returns the new status, or None when
+        the job was no longer this worker's.
+        """
+        now = utcnow()
+        with write_transaction(self.sessions) as session:
+            job = self._owned(session, job_id, worker_id)
+            if job is None:
+                return None
+            destinations = list(job.send_to or ())
+            for sop_uid, sop_class, path in outputs:
+                for dest in destinations:
+                    session.add(
+                        Output(
+                            job_id=job.id,
+                            sop_instance_uid=sop_uid,
+                            sop_class_uid=sop_class,
+                            path=path,
+                            destination=dest,
+                            status=OutputStatus.PENDING,
+                            next_attempt_at=now,
+                        )
+                    )
+            job.lease_owner = None
+            job.lease_expires_at = None
+            if outputs and destinations:
+                job.status = JobStatus.SENDING
+                add_event(
+                    session,
+                    job.id,
+                    "sending",
+                    f"{len(outputs)} result object(s) queued for {', '.join(destinations)}",
+                )
+            else:
+                job.status = JobStatus.DONE
+                job.finished_at = now
+                what = f"{len(outputs)} result object(s), no destination" if outputs else "no results"
+                add_event(session, job.id, "done", f"finished with {what}")
+            return str(job.status)
+
+    def fail(self, job_id: int, worker_id: str | None, error: str) -> bool:
+        """Mark a job failed with a human-readable *error*."""
+        now = utcnow()
+        with write_transaction(self.sessions) as session:
+            job = session.get(Job, job_id)
+            if job is None or job.status in FINAL_JOB_STATES:
+                return False
+            if worker_id is not None and job.lease_owner != worker_id:
+                return False
+            job.status = JobStatus.FAILED
+            job.error = error
+            job.finished_at = now
+            job.lease_owner = None
+            job.lease_expires_at = None
+            add_event(session, job.id, "failed", error, level="error")
+            return True
+
+    def release(self, job_id: int, worker_id: str, reason: str) -> bool:
+        """Give a running job back to the queue (graceful worker shutdown)."""
+        with write_transaction(self.sessions) as session:
+            job = self._owned(session, job_id, worker_id)
+            if job is None:
+                return False
+            job.status = JobStatus.QUEUED
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.attempts = max(0, job.attempts - 1)
+            add_event(session, job.id, "released", reason, level="warning")
+            return True
+
+    # -- admin actions ---------------------------------------------------------------
+
+    def retry(self, job_id: int) -> Job:
+        """Queue a finished job again; failed deliveries are re-sent with the same UIDs."""
+        now = utcnow()
+        with write_transaction(self.sessions) as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise JobError(f"no job with id {job_id}")
+            if job.status not in FINAL_JOB_STATES:
+                raise JobError(f"job {job_id} is {job.status}; only done, failed or cancelled jobs can be retried")
+            unsent = [o for o in job.outputs if o.status != OutputStatus.SENT]
+            if job.status == JobStatus.FAILED and job.outputs and unsent:
+                # The pipeline ran; only delivery failed: resend, do not recompute.
+                for output in unsent:
+                    output.status = OutputStatus.PENDING
+                    output.attempts = 0
+                    output.next_attempt_at = now
+                job.status = JobStatus.SENDING
+                message = f"retry requested: resending {len(unsent)} result object(s)"
+            else:
+                for output in list(job.outputs):
+                    session.delete(output)
+                job.status = JobStatus.QUEUED
+                job.queued_at = now
+                job.attempts = 0
+                message = "retry requested: queued again"
+            job.error = None
+            job.finished_at = None
+            add_event(session, job.id, "retry", message)
+            session.flush()
+            return job
+
+    def cancel(self, job_id: int) -> Job:
+        """Cancel a job that has not finished; a running worker stops at its next heartbeat."""
+        now = utcnow()
+        with write_transaction(self.sessions) as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise JobError(f"no job with id {job_id}")
+            if job.status in FINAL_JOB_STATES:
+                raise JobError(f"job {job_id} is already {job.status}")
+            job.status = JobStatus.CANCELLED
+            job.finished_at = now
+            job.lease_owner = None
+            job.lease_expires_at = None
+            for output in job.outputs:
+                if output.status == OutputStatus.PENDING:
+                    output.status = OutputStatus.FAILED
+                    output.last_error = "job cancelled"
+            add_event(session, job.id, "cancelled", "cancelled by an administrator")
+            return job
+
+    # -- queries ---------------------------------------------------------------------
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        pipeline: str | None = None,
+        study_instance_uid: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Job]:
+        """Jobs, newest first, with their outputs loaded."""
+        query = select(Job).options(selectinload(Job.outputs)).order_by(Job.id.desc())
+        if status:
+            query = query.where(Job.status == status)
+        if pipeline:
+            query = query.where(Job.pipeline == pipeline)
+        if study_instance_uid:
+            query = query.where(Job.study_instance_uid == study_instance_uid)
+        with self.sessions() as session:
+            return list(session.execute(query.limit(limit).offset(offset)).scalars())
+
+    def get(self, job_id: int) -> Job:
+        """One job with its events and outputs (JobError if unknown)."""
+        with self.sessions() as session:
+            job = session.execute(
+                select(Job)
+                .where(Job.id == job_id)
+                .options(selectinload(Job.outputs), selectinload(Job.events))
+            ).scalar_one_or_none()
+            if job is None:
+                raise JobError(f"no job with id {job_id}")
+            return job
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per status."""
+        with self.sessions() as session:
+            rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
+            return {str(status): int(n) for status, n in rows}
+
+    def study_of(self, session: Session, job: ClaimedJob) -> Study:
+        """The study row of a claimed job."""
+        return session.get_one(Study, job.study_id)

@@ -1,0 +1,101 @@
+"""Client side for admins: ``dicomnode echo`` and ``dicomnode send``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicomnode._dul_tuning import set_nodelay
+
+_NODELAY = [(evt.EVT_CONN_OPEN, set_nodelay)]
+
+
+def echo(aet: str, host: str, port: int, *, calling_aet: str = "DICOMNODE", timeout: float = 10) -> tuple[bool, str]:
+    """C-ECHO; returns (ok, a sentence for the admin)."""
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = timeout
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(host, port, ae_title=aet, evt_handlers=_NODELAY)
+    if not assoc.is_established:
+        why = "rejected the association" if assoc.is_rejected else "did not answer"
+        return False, f"{aet}@{host}:{port} {why}"
+    status = assoc.send_c_echo()
+    assoc.release()
+    code = getattr(status, "Status", None)
+    if code == 0:
+        return True, f"{aet}@{host}:{port}: C-ECHO Success"
+    return False, f"{aet}@{host}:{port}: C-ECHO status {code}"
+
+
+def collect_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Files under *paths* (folders recursively), in name order."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            found.append(path)
+    return found
+
+
+@dataclass
+class SendReport:
+    """Outcome of ``send``."""
+
+    sent: int = 0
+    failures: dict[Path, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line for the admin."""
+        return f"sent {self.sent} of {self.sent + len(self.failures)} file(s)"
+
+
+def send(
+    files: list[Path], aet: str, host: str, port: int, *, calling_aet: str = "DICOMNODE", timeout: float = 30
+) -> SendReport:
+    """C-STORE *files* over one association, each in its own transfer syntax."""
+    report = SendReport()
+    datasets = []
+    for path in files:
+        try:
+            datasets.append((path, dcmread(path)))
+        except (InvalidDicomError, OSError, ValueError) as exc:
+            report.failures[path] = f"not a DICOM file: {exc}"
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = timeout
+    contexts = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for _, ds in datasets}
+    if len(contexts) > 128:
+        raise ValueError("more than 128 SOP class / transfer syntax pairs; send in smaller batches")
+    for sop_class, ts in sorted(contexts):
+        ae.add_requested_context(sop_class, ts)
+    if not datasets:
+        return report
+    assoc = ae.associate(host, port, ae_title=aet, evt_handlers=_NODELAY)
+    if not assoc.is_established:
+        why = "rejected the association" if assoc.is_rejected else "did not answer"
+        for path, _ in datasets:
+            report.failures[path] = f"{aet}@{host}:{port} {why}"
+        return report
+    try:
+        for path, ds in datasets:
+            try:
+                status = assoc.send_c_store(ds)
+            except ValueError as exc:
+                report.failures[path] = str(exc)
+                continue
+            code = getattr(status, "Status", None)
+            if code in (0x0000, 0xB000, 0xB006, 0xB007):
+                report.sent += 1
+            else:
+                comment = getattr(status, "ErrorComment", "") if code is not None else "no response"
+                report.failures[path] = f"status {code if code is None else hex(code)} {comment}".strip()
+    finally:
+        assoc.release()
+    return report

@@ -1,0 +1,107 @@
+"""The running node: receiver, scheduler (assembly, delivery) and worker processes.
+
+``dicomnode serve`` builds a :class:`Node` and calls :meth:`Node.run`.
+Start-up order matters for the durability promise: migrate the schema,
+clear partial temp files (never acknowledged), reindex files that lost their
+row in a crash, and only then open the DICOM port.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from dicomnode import database
+from dicomnode.assembly import Assembler
+from dicomnode.config import Settings
+from dicomnode.delivery import Deliverer
+from dicomnode.receiver import Receiver
+from dicomnode.routing import keywords_used
+from dicomnode.store import ROUTING_KEYWORDS, InstanceStore
+from dicomnode.workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """Everything ``serve`` runs, startable and stoppable from tests.
+
+    Parameters
+    ----------
+    settings
+        Node settings.
+    workers
+        Worker processes to start (default ``workers.processes``).
+    """
+
+    def __init__(self, settings: Settings, *, workers: int | None = None) -> None:
+        self.settings = settings
+        database.upgrade(settings.database.url)
+        self.engine = database.make_engine(settings.database.url)
+        self.sessions = database.session_factory(self.engine)
+        keywords = tuple(dict.fromkeys([*ROUTING_KEYWORDS, *sorted(keywords_used(settings.routes))]))
+        self.store = InstanceStore(
+            Path(settings.storage.path),
+            self.sessions,
+            fsync=settings.storage.fsync,
+            min_free_bytes=settings.storage.min_free_bytes,
+            keywords=keywords,
+        )
+        self.receiver = Receiver(settings.node, self.store)
+        self.assembler = Assembler(self.sessions, settings.assembly, settings.routes)
+        self.deliverer = Deliverer(self.sessions, settings)
+        self.pool = WorkerPool(
+            settings, settings.workers.processes if workers is None else workers
+        )
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.stopped = threading.Event()
+
+    def recover(self) -> None:
+        """Bring storage and index back in line after a crash."""
+        removed = self.store.clear_tmp()
+        if removed:
+            log.warning("removed %d partial write(s) left by a crash", removed)
+        self.store.reindex_orphans()
+
+    def start(self) -> None:
+        """Recover, open the DICOM port, start assembly, delivery and workers."""
+        self.recover()
+        self.receiver.start()
+        every = self.settings.assembly.check_interval
+        options: dict[str, Any] = {"max_instances": 1, "coalesce": True}
+        self.scheduler.add_job(self.assembler.tick, "interval", seconds=every, id="assembly", **options)
+        self.scheduler.add_job(
+            self.deliverer.tick, "interval", seconds=self.settings.delivery.check_interval,
+            id="delivery", **options,
+        )
+        self.scheduler.add_job(self.pool.check, "interval", seconds=2, id="workers", **options)
+        self.scheduler.start()
+        self.pool.start()
+
+    def stop(self) -> None:
+        """Stop taking associations first, then the scheduler, then the workers."""
+        self.receiver.stop()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        self.pool.stop()
+        self.engine.dispose()
+        self.stopped.set()
+
+    def run(self) -> None:
+        """Start, then block until SIGTERM or SIGINT."""
+        self.start()
+        stop = threading.Event()
+
+        def _on_signal(signum: int, frame: Any) -> None:
+            log.info("signal %d received; stopping", signum)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+        stop.wait()
+        self.stop()

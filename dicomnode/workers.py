@@ -1,0 +1,280 @@
+"""Workers: processes that claim jobs and run pipelines.
+
+``dicomnode serve`` starts ``workers.processes`` of them beside the receiver;
+``dicomnode worker`` starts only them (scale-out hosts). They run in separate
+processes so inference never competes with ingest for the GIL.
+
+One job: claim (lease) -> build the :class:`JobContext` from the database ->
+``pipeline.run`` -> record outputs (the job becomes ``sending`` or ``done``)
+or the error sentence (``failed``). A heartbeat thread renews the lease; if
+the job was cancelled or re-claimed meanwhile the pipeline is told to stop,
+and if it runs past its timeout the job is failed and the worker process
+exits so its supervisor starts a fresh one (a stuck thread cannot be killed).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Sequence
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.config import Settings
+from dicomnode.database import make_engine, session_factory
+from dicomnode.jobs import ClaimedJob, JobQueue, add_event
+from dicomnode.models import Instance, Series, Study
+from dicomnode.pipelines import JobContext, Pipeline, PipelineError, SeriesInput, get_pipeline_class
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_EXIT_CODE = 75
+
+
+def worker_identity(index: int | None = None) -> str:
+    """``host:pid[:index]-random``: unique across hosts and restarts."""
+    suffix = f":{index}" if index is not None else ""
+    return f"{socket.gethostname()}:{os.getpid()}{suffix}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    """Claims and runs jobs in the current process.
+
+    Parameters
+    ----------
+    settings
+        Node settings.
+    pipelines
+        Only claim jobs of these pipelines (None: all).
+    exit_on_timeout
+        Exit the process when a job overruns its timeout (True in worker
+        processes; tests running a worker in-process leave it False).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sessions: sessionmaker[Session] | None = None,
+        pipelines: Sequence[str] | None = None,
+        worker_id: str | None = None,
+        exit_on_timeout: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions or session_factory(make_engine(settings.database.url))
+        self.queue = JobQueue(
+            self.sessions,
+            lease_seconds=settings.workers.lease_seconds,
+            max_attempts=settings.workers.max_attempts,
+        )
+        self.pipelines = list(pipelines) if pipelines else None
+        self.worker_id = worker_id or worker_identity()
+        self.exit_on_timeout = exit_on_timeout
+        self.storage = Path(settings.storage.path)
+        self._loaded: dict[str, Pipeline] = {}
+        self.stop_event = threading.Event()
+
+    # -- loop ------------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        """Claim and run jobs until :attr:`stop_event` is set."""
+        log.info("worker started", extra={"worker": self.worker_id})
+        while not self.stop_event.is_set():
+            try:
+                ran = self.run_once()
+            except Exception:
+                log.exception("worker loop error; continuing")
+                ran = False
+            if not ran:
+                self.stop_event.wait(self.settings.workers.poll_seconds)
+        for pipeline in self._loaded.values():
+            pipeline.close()
+        log.info("worker stopped", extra={"worker": self.worker_id})
+
+    def run_once(self) -> bool:
+        """Claim one job and run it; False when there was nothing to do."""
+        claimed = self.queue.claim(self.worker_id, self.pipelines)
+        if claimed is None:
+            return False
+        self.execute(claimed)
+        return True
+
+    # -- one job ---------------------------------------------------------------------
+
+    def _pipeline(self, name: str) -> Pipeline:
+        if name not in self._loaded:
+            config = self.settings.pipeline(name)
+            cls = get_pipeline_class(name, config)
+            self._loaded[name] = cls(name, config)
+        return self._loaded[name]
+
+    def _event(self, job_id: int, stage: str, message: str, duration: float | None, level: str) -> None:
+        with self.sessions.begin() as session:
+            add_event(session, job_id, stage, message, duration_s=duration, level=level)
+
+    def _context(self, job: ClaimedJob) -> JobContext:
+        with self.sessions() as session:
+            study = session.get_one(Study, job.study_id)
+            series_rows = session.execute(
+                select(Series).where(Series.study_id == job.study_id).order_by(Series.series_number, Series.id)
+            ).scalars().all()
+            inputs = []
+            for s in series_rows:
+                rows = session.execute(
+                    select(Instance.path)
+                    .where(Instance.series_id == s.id)
+                    .order_by(Instance.instance_number, Instance.id)
+                ).scalars()
+                inputs.append(
+                    SeriesInput(
+                        series_instance_uid=s.series_instance_uid,
+                        modality=s.modality,
+                        series_description=s.series_description,
+                        attributes=dict(s.attributes or {}),
+                        paths=tuple(self.storage / p for p in rows),
+                    )
+                )
+            study_info = {
+                "study_instance_uid": study.study_instance_uid,
+                "accession_number": study.accession_number,
+                "calling_aet": study.calling_aet,
+            }
+        work_dir = self.storage / "results" / str(job.id)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        return JobContext(
+            job_id=job.id,
+            study_instance_uid=job.study_instance_uid,
+            series=inputs,
+            work_dir=work_dir,
+            study=study_info,
+            event_sink=lambda stage, msg, dur, level: self._event(job.id, stage, msg, dur, level),
+        )
+
+    def execute(self, job: ClaimedJob) -> None:
+        """Run one claimed job to an outcome recorded in the database."""
+        lost = threading.Event()
+        done = threading.Event()
+        timeout = self.settings.pipeline(job.pipeline).timeout_seconds or self.settings.workers.job_timeout_seconds
+        beat = threading.Thread(
+            target=self._heartbeat, args=(job, lost, done, timeout), daemon=True, name=f"heartbeat-{job.id}"
+        )
+        beat.start()
+        started = time.perf_counter()
+        try:
+            context = self._context(job)
+            context.cancelled = lost.is_set
+            pipeline = self._pipeline(job.pipeline)
+            results = pipeline.run(context)
+            outputs = [
+                (r.sop_instance_uid, r.sop_class_uid, str(Path(r.path).resolve().relative_to(self.storage.resolve())))
+                for r in results
+            ]
+            self._event(job.id, "pipeline", f"{job.pipeline} produced {len(results)} object(s)",
+                        time.perf_counter() - started, "info")
+            status = self.queue.complete(job.id, self.worker_id, outputs)
+            if status is None:
+                log.warning("job finished after it was taken away", extra={"job": job.id})
+        except PipelineError as exc:
+            self.queue.fail(job.id, self.worker_id, str(exc))
+        except Exception as exc:
+            log.error("pipeline crashed: %s", traceback.format_exc(), extra={"job": job.id})
+            self.queue.fail(job.id, self.worker_id, f"{job.pipeline} failed: {type(exc).__name__}: {exc}")
+        finally:
+            done.set()
+            beat.join(timeout=5)
+
+    def _heartbeat(self, job: ClaimedJob, lost: threading.Event, done: threading.Event, timeout: float) -> None:
+        started = time.monotonic()
+        interval = self.settings.workers.heartbeat_seconds
+        while not done.wait(min(interval, max(0.05, timeout - (time.monotonic() - started)))):
+            if time.monotonic() - started >= timeout:
+                self.queue.fail(job.id, self.worker_id, f"{job.pipeline} timed out after {timeout:g} s")
+                lost.set()
+                if self.exit_on_timeout:
+                    log.error("job timed out; restarting worker process", extra={"job": job.id})
+                    os._exit(TIMEOUT_EXIT_CODE)
+                return
+            try:
+                if not self.queue.heartbeat(job.id, self.worker_id):
+                    lost.set()  # cancelled or re-claimed: tell the pipeline to stop
+                    return
+            except Exception:
+                log.exception("heartbeat failed; will retry")
+
+
+# -- processes ------------------------------------------------------------------------
+
+
+def _worker_process(settings_data: dict[str, Any], index: int, pipelines: list[str] | None) -> None:
+    from dicomnode.logs import setup_logging
+
+    settings = Settings.model_validate(settings_data)
+    setup_logging(settings.log_level)
+    worker = Worker(
+        settings, pipelines=pipelines, worker_id=worker_identity(index), exit_on_timeout=True
+    )
+
+    def _stop(signum: int, frame: Any) -> None:
+        worker.stop_event.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    worker.run_forever()
+
+
+class WorkerPool:
+    """Starts worker processes and restarts those that die."""
+
+    def __init__(self, settings: Settings, count: int, pipelines: Sequence[str] | None = None) -> None:
+        self.settings_data = settings.model_dump(mode="json")
+        self.count = count
+        self.pipelines = list(pipelines) if pipelines else None
+        self.ctx = multiprocessing.get_context("spawn")
+        self.processes: list[BaseProcess | None] = [None] * count
+
+    def _spawn(self, index: int) -> None:
+        process = self.ctx.Process(
+            target=_worker_process,
+            args=(self.settings_data, index, self.pipelines),
+            name=f"dicomnode-worker-{index}",
+            daemon=False,
+        )
+        process.start()
+        self.processes[index] = process
+
+    def start(self) -> None:
+        """Start every worker process."""
+        for index in range(self.count):
+            self._spawn(index)
+
+    def check(self) -> None:
+        """Restart worker processes that exited (crash, timeout)."""
+        for index, process in enumerate(self.processes):
+            if process is not None and not process.is_alive():
+                log.warning("worker %d exited with %s; restarting", index, process.exitcode)
+                self._spawn(index)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM every worker; each finishes or releases its job; then kill stragglers."""
+        for process in self.processes:
+            if process is not None and process.is_alive():
+                process.terminate()
+        deadline = time.monotonic() + timeout
+        for process in self.processes:
+            if process is not None:
+                process.join(max(0.1, deadline - time.monotonic()))
+                if process.is_alive():
+                    process.kill()
+                    process.join(5)
+        self.processes = [None] * self.count
