@@ -21,35 +21,34 @@ not a resend.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import re
 import shutil
+import struct
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
-from pydicom.dataset import FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.filereader import data_element_generator
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
-from sqlalchemy import insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode import __version__
-from dicomnode.database import write_transaction
-from dicomnode.models import Instance, Series, Study, StudyStatus, utcnow
+from dicomnode.models import Instance, StudyStatus, utcnow
 
 log = logging.getLogger(__name__)
 
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1447.1"
+# A 2.25 (UUID-derived) UID: ours without registering an org root (PS3.5 B.2).
+IMPLEMENTATION_CLASS_UID = "2.25.308984858765460496973767668715525361296"
 IMPLEMENTATION_VERSION_NAME = f"DICOMNODE_{__version__}"[:16]
 
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
@@ -259,21 +258,114 @@ def _attributes(ds: Dataset, keywords: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def _meta_element(group_element: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\x00" if vr in (b"UI", b"OB") else b" "
+    tag = struct.pack("<HH", 0x0002, group_element)
+    if vr == b"OB":
+        return tag + vr + b"\x00\x00" + struct.pack("<I", len(value)) + value
+    return tag + vr + struct.pack("<H", len(value)) + value
+
+
 def file_meta_bytes(header: InstanceHeader, transfer_syntax: str, calling_aet: str | None) -> bytes:
-    """Preamble, ``DICM`` and the File Meta Information group for a received dataset."""
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = header.sop_class_uid
-    meta.MediaStorageSOPInstanceUID = header.sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    if calling_aet:
-        meta.SourceApplicationEntityTitle = calling_aet
-    buf = io.BytesIO()
-    buf.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)  # type: ignore[arg-type]
-    return buf.getvalue()
+    """Preamble, ``DICM`` and the File Meta Information group for a received dataset.
+
+    Encoded by hand (explicit VR little endian, PS3.10 7.1): pydicom's writer
+    costs more than the rest of the header work on the ingest path.
+    """
+    body = b"".join(
+        [
+            _meta_element(0x0001, b"OB", b"\x00\x01"),
+            _meta_element(0x0002, b"UI", header.sop_class_uid.encode()),
+            _meta_element(0x0003, b"UI", header.sop_instance_uid.encode()),
+            _meta_element(0x0010, b"UI", transfer_syntax.encode()),
+            _meta_element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode()),
+            _meta_element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode()),
+            _meta_element(0x0016, b"AE", calling_aet.encode()) if calling_aet else b"",
+        ]
+    )
+    group_length = _meta_element(0x0000, b"UL", struct.pack("<I", len(body)))
+    return b"\x00" * 128 + b"DICM" + group_length + body
+
+
+_INDEX_SQL = {
+    "study_id": "SELECT id FROM studies WHERE study_instance_uid = ?",
+    "study_insert": (
+        "INSERT INTO studies (study_instance_uid, patient_id, patient_name, accession_number, "
+        "study_date, study_description, calling_aet, called_aet, sender_host, status, "
+        "instance_count, first_received_at, last_received_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) "
+        "ON CONFLICT (study_instance_uid) DO NOTHING"
+    ),
+    "series_row": "SELECT id, study_id FROM series WHERE series_instance_uid = ?",
+    "series_insert": (
+        "INSERT INTO series (study_id, series_instance_uid, modality, series_number, "
+        "series_description, attributes, calling_aet, called_aet, instance_count, "
+        "first_received_at, last_received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) "
+        "ON CONFLICT (series_instance_uid) DO NOTHING"
+    ),
+    "instance_row": "SELECT id, series_id FROM instances WHERE sop_instance_uid = ?",
+    "instance_insert": (
+        "INSERT INTO instances (study_id, series_id, sop_instance_uid, sop_class_uid, "
+        "transfer_syntax_uid, instance_number, path, size_bytes, received_at, times_received) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
+    ),
+    "instance_update": (
+        "UPDATE instances SET path = ?, size_bytes = ?, transfer_syntax_uid = ?, "
+        "received_at = ?, times_received = times_received + 1 WHERE id = ?"
+    ),
+    "series_touch": (
+        "UPDATE series SET instance_count = instance_count + ?, last_received_at = ? WHERE id = ?"
+    ),
+    "study_touch": (
+        "UPDATE studies SET instance_count = instance_count + ?, last_received_at = ?, "
+        "status = ? WHERE id = ?"
+    ),
+}
+
+
+class _IndexSQL:
+    """The index statements in the DBAPI dialect of one engine (SQLite or psycopg)."""
+
+    def __init__(self, dialect: str) -> None:
+        self.sqlite = dialect == "sqlite"
+        self.statements = {
+            name: sql if self.sqlite else sql.replace("?", "%s") for name, sql in _INDEX_SQL.items()
+        }
+
+    def begin(self, cur: Any) -> None:
+        if self.sqlite:
+            cur.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
+
+    def run(self, cur: Any, name: str, params: tuple[Any, ...]) -> None:
+        cur.execute(self.statements[name], params)
+
+    def one(self, cur: Any, name: str, params: tuple[Any, ...]) -> Any:
+        cur.execute(self.statements[name], params)
+        return cur.fetchone()
+
+    def timestamp(self, value: datetime) -> Any:
+        """Naive UTC, in the text form SQLAlchemy's SQLite DateTime reads back."""
+        naive = value.astimezone(UTC).replace(tzinfo=None)
+        return naive.strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else naive
+
+    def json(self, value: dict[str, Any]) -> Any:
+        if self.sqlite:
+            return json.dumps(value)
+        from psycopg.types.json import Json
+
+        return Json(value)
+
+
+class _BoundedCache(dict[str, Any]):
+    """UID -> row id; rows are never renumbered, so entries never go stale."""
+
+    limit = 20_000
+
+    def put(self, key: str, value: Any) -> None:
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = value
 
 
 class InstanceStore:
@@ -304,6 +396,10 @@ class InstanceStore:
         self.instances_dir = self.root / "instances"
         self.tmp_dir = self.root / "tmp"
         self.sessions = sessions
+        self.engine = sessions.kw["bind"]
+        self._sql = _IndexSQL(self.engine.dialect.name)
+        self._study_ids = _BoundedCache()
+        self._series_ids = _BoundedCache()
         self.fsync = fsync
         self.min_free_bytes = min_free_bytes
         self.keywords = tuple(keywords)
@@ -450,132 +546,85 @@ class InstanceStore:
         provenance: Provenance,
         received_at: datetime | None = None,
     ) -> bool:
-        """Record an instance; return whether it replaced a stored copy."""
-        now = received_at or utcnow()
-        with write_transaction(self.sessions) as session:
-            study_id = self._study_id(session, header, provenance, now)
-            series_id = self._series_id(session, study_id, header, provenance, now)
-            existing = session.execute(
-                select(Instance.id, Instance.series_id).where(
-                    Instance.sop_instance_uid == header.sop_instance_uid
-                )
-            ).first()
-            if existing is not None and existing.series_id != series_id:
+        """Record an instance in one write transaction; return whether it replaced a copy.
+
+        This is the hot path of ingest, so it speaks SQL to the DBAPI connection
+        directly (the ORM costs several milliseconds per instance). Any arrival
+        (re)opens the study: assembly waits for quiet again.
+        """
+        now = self._sql.timestamp(received_at or utcnow())
+        conn = self.engine.raw_connection()
+        try:
+            cur = conn.cursor()
+            self._sql.begin(cur)
+            study_id = self._study_id(cur, header, provenance, now)
+            series_id = self._series_id(cur, study_id, header, provenance, now)
+            existing = self._sql.one(cur, "instance_row", (header.sop_instance_uid,))
+            if existing is not None and existing[1] != series_id:
                 raise UIDClash(
                     f"SOPInstanceUID {header.sop_instance_uid} is already stored in another "
                     "series or study"
                 )
-            if existing is not None:
-                session.execute(
-                    update(Instance)
-                    .where(Instance.id == existing.id)
-                    .values(
-                        path=str(relative),
-                        size_bytes=size,
-                        transfer_syntax_uid=transfer_syntax,
-                        received_at=now,
-                        times_received=Instance.times_received + 1,
-                    )
-                )
+            if existing is None:
+                self._sql.run(cur, "instance_insert", (
+                    study_id, series_id, header.sop_instance_uid, header.sop_class_uid,
+                    transfer_syntax, header.instance_number, str(relative), size, now,
+                ))
             else:
-                session.execute(
-                    insert(Instance).values(
-                        study_id=study_id,
-                        series_id=series_id,
-                        sop_instance_uid=header.sop_instance_uid,
-                        sop_class_uid=header.sop_class_uid,
-                        transfer_syntax_uid=transfer_syntax,
-                        instance_number=header.instance_number,
-                        path=str(relative),
-                        size_bytes=size,
-                        received_at=now,
-                    )
-                )
+                self._sql.run(cur, "instance_update",
+                              (str(relative), size, transfer_syntax, now, existing[0]))
             added = 0 if existing is not None else 1
-            session.execute(
-                update(Series)
-                .where(Series.id == series_id)
-                .values(instance_count=Series.instance_count + added, last_received_at=now)
-            )
-            # Any arrival (re)opens the study: assembly waits for quiet again.
-            session.execute(
-                update(Study)
-                .where(Study.id == study_id)
-                .values(
-                    instance_count=Study.instance_count + added,
-                    last_received_at=now,
-                    status=StudyStatus.RECEIVING,
-                )
-            )
+            self._sql.run(cur, "series_touch", (added, now, series_id))
+            self._sql.run(cur, "study_touch", (added, now, StudyStatus.RECEIVING.value, study_id))
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            conn.close()
         return existing is not None
 
-    def _insert_ignore(self, session: Session, table: Any, values: dict[str, Any]) -> None:
-        dialect = session.get_bind().dialect.name
-        module: Any = postgresql if dialect == "postgresql" else sqlite
-        session.execute(module.insert(table).values(**values).on_conflict_do_nothing())
-
-    def _study_id(
-        self, session: Session, header: InstanceHeader, prov: Provenance, now: datetime
-    ) -> int:
+    def _study_id(self, cur: Any, header: InstanceHeader, prov: Provenance, now: Any) -> int:
         uid = header.study_instance_uid
-        found = session.execute(select(Study.id).where(Study.study_instance_uid == uid)).scalar()
-        if found is None:
-            self._insert_ignore(
-                session,
-                Study,
-                dict(
-                    study_instance_uid=uid,
-                    calling_aet=prov.calling_aet,
-                    called_aet=prov.called_aet,
-                    sender_host=prov.host,
-                    status=StudyStatus.RECEIVING,
-                    instance_count=0,
-                    first_received_at=now,
-                    last_received_at=now,
-                    **header.study,
-                ),
-            )
-            found = session.execute(select(Study.id).where(Study.study_instance_uid == uid)).scalar_one()
-        return int(found)
+        cached = self._study_ids.get(uid)
+        if cached is not None:
+            return cached
+        row = self._sql.one(cur, "study_id", (uid,))
+        if row is None:
+            info = header.study
+            self._sql.run(cur, "study_insert", (
+                uid, info.get("patient_id"), info.get("patient_name"), info.get("accession_number"),
+                info.get("study_date"), info.get("study_description"), prov.calling_aet,
+                prov.called_aet, prov.host, StudyStatus.RECEIVING.value, now, now,
+            ))
+            row = self._sql.one(cur, "study_id", (uid,))
+        assert row is not None
+        self._study_ids.put(uid, int(row[0]))
+        return int(row[0])
 
     def _series_id(
-        self,
-        session: Session,
-        study_id: int,
-        header: InstanceHeader,
-        prov: Provenance,
-        now: datetime,
+        self, cur: Any, study_id: int, header: InstanceHeader, prov: Provenance, now: Any
     ) -> int:
         uid = header.series_instance_uid
-        row = session.execute(
-            select(Series.id, Series.study_id).where(Series.series_instance_uid == uid)
-        ).first()
+        row = self._series_ids.get(uid)
         if row is None:
-            attrs = header.series
-            self._insert_ignore(
-                session,
-                Series,
-                dict(
-                    study_id=study_id,
-                    series_instance_uid=uid,
-                    modality=str(attrs.get("Modality", ""))[:16] or None,
-                    series_number=_int_or_none(attrs.get("SeriesNumber")),
-                    series_description=(str(attrs["SeriesDescription"])[:64]
-                                        if "SeriesDescription" in attrs else None),
-                    attributes=attrs,
-                    calling_aet=prov.calling_aet,
-                    called_aet=prov.called_aet,
-                    instance_count=0,
-                    first_received_at=now,
-                    last_received_at=now,
-                ),
-            )
-            row = session.execute(
-                select(Series.id, Series.study_id).where(Series.series_instance_uid == uid)
-            ).one()
-        if row.study_id != study_id:
+            row = self._sql.one(cur, "series_row", (uid,))
+            if row is None:
+                attrs = header.series
+                description = attrs.get("SeriesDescription")
+                self._sql.run(cur, "series_insert", (
+                    study_id, uid, str(attrs.get("Modality", ""))[:16] or None,
+                    _int_or_none(attrs.get("SeriesNumber")),
+                    str(description)[:64] if description is not None else None,
+                    self._sql.json(attrs), prov.calling_aet, prov.called_aet, now, now,
+                ))
+                row = self._sql.one(cur, "series_row", (uid,))
+            assert row is not None
+            row = (int(row[0]), int(row[1]))
+            self._series_ids.put(uid, row)
+        if row[1] != study_id:
             raise UIDClash(f"SeriesInstanceUID {uid} already belongs to another study")
-        return int(row.id)
+        return row[0]
 
     # -- recovery --------------------------------------------------------------------
 
