@@ -211,10 +211,11 @@ def parse_header(
         )
         found = {}
         for element in elements:
-            if element.length != 0xFFFFFFFF and element.value_tell + element.length > len(data):
+            tell = getattr(element, "value_tell", None)  # sequences come back parsed
+            if tell is not None and element.length != 0xFFFFFFFF and tell + element.length > len(data):
                 raise UnreadableDataset(
                     f"dataset is truncated: element {element.tag} needs {element.length} bytes, "
-                    f"{len(data) - element.value_tell} are left"
+                    f"{len(data) - tell} are left"
                 )
             found[element.tag] = element
         return parse_header_from_dataset(Dataset(found), keywords)
@@ -471,7 +472,7 @@ class InstanceStore:
                 _fsync_dir(target.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise OutOfResources(f"writing {relative.name} failed: {exc.strerror or exc}") from exc
+            raise OutOfResources(f"disk write failed: {exc.strerror or exc} ({relative.name})") from exc
         return size
 
     def clear_tmp(self) -> int:

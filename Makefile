@@ -1,0 +1,50 @@
+# dicomnode — the two Quick-start commands are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# Debian packages the test suite drives as real peers.
+APT_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools postgresql libgdcm-tools
+PYTEST_ARGS ?=
+
+.PHONY: demo test install system-deps lint typecheck bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+demo: install
+	$(VENV)/bin/dicomnode demo
+
+# Installs the real peers when run as root and one of them is missing.
+system-deps:
+	@missing=0; for tool in storescu dciodvfy Orthanc; do command -v $$tool >/dev/null || missing=1; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing=1; \
+	if [ $$missing = 1 ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	  else echo "make test: missing $(APT_PACKAGES); install them (as root) first" >&2; exit 1; fi; \
+	fi
+
+lint: install
+	$(VENV)/bin/ruff check dicomnode tests bench
+
+typecheck: install
+	$(VENV)/bin/mypy dicomnode
+
+test: install system-deps
+	$(VENV)/bin/ruff check dicomnode tests bench
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install system-deps
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

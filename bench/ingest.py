@@ -1,0 +1,148 @@
+"""Ingest benchmark: 300 CT slices 512x512 pushed by DCMTK storescu.
+
+Receivers, all in this run, on loopback, TCP_NODELAY=1 for the DCMTK and
+Orthanc processes:
+
+- DCMTK ``storescp`` writing files (no fsync);
+- Orthanc (Debian package), default storage (no fsync);
+- dicomnode ``serve`` (SQLite WAL, every instance fsynced and indexed before Success).
+
+Each push runs over one association, then as four concurrent storescu
+processes of 75 slices each. Rounds alternate receivers to spread machine
+noise; the median of ``--rounds`` is reported with instances/s and the ratio
+to Orthanc and storescp.
+
+Usage: ``python bench/ingest.py [--slices 300] [--rounds 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dicomnode.synthetic import ct_series, write_series  # noqa: E402
+from tests.peers import Orthanc, StoreSCP, echoscu, free_port, storescu  # noqa: E402
+
+
+def push(files: list[Path], port: int, aet: str, streams: int) -> float:
+    """Seconds to push *files* over *streams* concurrent storescu associations."""
+    chunks = [files[i::streams] for i in range(streams)]
+    env = dict(os.environ, TCP_NODELAY="1")
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["storescu", "-aec", aet, "127.0.0.1", str(port), *map(str, chunk)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for chunk in chunks
+    ]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed: {out.decode(errors='replace')[-500:]}")
+    return time.perf_counter() - started
+
+
+@contextmanager
+def dicomnode_server(workdir: Path) -> Iterator[tuple[int, str]]:
+    """``dicomnode serve`` in a subprocess; yields (port, AE title)."""
+    port = free_port()
+    config = workdir / "dicomnode.toml"
+    config.write_text(
+        f"""
+[node]
+ae_title = "BENCHNODE"
+host = "127.0.0.1"
+port = {port}
+[storage]
+path = "{workdir / 'storage'}"
+min_free_bytes = 0
+[database]
+url = "sqlite:///{workdir / 'db.sqlite'}"
+[assembly]
+quiet_seconds = 3600
+[workers]
+processes = 0
+"""
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while echoscu(host="127.0.0.1", port=port, called_aet="BENCHNODE").returncode != 0:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("dicomnode did not start")
+            time.sleep(0.2)
+        yield port, "BENCHNODE"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def count_rows(workdir: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(workdir / "db.sqlite") as conn:
+        return int(conn.execute("SELECT count(*) FROM instances").fetchone()[0])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        t0 = time.perf_counter()
+        files = write_series(ct_series(n_slices=args.slices, seed=1), tmp / "ct")
+        size_mb = sum(f.stat().st_size for f in files) / 1e6
+        print(f"data: {len(files)} CT slices 512x512, {size_mb:.0f} MB (generated in {time.perf_counter() - t0:.1f} s)")
+
+        results: dict[tuple[str, int], list[float]] = {}
+        scp_dir, node_dir, orthanc_dir = tmp / "storescp", tmp / "node", tmp / "orthanc"
+        for d in (scp_dir, node_dir, orthanc_dir):
+            d.mkdir()
+        with StoreSCP(output_dir=scp_dir) as scp, Orthanc(workdir=orthanc_dir) as orthanc, dicomnode_server(node_dir) as node:
+            receivers: dict[str, tuple[int, str, Callable[[], None]]] = {
+                "storescp": (scp.port, scp.aet, lambda: shutil.rmtree(scp_dir, ignore_errors=True) or scp_dir.mkdir()),
+                "orthanc": (orthanc.dicom_port, orthanc.aet, orthanc.delete_all),
+                "dicomnode": (node[0], node[1], lambda: None),
+            }
+            for _ in range(args.rounds):
+                for streams in (1, 4):
+                    for name, (port, aet, reset) in receivers.items():
+                        reset()
+                        results.setdefault((name, streams), []).append(push(files, port, aet, streams))
+            indexed = count_rows(node_dir)
+        print(f"dicomnode indexed {indexed} distinct instances (fsync on every file)")
+        print(f"\n{'receiver':<10} {'assoc':>5} {'median s':>9} {'inst/s':>8} {'vs orthanc':>11} {'vs storescp':>12}")
+        for streams in (1, 4):
+            ref_o = statistics.median(results[("orthanc", streams)])
+            ref_s = statistics.median(results[("storescp", streams)])
+            for name in ("storescp", "orthanc", "dicomnode"):
+                med = statistics.median(results[(name, streams)])
+                print(f"{name:<10} {streams:>5} {med:>9.2f} {len(files) / med:>8.0f} {med / ref_o:>10.2f}x {med / ref_s:>11.2f}x")
+        print("\n(ratios are time ratios: below 1.00x is faster than the reference)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Shared fixtures: an embedded node on a free loopback port, test data."""
+
+from __future__ import annotations
+
+import copy
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from dicomnode.config import Settings
+from dicomnode.service import Node
+
+NODE_AE = "TESTNODE"
+
+# pydicom's bundled files, one per transfer syntax family the receiver must take as-is.
+TESTDATA = [
+    "CT_small.dcm",  # explicit VR little endian
+    "MR_small_implicit.dcm",  # implicit VR little endian
+    "MR_small_bigendian.dcm",  # explicit VR big endian (retired, still sent by old modalities)
+    "SC_jpeg_no_color_transform.dcm",  # JPEG baseline
+    "SC_rgb_jpeg_gdcm.dcm",  # JPEG lossless
+    "MR_small_jpeg_ls_lossless.dcm",  # JPEG-LS lossless
+    "JPEG2000.dcm",  # JPEG 2000
+    "MR_small_jp2klossless.dcm",  # JPEG 2000 lossless
+    "MR_small_RLE.dcm",  # RLE
+    "image_dfl.dcm",  # deflated explicit VR little endian
+]
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sample_paths() -> list[Path]:
+    """Absolute paths of :data:`TESTDATA`."""
+    return [Path(str(get_testdata_file(name))) for name in TESTDATA]
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def settings_data(root: Path, port: int | None = None) -> dict[str, Any]:
+    """A node config with everything under *root*, as a dict (TOML-shaped)."""
+    return {
+        "node": {"ae_title": NODE_AE, "host": "127.0.0.1", "port": port or free_port()},
+        "storage": {"path": str(root / "storage"), "min_free_bytes": 0},
+        "database": {"url": f"sqlite:///{root / 'dicomnode.db'}"},
+        "assembly": {"quiet_seconds": 1.0, "early_quiet_seconds": 0.2, "check_interval": 0.2},
+        "workers": {"processes": 0, "poll_seconds": 0.2, "lease_seconds": 10, "heartbeat_seconds": 1},
+        "delivery": {"check_interval": 0.2, "backoff_seconds": 0.5, "backoff_max_seconds": 2},
+        "api": {"enabled": False},
+    }
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """``make_settings(**sections)``: Settings rooted in tmp_path, sections merged in."""
+
+    def _make(**sections: Any) -> Settings:
+        return Settings.model_validate(_merge(settings_data(tmp_path), sections))
+
+    return _make
+
+
+@pytest.fixture
+def start_node() -> Iterator[Callable[..., Node]]:
+    """``start_node(settings, workers=0)``: a started Node, stopped at teardown."""
+    nodes: list[Node] = []
+
+    def _start(settings: Settings, workers: int = 0) -> Node:
+        node = Node(settings, workers=workers)
+        node.start()
+        nodes.append(node)
+        return node
+
+    yield _start
+    for node in nodes:
+        node.stop()
