@@ -1,0 +1,74 @@
+"""Pipelines for tests, loaded by worker processes as ``tests.pipelines:Name``."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from dicomnode.pipelines import JobContext, Pipeline, PipelineError, ResultObject
+
+
+class SeriesSummary(Pipeline):
+    """Writes one Secondary Capture per study into the study (a stand-in for a model)."""
+
+    def run(self, context: JobContext) -> list[ResultObject]:
+        first = pydicom.dcmread(context.series[0].paths[0], stop_before_pixels=True)
+        with context.stage("infer", "count instances"):
+            count = sum(len(s.paths) for s in context.series)
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        # Deterministic UIDs per job: a re-run resends the same instance.
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[context.study_instance_uid, "sc", str(context.job_id)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SOPClassUID = SecondaryCaptureImageStorage
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                        "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyID"):
+            setattr(ds, keyword, first.get(keyword, ""))
+        ds.StudyInstanceUID = context.study_instance_uid
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[context.study_instance_uid, "series"])
+        ds.Modality = "OT"
+        ds.SeriesNumber = 900
+        ds.InstanceNumber = 1
+        ds.SeriesDescription = f"summary of {count} instances"
+        ds.ConversionType = "WSD"
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = ds.Columns = 16
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.PixelRepresentation = 0
+        ds.PixelData = np.full((16, 16), count % 256, dtype=np.uint8).tobytes()
+        path = context.work_dir / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        return [ResultObject(path, ds.SOPInstanceUID, ds.SOPClassUID)]
+
+
+class Broken(Pipeline):
+    """Always fails with a sentence."""
+
+    def run(self, context: JobContext) -> list[ResultObject]:
+        raise PipelineError("the model found no lungs in this series")
+
+
+class Crashing(Pipeline):
+    """Raises an unexpected exception."""
+
+    def run(self, context: JobContext) -> list[ResultObject]:
+        return [ResultObject(context.work_dir / "x", "1.2", "1.2")] if {}["missing"] else []
+
+
+class Sleepy(Pipeline):
+    """Sleeps ``seconds`` (config key), checking for cancellation."""
+
+    def run(self, context: JobContext) -> list[ResultObject]:
+        deadline = time.monotonic() + float(getattr(self.config, "seconds", 30))
+        while time.monotonic() < deadline:
+            context.check_cancelled()
+            time.sleep(0.1)
+        return []

@@ -1,0 +1,163 @@
+"""Nothing acknowledged is lost: kill -9 mid-push, restart, recovery of orphans."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from sqlalchemy import create_engine, select, text
+
+from dicomnode.models import Instance, Job
+from tests.conftest import NODE_AE, free_port, sample_paths
+from tests.peers import echoscu
+
+pytestmark = pytest.mark.slow
+
+
+def ct_study(n: int) -> list[pydicom.Dataset]:
+    """*n* slices of one new study, cloned from pydicom's CT_small with a regular geometry."""
+    template = pydicom.dcmread(sample_paths()[0])
+    study, series = generate_uid(), generate_uid()
+    slices = []
+    for i in range(n):
+        ds = copy.deepcopy(template)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [-158.0, -179.0, -75.0 + 5.0 * i]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        slices.append(ds)
+    return slices
+
+
+def write_config(root: Path, port: int) -> Path:
+    config = root / "dicomnode.toml"
+    config.write_text(
+        f"""
+[node]
+ae_title = "{NODE_AE}"
+host = "127.0.0.1"
+port = {port}
+[storage]
+path = "{root / 'storage'}"
+min_free_bytes = 0
+[database]
+url = "sqlite:///{root / 'db.sqlite'}"
+[assembly]
+quiet_seconds = 2
+check_interval = 0.2
+[workers]
+processes = 1
+poll_seconds = 0.2
+[[routes]]
+pipeline = "geometry_qa"
+match = {{ Modality = "CT" }}
+"""
+    )
+    return config
+
+
+def start_serve(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
+        start_new_session=True,  # its own process group: kill -9 takes the workers too
+    )
+    deadline = time.monotonic() + 30
+    while echoscu(host="127.0.0.1", port=port, called_aet=NODE_AE).returncode != 0:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "node did not start"
+        time.sleep(0.2)
+    return proc
+
+
+def push(port: int, datasets: list[pydicom.Dataset], *, kill_after: int | None = None,
+         proc: subprocess.Popen[bytes] | None = None) -> set[str]:
+    """Send datasets one by one; return the SOP Instance UIDs that got Success."""
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    assert assoc.is_established
+    acked: set[str] = set()
+    for ds in datasets:
+        if not assoc.is_established:
+            break
+        status = assoc.send_c_store(ds)
+        if getattr(status, "Status", None) == 0:
+            acked.add(str(ds.SOPInstanceUID))
+            if kill_after is not None and len(acked) == kill_after and proc is not None:
+                os.killpg(proc.pid, signal.SIGKILL)  # power cut in the middle of the push
+    if assoc.is_established:
+        assoc.release()
+    return acked
+
+
+def test_kill9_mid_push_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port)
+    log = tmp_path / "serve.log"
+    study = ct_study(300)
+    proc = start_serve(config, port, log)
+    try:
+        acked = push(port, study, kill_after=120, proc=proc)
+        assert 120 <= len(acked) < 300, (len(acked), log.read_text()[-2000:])
+        proc.wait(10)
+
+        proc = start_serve(config, port, log)  # restart: recovery runs before the port opens
+        engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        with engine.connect() as conn:
+            stored = {row.sop_instance_uid: row.path for row in conn.execute(select(Instance))}
+        missing = acked - stored.keys()
+        assert not missing, f"{len(missing)} acknowledged instance(s) lost"
+        for uid in acked:
+            assert (tmp_path / "storage" / stored[uid]).is_file()
+        assert list((tmp_path / "storage" / "tmp").iterdir()) == []
+
+        # The modality resends what was not acknowledged; the study completes once.
+        rest = [ds for ds in study if str(ds.SOPInstanceUID) not in acked]
+        assert push(port, rest) == {str(ds.SOPInstanceUID) for ds in rest}
+        deadline = time.monotonic() + 60
+        while True:
+            with engine.connect() as conn:
+                jobs = conn.execute(select(Job.status, Job.study_instance_uid)).all()
+                count = conn.execute(text("SELECT count(*) FROM instances")).scalar_one()
+            if jobs and jobs[0].status in ("done", "failed"):
+                break
+            assert time.monotonic() < deadline, f"job did not finish: {jobs}"
+            time.sleep(0.3)
+        assert count == 300
+        assert len(jobs) == 1, jobs
+        assert jobs[0].study_instance_uid == study[0].StudyInstanceUID
+        assert jobs[0].status == "done", log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+
+
+def test_file_without_row_is_reindexed_at_start(make_settings, start_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A crash between fsync+rename and the commit leaves a durable file with no row."""
+    settings = make_settings()
+    node = start_node(settings)
+    ds = ct_study(1)[0]
+    path = node.store.root / "instances" / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+    path.parent.mkdir(parents=True)
+    ds.save_as(path, enforce_file_format=True)
+    (node.store.root / "tmp" / "dead.part").write_bytes(b"partial")
+    node.stop()
+    restarted = start_node(settings)
+    with restarted.sessions() as session:
+        rows = session.execute(select(Instance.sop_instance_uid)).scalars().all()
+    assert rows == [ds.SOPInstanceUID]
+    assert list((restarted.store.root / "tmp").iterdir()) == []
