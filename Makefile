@@ -41,6 +41,7 @@ typecheck: install
 
 test: install system-deps
 	$(VENV)/bin/ruff check dicomnode tests bench
+	$(VENV)/bin/mypy dicomnode
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install system-deps

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dicomnode.synthetic import ct_series, write_series  # noqa: E402
-from tests.peers import Orthanc, StoreSCP, echoscu, free_port, storescu  # noqa: E402
+from tests.peers import Orthanc, StoreSCP, echoscu, free_port  # noqa: E402
 
 
 def push(files: list[Path], port: int, aet: str, streams: int) -> float:
@@ -69,10 +69,10 @@ ae_title = "BENCHNODE"
 host = "127.0.0.1"
 port = {port}
 [storage]
-path = "{workdir / 'storage'}"
+path = "{workdir / "storage"}"
 min_free_bytes = 0
 [database]
-url = "sqlite:///{workdir / 'db.sqlite'}"
+url = "sqlite:///{workdir / "db.sqlite"}"
 [assembly]
 quiet_seconds = 3600
 [workers]
@@ -104,7 +104,9 @@ def count_rows(workdir: Path) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -114,15 +116,25 @@ def main() -> int:
         t0 = time.perf_counter()
         files = write_series(ct_series(n_slices=args.slices, seed=1), tmp / "ct")
         size_mb = sum(f.stat().st_size for f in files) / 1e6
-        print(f"data: {len(files)} CT slices 512x512, {size_mb:.0f} MB (generated in {time.perf_counter() - t0:.1f} s)")
+        print(
+            f"data: {len(files)} CT slices 512x512, {size_mb:.0f} MB (generated in {time.perf_counter() - t0:.1f} s)"
+        )
 
         results: dict[tuple[str, int], list[float]] = {}
         scp_dir, node_dir, orthanc_dir = tmp / "storescp", tmp / "node", tmp / "orthanc"
         for d in (scp_dir, node_dir, orthanc_dir):
             d.mkdir()
-        with StoreSCP(output_dir=scp_dir) as scp, Orthanc(workdir=orthanc_dir) as orthanc, dicomnode_server(node_dir) as node:
+        with (
+            StoreSCP(output_dir=scp_dir) as scp,
+            Orthanc(workdir=orthanc_dir) as orthanc,
+            dicomnode_server(node_dir) as node,
+        ):
             receivers: dict[str, tuple[int, str, Callable[[], None]]] = {
-                "storescp": (scp.port, scp.aet, lambda: shutil.rmtree(scp_dir, ignore_errors=True) or scp_dir.mkdir()),
+                "storescp": (
+                    scp.port,
+                    scp.aet,
+                    lambda: shutil.rmtree(scp_dir, ignore_errors=True) or scp_dir.mkdir(),
+                ),
                 "orthanc": (orthanc.dicom_port, orthanc.aet, orthanc.delete_all),
                 "dicomnode": (node[0], node[1], lambda: None),
             }
@@ -130,16 +142,22 @@ def main() -> int:
                 for streams in (1, 4):
                     for name, (port, aet, reset) in receivers.items():
                         reset()
-                        results.setdefault((name, streams), []).append(push(files, port, aet, streams))
+                        results.setdefault((name, streams), []).append(
+                            push(files, port, aet, streams)
+                        )
             indexed = count_rows(node_dir)
         print(f"dicomnode indexed {indexed} distinct instances (fsync on every file)")
-        print(f"\n{'receiver':<10} {'assoc':>5} {'median s':>9} {'inst/s':>8} {'vs orthanc':>11} {'vs storescp':>12}")
+        print(
+            f"\n{'receiver':<10} {'assoc':>5} {'median s':>9} {'inst/s':>8} {'vs orthanc':>11} {'vs storescp':>12}"
+        )
         for streams in (1, 4):
             ref_o = statistics.median(results[("orthanc", streams)])
             ref_s = statistics.median(results[("storescp", streams)])
             for name in ("storescp", "orthanc", "dicomnode"):
                 med = statistics.median(results[(name, streams)])
-                print(f"{name:<10} {streams:>5} {med:>9.2f} {len(files) / med:>8.0f} {med / ref_o:>10.2f}x {med / ref_s:>11.2f}x")
+                print(
+                    f"{name:<10} {streams:>5} {med:>9.2f} {len(files) / med:>8.0f} {med / ref_o:>10.2f}x {med / ref_s:>11.2f}x"
+                )
         print("\n(ratios are time ratios: below 1.00x is faster than the reference)")
     return 0
 

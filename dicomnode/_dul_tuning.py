@@ -23,6 +23,7 @@ and release/abort handling are unchanged. ``apply()`` is idempotent.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import select
 import socket
@@ -112,7 +113,7 @@ def apply() -> None:
     proxy = _time_proxy()
     _dul.time = proxy  # type: ignore[assignment]
     _association.time = proxy  # type: ignore[assignment]
-    _transport.deepcopy = _copy_contexts  # type: ignore[attr-defined]
+    _transport.deepcopy = _copy_contexts  # type: ignore[assignment]
     _applied = True
 
 
@@ -120,7 +121,5 @@ def set_nodelay(event: Any) -> None:
     """EVT_CONN_OPEN handler: send each PDU at once (Nagle + delayed ACK stall ~40 ms)."""
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):  # not a TCP socket
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # not a TCP socket (tests with socketpairs)

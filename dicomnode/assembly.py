@@ -72,7 +72,9 @@ class Assembler:
         now = now or utcnow()
         with self.sessions() as session:
             studies = list(
-                session.execute(select(Study).where(Study.status == StudyStatus.RECEIVING)).scalars()
+                session.execute(
+                    select(Study).where(Study.status == StudyStatus.RECEIVING)
+                ).scalars()
             )
             by_study: dict[int, list[Series]] = defaultdict(list)
             if studies:
@@ -91,25 +93,34 @@ class Assembler:
             )
             try:
                 if quiet_for >= self.config.quiet_seconds or early:
-                    if self._complete(study, decisions, now, early=early and quiet_for < self.config.quiet_seconds):
+                    if self._complete(
+                        study, decisions, now, early=early and quiet_for < self.config.quiet_seconds
+                    ):
                         completed.append(study.study_instance_uid)
                 elif decisions:
                     self._ensure_waiting(study, decisions, now)
             except Exception:  # one bad study must not stop assembly of the others
-                log.exception("assembly of a study failed", extra={"study": study.study_instance_uid})
+                log.exception(
+                    "assembly of a study failed", extra={"study": study.study_instance_uid}
+                )
         return completed
 
-    def _ensure_waiting(self, study: Study, decisions: Sequence[RouteDecision], now: datetime) -> None:
+    def _ensure_waiting(
+        self, study: Study, decisions: Sequence[RouteDecision], now: datetime
+    ) -> None:
         with write_transaction(self.sessions) as session:
             existing = {
-                j.pipeline for j in session.execute(select(Job).where(Job.study_id == study.id)).scalars()
+                j.pipeline
+                for j in session.execute(select(Job).where(Job.study_id == study.id)).scalars()
             }
             for d in decisions:
                 if d.pipeline not in existing:
                     job = _new_job(study, d, JobStatus.WAITING, now)
                     session.add(job)
                     session.flush()
-                    add_event(session, job.id, "waiting", f"route {d.name} matched; study still arriving")
+                    add_event(
+                        session, job.id, "waiting", f"route {d.name} matched; study still arriving"
+                    )
 
     def _complete(
         self, study: Study, decisions: Sequence[RouteDecision], now: datetime, *, early: bool
@@ -123,16 +134,23 @@ class Assembler:
                 or current.last_received_at != study.last_received_at
             ):
                 return False
-            jobs = {j.pipeline: j for j in session.execute(select(Job).where(Job.study_id == study.id)).scalars()}
+            jobs = {
+                j.pipeline: j
+                for j in session.execute(select(Job).where(Job.study_id == study.id)).scalars()
+            }
             wanted = {d.pipeline for d in decisions}
-            reason = "required series present" if early else f"quiet for {self.config.quiet_seconds:g} s"
+            reason = (
+                "required series present" if early else f"quiet for {self.config.quiet_seconds:g} s"
+            )
             for d in decisions:
                 job = jobs.get(d.pipeline)
                 if job is None:
                     job = _new_job(study, d, JobStatus.QUEUED, now)
                     session.add(job)
                     session.flush()
-                    add_event(session, job.id, "queued", f"study complete ({reason}); route {d.name}")
+                    add_event(
+                        session, job.id, "queued", f"study complete ({reason}); route {d.name}"
+                    )
                 elif job.status == JobStatus.WAITING:
                     job.status = JobStatus.QUEUED
                     job.queued_at = now
@@ -150,7 +168,12 @@ class Assembler:
                 if pipeline not in wanted and job.status == JobStatus.WAITING:
                     job.status = JobStatus.CANCELLED
                     job.finished_at = now
-                    add_event(session, job.id, "cancelled", "the complete study no longer matches this route")
+                    add_event(
+                        session,
+                        job.id,
+                        "cancelled",
+                        "the complete study no longer matches this route",
+                    )
             current.completed_at = now
             if decisions:
                 current.status = StudyStatus.COMPLETE
@@ -160,7 +183,11 @@ class Assembler:
                 current.note = "no route matched this study; recorded, not processed"
         log.info(
             "study complete",
-            extra={"study": study.study_instance_uid, "pipelines": sorted(wanted), "reason": reason},
+            extra={
+                "study": study.study_instance_uid,
+                "pipelines": sorted(wanted),
+                "reason": reason,
+            },
         )
         return True
 
@@ -177,4 +204,3 @@ def _new_job(study: Study, decision: RouteDecision, status: JobStatus, now: date
         created_at=now,
         queued_at=now if status == JobStatus.QUEUED else None,
     )
-

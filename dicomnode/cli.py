@@ -99,16 +99,23 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
     jobs = [
         job_to_dict(j)
         for j in _queue(args).list(
-            status=args.status, pipeline=args.pipeline, study_instance_uid=args.study, limit=args.limit
+            status=args.status,
+            pipeline=args.pipeline,
+            study_instance_uid=args.study,
+            limit=args.limit,
         )
     ]
     if args.json:
         print(json.dumps(jobs, indent=1))
         return 0
     for job in jobs:
-        job["outputs"] = f"{sum(o['status'] == 'sent' for o in job['outputs'])}/{len(job['outputs'])} sent"
+        job["outputs"] = (
+            f"{sum(o['status'] == 'sent' for o in job['outputs'])}/{len(job['outputs'])} sent"
+        )
         job["error"] = (job["error"] or "")[:60]
-    _print_table(jobs, ["id", "status", "pipeline", "study_instance_uid", "created_at", "outputs", "error"])
+    _print_table(
+        jobs, ["id", "status", "pipeline", "study_instance_uid", "created_at", "outputs", "error"]
+    )
     return 0
 
 
@@ -119,8 +126,18 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([job], indent=1))
         return 0
-    for key in ("id", "status", "pipeline", "route", "study_instance_uid", "error", "attempts",
-                "created_at", "started_at", "finished_at"):
+    for key in (
+        "id",
+        "status",
+        "pipeline",
+        "route",
+        "study_instance_uid",
+        "error",
+        "attempts",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ):
         print(f"{key:>18}: {job[key] if job[key] is not None else ''}")
     print("\ntimeline:")
     for e in job["events"]:
@@ -129,7 +146,9 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
     if job["outputs"]:
         print("\noutputs:")
         for o in job["outputs"]:
-            print(f"  {o['sop_instance_uid']}  -> {o['destination']}: {o['status']} {o['error'] or ''}")
+            print(
+                f"  {o['sop_instance_uid']}  -> {o['destination']}: {o['status']} {o['error'] or ''}"
+            )
     return 0
 
 
@@ -154,7 +173,9 @@ def cmd_studies_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
     upgrade(settings.database.url)
     with session_factory(make_engine(settings.database.url))() as session:
-        studies = session.execute(select(Study).order_by(Study.id.desc()).limit(args.limit)).scalars()
+        studies = session.execute(
+            select(Study).order_by(Study.id.desc()).limit(args.limit)
+        ).scalars()
         rows = [
             {
                 "study_instance_uid": s.study_instance_uid,
@@ -169,7 +190,17 @@ def cmd_studies_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        _print_table(rows, ["study_instance_uid", "status", "instances", "calling_aet", "last_received_at", "note"])
+        _print_table(
+            rows,
+            [
+                "study_instance_uid",
+                "status",
+                "instances",
+                "calling_aet",
+                "last_received_at",
+                "note",
+            ],
+        )
     return 0
 
 
@@ -225,33 +256,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                        help="TOML config (default: $DICOMNODE_CONFIG, else ./dicomnode.toml)")
-    parser = argparse.ArgumentParser(prog="dicomnode", parents=[common],
-                                     description="PACS-integrated DICOM AI node")
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="TOML config (default: $DICOMNODE_CONFIG, else ./dicomnode.toml)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="dicomnode", parents=[common], description="PACS-integrated DICOM AI node"
+    )
     parser.add_argument("--version", action="version", version=f"dicomnode {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("serve", parents=[common], help="receiver + scheduler + workers").set_defaults(func=cmd_serve)
+    sub.add_parser("serve", parents=[common], help="receiver + scheduler + workers").set_defaults(
+        func=cmd_serve
+    )
 
     worker = sub.add_parser("worker", parents=[common], help="worker processes only (scale-out)")
-    worker.add_argument("--pipelines", help="comma-separated pipelines this worker runs (default: all)")
+    worker.add_argument(
+        "--pipelines", help="comma-separated pipelines this worker runs (default: all)"
+    )
     worker.add_argument("--device", help="device for the pipelines, e.g. cuda:1 or cpu")
-    worker.add_argument("--processes", type=int, help="worker processes (default: workers.processes)")
+    worker.add_argument(
+        "--processes", type=int, help="worker processes (default: workers.processes)"
+    )
     worker.set_defaults(func=cmd_worker)
 
     jobs = sub.add_parser("jobs", parents=[common], help="list and manage jobs").add_subparsers(
-        dest="jobs_command", required=True)
+        dest="jobs_command", required=True
+    )
     listing = jobs.add_parser("list", parents=[common], help="jobs, newest first")
-    listing.add_argument("--status", choices=["waiting", "queued", "running", "sending", "done", "failed", "cancelled"])
+    listing.add_argument(
+        "--status",
+        choices=["waiting", "queued", "running", "sending", "done", "failed", "cancelled"],
+    )
     listing.add_argument("--pipeline")
     listing.add_argument("--study", help="Study Instance UID")
     listing.add_argument("--limit", type=int, default=100)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_jobs_list)
-    for name, func, text in (("show", cmd_jobs_show, "one job with its timeline"),
-                             ("retry", cmd_jobs_retry, "run or resend a finished job again"),
-                             ("cancel", cmd_jobs_cancel, "cancel a job that has not finished")):
+    for name, func, text in (
+        ("show", cmd_jobs_show, "one job with its timeline"),
+        ("retry", cmd_jobs_retry, "run or resend a finished job again"),
+        ("cancel", cmd_jobs_cancel, "cancel a job that has not finished"),
+    ):
         p = jobs.add_parser(name, parents=[common], help=text)
         p.add_argument("id", type=int)
         if name == "show":
@@ -259,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     studies = sub.add_parser("studies", parents=[common], help="received studies").add_subparsers(
-        dest="studies_command", required=True)
+        dest="studies_command", required=True
+    )
     slist = studies.add_parser("list", parents=[common])
     slist.add_argument("--limit", type=int, default=50)
     slist.add_argument("--json", action="store_true")
@@ -277,13 +326,18 @@ def build_parser() -> argparse.ArgumentParser:
     send.set_defaults(func=cmd_send)
 
     config = sub.add_parser("config", parents=[common], help="configuration").add_subparsers(
-        dest="config_command", required=True)
+        dest="config_command", required=True
+    )
     check = config.add_parser("check", parents=[common], help="validate a config file")
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=cmd_config_check)
 
-    db = sub.add_parser("db", parents=[common], help="database").add_subparsers(dest="db_command", required=True)
-    db.add_parser("upgrade", parents=[common], help="apply schema migrations").set_defaults(func=cmd_db_upgrade)
+    db = sub.add_parser("db", parents=[common], help="database").add_subparsers(
+        dest="db_command", required=True
+    )
+    db.add_parser("upgrade", parents=[common], help="apply schema migrations").set_defaults(
+        func=cmd_db_upgrade
+    )
 
     demo = sub.add_parser("demo", parents=[common], help="end-to-end demo on synthetic studies")
     demo.add_argument("--workdir", default="var/demo")

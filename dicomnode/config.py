@@ -230,9 +230,7 @@ class Settings(_Section):
         for i, route in enumerate(self.routes):
             for target in route.send_to:
                 if target != "sender" and target not in names:
-                    raise ValueError(
-                        f"routes[{i}].send_to names unknown destination {target!r}"
-                    )
+                    raise ValueError(f"routes[{i}].send_to names unknown destination {target!r}")
         return self
 
     def destination(self, name: str) -> DestinationConfig:
@@ -274,7 +272,9 @@ def _format_error(err: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     more = len(err.errors()) - 1
-    return f"{key}: {msg}" + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+    return f"{key}: {msg}" + (
+        f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    )
 
 
 def resolve_config_path(path: str | os.PathLike[str] | None) -> Path | None:

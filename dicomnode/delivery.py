@@ -57,7 +57,9 @@ class Deliverer:
 
     def backoff(self, attempts: int) -> timedelta:
         """Wait before attempt ``attempts + 1``."""
-        seconds = min(self.config.backoff_seconds * 2 ** max(0, attempts - 1), self.config.backoff_max_seconds)
+        seconds = min(
+            self.config.backoff_seconds * 2 ** max(0, attempts - 1), self.config.backoff_max_seconds
+        )
         return timedelta(seconds=seconds)
 
     def peer_for(self, destination: str, study: Study) -> Peer:
@@ -100,8 +102,13 @@ class Deliverer:
         paths = {o.id: self.storage / o.path for o in outputs}
         try:
             peer = self.peer_for(destination, study)
-            report = send(list(paths.values()), peer.ae_title, peer.host, peer.port,
-                          calling_aet=self.settings.node.ae_title)
+            report = send(
+                list(paths.values()),
+                peer.ae_title,
+                peer.host,
+                peer.port,
+                calling_aet=self.settings.node.ae_title,
+            )
             errors = {oid: report.failures.get(path) for oid, path in paths.items()}
         except (DeliveryError, KeyError, OSError) as exc:
             errors = {o.id: str(exc) for o in outputs}
@@ -112,7 +119,9 @@ class Deliverer:
         sent = 0
         with write_transaction(self.sessions) as session:
             job = session.get_one(Job, job_id)
-            for output in session.execute(select(Output).where(Output.id.in_(list(errors)))).scalars():
+            for output in session.execute(
+                select(Output).where(Output.id.in_(list(errors)))
+            ).scalars():
                 error = errors[output.id]
                 output.attempts += 1
                 if error is None:
@@ -130,13 +139,18 @@ class Deliverer:
             if sent:
                 add_event(session, job_id, "delivery", f"{sent} object(s) stored at {destination}")
             if failed:
-                add_event(session, job_id, "delivery", f"{destination}: {failed[0]}", level="warning")
+                add_event(
+                    session, job_id, "delivery", f"{destination}: {failed[0]}", level="warning"
+                )
             session.flush()
             self._settle(session, job, now)
         return sent
 
     def _settle(self, session: Session, job: Job, now: datetime) -> None:
-        states = [o.status for o in session.execute(select(Output).where(Output.job_id == job.id)).scalars()]
+        states = [
+            o.status
+            for o in session.execute(select(Output).where(Output.job_id == job.id)).scalars()
+        ]
         if job.status != JobStatus.SENDING or OutputStatus.PENDING in states:
             return
         job.finished_at = now

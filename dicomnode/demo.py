@@ -40,7 +40,9 @@ def demo_settings(workdir: Path, port: int) -> Settings:
             "assembly": {"quiet_seconds": 2, "check_interval": 0.5},
             "workers": {"processes": 1, "poll_seconds": 0.5},
             "api": {"enabled": False},
-            "routes": [{"name": "ct-geometry", "pipeline": "geometry_qa", "match": {"Modality": "CT"}}],
+            "routes": [
+                {"name": "ct-geometry", "pipeline": "geometry_qa", "match": {"Modality": "CT"}}
+            ],
         }
     )
 
@@ -79,7 +81,9 @@ def run_demo(workdir: Path, *, keep: bool = False, timeout: float = 300.0) -> in
             for label, files in studies.items():
                 started = time.perf_counter()
                 report = send(files, DEMO_AE, "127.0.0.1", port, calling_aet="DEMOSCANNER")
-                print(f"demo: pushed {label}: {report.summary()} in {time.perf_counter() - started:.2f} s")
+                print(
+                    f"demo: pushed {label}: {report.summary()} in {time.perf_counter() - started:.2f} s"
+                )
                 if report.failures:
                     print(f"demo: send failures: {list(report.failures.values())[:3]}")
                     return 1
@@ -114,12 +118,16 @@ def _wait_for_jobs(queue: JobQueue, *, expected: int, timeout: float) -> list[di
 def _print_jobs(queue: JobQueue, jobs: list[dict[str, object]]) -> None:
     print("\nJOB  STATUS   PIPELINE      STUDY")
     for job in jobs:
-        print(f"{job['id']:<4} {job['status']:<8} {job['pipeline']:<13} {job['study_instance_uid']}")
+        print(
+            f"{job['id']:<4} {job['status']:<8} {job['pipeline']:<13} {job['study_instance_uid']}"
+        )
         detail = job_to_dict(queue.get(int(str(job["id"]))), events=True)
         for event in detail["events"]:
             took = f" ({event['duration_s']:.2f} s)" if event["duration_s"] is not None else ""
             print(f"       {event['stage']:<9} {event['message']}{took}")
         for output in detail["outputs"]:
-            print(f"       output {output['sop_instance_uid']} -> {output['destination']}: {output['status']}")
+            print(
+                f"       output {output['sop_instance_uid']} -> {output['destination']}: {output['status']}"
+            )
         if job["error"]:
             print(f"       error: {job['error']}")

@@ -272,7 +272,9 @@ class JobQueue:
             else:
                 job.status = JobStatus.DONE
                 job.finished_at = now
-                what = f"{len(outputs)} result object(s), no destination" if outputs else "no results"
+                what = (
+                    f"{len(outputs)} result object(s), no destination" if outputs else "no results"
+                )
                 add_event(session, job.id, "done", f"finished with {what}")
             return str(job.status)
 
@@ -316,7 +318,9 @@ class JobQueue:
             if job is None:
                 raise JobError(f"no job with id {job_id}")
             if job.status not in FINAL_JOB_STATES:
-                raise JobError(f"job {job_id} is {job.status}; only done, failed or cancelled jobs can be retried")
+                raise JobError(
+                    f"job {job_id} is {job.status}; only done, failed or cancelled jobs can be retried"
+                )
             unsent = [o for o in job.outputs if o.status != OutputStatus.SENT]
             if job.status == JobStatus.FAILED and job.outputs and unsent:
                 # The pipeline ran; only delivery failed: resend, do not recompute.

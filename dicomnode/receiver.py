@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from typing import Any
+from typing import Any, cast
 
 from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -61,7 +62,7 @@ def make_ae(config: NodeConfig) -> AE:
     """A pynetdicom AE with the node's association policy and timeouts."""
     ae = AE(ae_title=config.ae_title)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     ae.require_called_aet = True
     ae.require_calling_aet = list(config.allowed_calling_aets)
@@ -101,7 +102,7 @@ class Receiver:
     def start(self) -> None:
         """Start listening in background threads."""
         _dul_tuning.apply()
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_ECHO, self.on_c_echo),
             (evt.EVT_C_STORE, self.on_c_store),
             (evt.EVT_ACCEPTED, self.on_accepted),
@@ -134,7 +135,7 @@ class Receiver:
 
     def on_c_store(self, event: evt.Event) -> int | Dataset:
         """C-STORE: store durably, then Success; otherwise a failure status and comment."""
-        request = event.request
+        request = cast(C_STORE, event.request)
         raw = request.DataSet.getvalue() if request.DataSet is not None else b""
         requestor = event.assoc.requestor
         provenance = Provenance(
@@ -171,7 +172,10 @@ class Receiver:
         requestor = event.assoc.requestor
         log.info(
             "association accepted",
-            extra={"calling_aet": requestor.ae_title, "peer": f"{requestor.address}:{requestor.port}"},
+            extra={
+                "calling_aet": requestor.ae_title,
+                "peer": f"{requestor.address}:{requestor.port}",
+            },
         )
 
     def on_rejected(self, event: evt.Event) -> None:

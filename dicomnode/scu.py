@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -13,10 +14,12 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomnode._dul_tuning import set_nodelay
 
-_NODELAY = [(evt.EVT_CONN_OPEN, set_nodelay)]
+_NODELAY: list[Any] = [(evt.EVT_CONN_OPEN, set_nodelay)]
 
 
-def echo(aet: str, host: str, port: int, *, calling_aet: str = "DICOMNODE", timeout: float = 10) -> tuple[bool, str]:
+def echo(
+    aet: str, host: str, port: int, *, calling_aet: str = "DICOMNODE", timeout: float = 10
+) -> tuple[bool, str]:
     """C-ECHO; returns (ok, a sentence for the admin)."""
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = timeout
@@ -58,7 +61,13 @@ class SendReport:
 
 
 def send(
-    files: list[Path], aet: str, host: str, port: int, *, calling_aet: str = "DICOMNODE", timeout: float = 30
+    files: list[Path],
+    aet: str,
+    host: str,
+    port: int,
+    *,
+    calling_aet: str = "DICOMNODE",
+    timeout: float = 30,
 ) -> SendReport:
     """C-STORE *files* over one association, each in its own transfer syntax."""
     report = SendReport()
@@ -95,7 +104,9 @@ def send(
                 report.sent += 1
             else:
                 comment = getattr(status, "ErrorComment", "") if code is not None else "no response"
-                report.failures[path] = f"status {code if code is None else hex(code)} {comment}".strip()
+                report.failures[path] = (
+                    f"status {code if code is None else hex(code)} {comment}".strip()
+                )
     finally:
         assoc.release()
     return report

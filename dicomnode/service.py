@@ -44,7 +44,9 @@ class Node:
         database.upgrade(settings.database.url)
         self.engine = database.make_engine(settings.database.url)
         self.sessions = database.session_factory(self.engine)
-        keywords = tuple(dict.fromkeys([*ROUTING_KEYWORDS, *sorted(keywords_used(settings.routes))]))
+        keywords = tuple(
+            dict.fromkeys([*ROUTING_KEYWORDS, *sorted(keywords_used(settings.routes))])
+        )
         self.store = InstanceStore(
             Path(settings.storage.path),
             self.sessions,
@@ -55,9 +57,7 @@ class Node:
         self.receiver = Receiver(settings.node, self.store)
         self.assembler = Assembler(self.sessions, settings.assembly, settings.routes)
         self.deliverer = Deliverer(self.sessions, settings)
-        self.pool = WorkerPool(
-            settings, settings.workers.processes if workers is None else workers
-        )
+        self.pool = WorkerPool(settings, settings.workers.processes if workers is None else workers)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.stopped = threading.Event()
 
@@ -74,10 +74,15 @@ class Node:
         self.receiver.start()
         every = self.settings.assembly.check_interval
         options: dict[str, Any] = {"max_instances": 1, "coalesce": True}
-        self.scheduler.add_job(self.assembler.tick, "interval", seconds=every, id="assembly", **options)
         self.scheduler.add_job(
-            self.deliverer.tick, "interval", seconds=self.settings.delivery.check_interval,
-            id="delivery", **options,
+            self.assembler.tick, "interval", seconds=every, id="assembly", **options
+        )
+        self.scheduler.add_job(
+            self.deliverer.tick,
+            "interval",
+            seconds=self.settings.delivery.check_interval,
+            id="delivery",
+            **options,
         )
         self.scheduler.add_job(self.pool.check, "interval", seconds=2, id="workers", **options)
         self.scheduler.start()

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
-from pydicom.multival import MultiValue
 from pydicom.filereader import data_element_generator
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
+from pydicom.multival import MultiValue
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -200,7 +200,9 @@ def parse_header(
     """
     ts = UID(transfer_syntax)
     try:
-        data = zlib.decompress(raw, -zlib.MAX_WBITS) if ts == DeflatedExplicitVRLittleEndian else raw
+        data = (
+            zlib.decompress(raw, -zlib.MAX_WBITS) if ts == DeflatedExplicitVRLittleEndian else raw
+        )
         # Walk every element header (values past 4 KiB are skipped, not read): a
         # truncated dataset raises EOFError here instead of being stored.
         elements = data_element_generator(
@@ -212,9 +214,10 @@ def parse_header(
         found = {}
         for element in elements:
             tell = getattr(element, "value_tell", None)  # sequences come back parsed
-            if tell is not None and element.length != 0xFFFFFFFF and tell + element.length > len(data):
+            length = getattr(element, "length", 0)
+            if tell is not None and length != 0xFFFFFFFF and tell + length > len(data):
                 raise UnreadableDataset(
-                    f"dataset is truncated: element {element.tag} needs {element.length} bytes, "
+                    f"dataset is truncated: element {element.tag} needs {length} bytes, "
                     f"{len(data) - tell} are left"
                 )
             found[element.tag] = element
@@ -472,7 +475,9 @@ class InstanceStore:
                 _fsync_dir(target.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise OutOfResources(f"disk write failed: {exc.strerror or exc} ({relative.name})") from exc
+            raise OutOfResources(
+                f"disk write failed: {exc.strerror or exc} ({relative.name})"
+            ) from exc
         return size
 
     def clear_tmp(self) -> int:
@@ -567,13 +572,25 @@ class InstanceStore:
                     "series or study"
                 )
             if existing is None:
-                self._sql.run(cur, "instance_insert", (
-                    study_id, series_id, header.sop_instance_uid, header.sop_class_uid,
-                    transfer_syntax, header.instance_number, str(relative), size, now,
-                ))
+                self._sql.run(
+                    cur,
+                    "instance_insert",
+                    (
+                        study_id,
+                        series_id,
+                        header.sop_instance_uid,
+                        header.sop_class_uid,
+                        transfer_syntax,
+                        header.instance_number,
+                        str(relative),
+                        size,
+                        now,
+                    ),
+                )
             else:
-                self._sql.run(cur, "instance_update",
-                              (str(relative), size, transfer_syntax, now, existing[0]))
+                self._sql.run(
+                    cur, "instance_update", (str(relative), size, transfer_syntax, now, existing[0])
+                )
             added = 0 if existing is not None else 1
             self._sql.run(cur, "series_touch", (added, now, series_id))
             self._sql.run(cur, "study_touch", (added, now, StudyStatus.RECEIVING.value, study_id))
@@ -593,11 +610,24 @@ class InstanceStore:
         row = self._sql.one(cur, "study_id", (uid,))
         if row is None:
             info = header.study
-            self._sql.run(cur, "study_insert", (
-                uid, info.get("patient_id"), info.get("patient_name"), info.get("accession_number"),
-                info.get("study_date"), info.get("study_description"), prov.calling_aet,
-                prov.called_aet, prov.host, StudyStatus.RECEIVING.value, now, now,
-            ))
+            self._sql.run(
+                cur,
+                "study_insert",
+                (
+                    uid,
+                    info.get("patient_id"),
+                    info.get("patient_name"),
+                    info.get("accession_number"),
+                    info.get("study_date"),
+                    info.get("study_description"),
+                    prov.calling_aet,
+                    prov.called_aet,
+                    prov.host,
+                    StudyStatus.RECEIVING.value,
+                    now,
+                    now,
+                ),
+            )
             row = self._sql.one(cur, "study_id", (uid,))
         assert row is not None
         self._study_ids.put(uid, int(row[0]))
@@ -613,12 +643,22 @@ class InstanceStore:
             if row is None:
                 attrs = header.series
                 description = attrs.get("SeriesDescription")
-                self._sql.run(cur, "series_insert", (
-                    study_id, uid, str(attrs.get("Modality", ""))[:16] or None,
-                    _int_or_none(attrs.get("SeriesNumber")),
-                    str(description)[:64] if description is not None else None,
-                    self._sql.json(attrs), prov.calling_aet, prov.called_aet, now, now,
-                ))
+                self._sql.run(
+                    cur,
+                    "series_insert",
+                    (
+                        study_id,
+                        uid,
+                        str(attrs.get("Modality", ""))[:16] or None,
+                        _int_or_none(attrs.get("SeriesNumber")),
+                        str(description)[:64] if description is not None else None,
+                        self._sql.json(attrs),
+                        prov.calling_aet,
+                        prov.called_aet,
+                        now,
+                        now,
+                    ),
+                )
                 row = self._sql.one(cur, "series_row", (uid,))
             assert row is not None
             row = (int(row[0]), int(row[1]))
@@ -649,7 +689,9 @@ class InstanceStore:
                 meta = ds.file_meta
                 header = parse_header_from_dataset(ds, self.keywords)
                 relative = path.relative_to(self.root)
-                prov = Provenance(calling_aet=str(meta.get("SourceApplicationEntityTitle", "")) or None)
+                prov = Provenance(
+                    calling_aet=str(meta.get("SourceApplicationEntityTitle", "")) or None
+                )
                 self.index(header, relative, path.stat().st_size, str(meta.TransferSyntaxUID), prov)
                 restored += 1
             except Exception as exc:
@@ -664,7 +706,9 @@ class InstanceStore:
         shutil.rmtree(self.instances_dir / study_instance_uid, ignore_errors=True)
 
 
-def parse_header_from_dataset(ds: Dataset, keywords: Iterable[str] = ROUTING_KEYWORDS) -> InstanceHeader:
+def parse_header_from_dataset(
+    ds: Dataset, keywords: Iterable[str] = ROUTING_KEYWORDS
+) -> InstanceHeader:
     """An :class:`InstanceHeader` from an already-read dataset."""
     return InstanceHeader(
         sop_class_uid=require_uid(ds.get("SOPClassUID"), "SOPClassUID"),

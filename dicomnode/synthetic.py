@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from dicomnode.store import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -47,8 +47,8 @@ def _base_dataset(
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
-    ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    ds.file_meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = sop_class_uid
@@ -83,7 +83,9 @@ def _static_chest(xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
     return hu
 
 
-def _disc(hu: np.ndarray, x: np.ndarray, y: np.ndarray, cx: float, cy: float, r: float, value: float) -> None:
+def _disc(
+    hu: np.ndarray, x: np.ndarray, y: np.ndarray, cx: float, cy: float, r: float, value: float
+) -> None:
     """Set a disc of radius *r* mm at (cx, cy) mm to *value*, touching only its bounding box."""
     cols = np.nonzero(np.abs(x - cx) <= r)[0]
     rows = np.nonzero(np.abs(y - cy) <= r)[0]
@@ -114,7 +116,15 @@ def _chest_slice(
         r = nodule.diameter_mm / 2.0
         dz = z_mm - nodule.center_mm[2]
         if abs(dz) <= r:
-            _disc(hu, x, y, nodule.center_mm[0], nodule.center_mm[1], float(np.sqrt(r * r - dz * dz)), nodule.hu)
+            _disc(
+                hu,
+                x,
+                y,
+                nodule.center_mm[0],
+                nodule.center_mm[1],
+                float(np.sqrt(r * r - dz * dz)),
+                nodule.hu,
+            )
     hu += 15.0 * rng.standard_normal(size=hu.shape, dtype=np.float32)
     return hu
 

@@ -119,16 +119,24 @@ class Worker:
             self._loaded[name] = cls(name, config)
         return self._loaded[name]
 
-    def _event(self, job_id: int, stage: str, message: str, duration: float | None, level: str) -> None:
+    def _event(
+        self, job_id: int, stage: str, message: str, duration: float | None, level: str
+    ) -> None:
         with self.sessions.begin() as session:
             add_event(session, job_id, stage, message, duration_s=duration, level=level)
 
     def _context(self, job: ClaimedJob) -> JobContext:
         with self.sessions() as session:
             study = session.get_one(Study, job.study_id)
-            series_rows = session.execute(
-                select(Series).where(Series.study_id == job.study_id).order_by(Series.series_number, Series.id)
-            ).scalars().all()
+            series_rows = (
+                session.execute(
+                    select(Series)
+                    .where(Series.study_id == job.study_id)
+                    .order_by(Series.series_number, Series.id)
+                )
+                .scalars()
+                .all()
+            )
             inputs = []
             for s in series_rows:
                 rows = session.execute(
@@ -165,9 +173,15 @@ class Worker:
         """Run one claimed job to an outcome recorded in the database."""
         lost = threading.Event()
         done = threading.Event()
-        timeout = self.settings.pipeline(job.pipeline).timeout_seconds or self.settings.workers.job_timeout_seconds
+        timeout = (
+            self.settings.pipeline(job.pipeline).timeout_seconds
+            or self.settings.workers.job_timeout_seconds
+        )
         beat = threading.Thread(
-            target=self._heartbeat, args=(job, lost, done, timeout), daemon=True, name=f"heartbeat-{job.id}"
+            target=self._heartbeat,
+            args=(job, lost, done, timeout),
+            daemon=True,
+            name=f"heartbeat-{job.id}",
         )
         beat.start()
         started = time.perf_counter()
@@ -177,11 +191,20 @@ class Worker:
             pipeline = self._pipeline(job.pipeline)
             results = pipeline.run(context)
             outputs = [
-                (r.sop_instance_uid, r.sop_class_uid, str(Path(r.path).resolve().relative_to(self.storage.resolve())))
+                (
+                    r.sop_instance_uid,
+                    r.sop_class_uid,
+                    str(Path(r.path).resolve().relative_to(self.storage.resolve())),
+                )
                 for r in results
             ]
-            self._event(job.id, "pipeline", f"{job.pipeline} produced {len(results)} object(s)",
-                        time.perf_counter() - started, "info")
+            self._event(
+                job.id,
+                "pipeline",
+                f"{job.pipeline} produced {len(results)} object(s)",
+                time.perf_counter() - started,
+                "info",
+            )
             status = self.queue.complete(job.id, self.worker_id, outputs)
             if status is None:
                 log.warning("job finished after it was taken away", extra={"job": job.id})
@@ -189,17 +212,23 @@ class Worker:
             self.queue.fail(job.id, self.worker_id, str(exc))
         except Exception as exc:
             log.error("pipeline crashed: %s", traceback.format_exc(), extra={"job": job.id})
-            self.queue.fail(job.id, self.worker_id, f"{job.pipeline} failed: {type(exc).__name__}: {exc}")
+            self.queue.fail(
+                job.id, self.worker_id, f"{job.pipeline} failed: {type(exc).__name__}: {exc}"
+            )
         finally:
             done.set()
             beat.join(timeout=5)
 
-    def _heartbeat(self, job: ClaimedJob, lost: threading.Event, done: threading.Event, timeout: float) -> None:
+    def _heartbeat(
+        self, job: ClaimedJob, lost: threading.Event, done: threading.Event, timeout: float
+    ) -> None:
         started = time.monotonic()
         interval = self.settings.workers.heartbeat_seconds
         while not done.wait(min(interval, max(0.05, timeout - (time.monotonic() - started)))):
             if time.monotonic() - started >= timeout:
-                self.queue.fail(job.id, self.worker_id, f"{job.pipeline} timed out after {timeout:g} s")
+                self.queue.fail(
+                    job.id, self.worker_id, f"{job.pipeline} timed out after {timeout:g} s"
+                )
                 lost.set()
                 if self.exit_on_timeout:
                     log.error("job timed out; restarting worker process", extra={"job": job.id})
@@ -236,7 +265,9 @@ def _worker_process(settings_data: dict[str, Any], index: int, pipelines: list[s
 class WorkerPool:
     """Starts worker processes and restarts those that die."""
 
-    def __init__(self, settings: Settings, count: int, pipelines: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, count: int, pipelines: Sequence[str] | None = None
+    ) -> None:
         self.settings_data = settings.model_dump(mode="json")
         self.count = count
         self.pipelines = list(pipelines) if pipelines else None

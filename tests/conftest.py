@@ -60,7 +60,12 @@ def settings_data(root: Path, port: int | None = None) -> dict[str, Any]:
         "storage": {"path": str(root / "storage"), "min_free_bytes": 0},
         "database": {"url": f"sqlite:///{root / 'dicomnode.db'}"},
         "assembly": {"quiet_seconds": 1.0, "early_quiet_seconds": 0.2, "check_interval": 0.2},
-        "workers": {"processes": 0, "poll_seconds": 0.2, "lease_seconds": 10, "heartbeat_seconds": 1},
+        "workers": {
+            "processes": 0,
+            "poll_seconds": 0.2,
+            "lease_seconds": 10,
+            "heartbeat_seconds": 1,
+        },
         "delivery": {"check_interval": 0.2, "backoff_seconds": 0.5, "backoff_max_seconds": 2},
         "api": {"enabled": False},
     }

@@ -122,7 +122,10 @@ class _Process:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -143,7 +146,9 @@ class _Process:
 class StoreSCP(_Process):
     """DCMTK storescp writing received files into *output_dir* (``ignore``: discard them)."""
 
-    def __init__(self, output_dir: Path | None = None, *, aet: str = "STORESCP", ignore: bool = False) -> None:
+    def __init__(
+        self, output_dir: Path | None = None, *, aet: str = "STORESCP", ignore: bool = False
+    ) -> None:
         self.aet = aet
         self.port = free_port()
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="storescp-"))
@@ -153,10 +158,17 @@ class StoreSCP(_Process):
         args = ["storescp", "-aet", self.aet, "--promiscuous", "-od", str(self.output_dir)]
         if self.ignore:
             args.append("--ignore")
-        self.proc = subprocess.Popen([*args, str(self.port)], env=NODELAY_ENV,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(lambda: echoscu(host="127.0.0.1", port=self.port, called_aet=self.aet).returncode == 0,
-              15, "storescp")
+        self.proc = subprocess.Popen(
+            [*args, str(self.port)],
+            env=NODELAY_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait(
+            lambda: echoscu(host="127.0.0.1", port=self.port, called_aet=self.aet).returncode == 0,
+            15,
+            "storescp",
+        )
 
 
 class Orthanc(_Process):
@@ -202,8 +214,12 @@ class Orthanc(_Process):
 
     def start(self) -> None:
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(["Orthanc", str(self.config_path)], env=NODELAY_ENV,
-                                         stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                ["Orthanc", str(self.config_path)],
+                env=NODELAY_ENV,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         _wait(self._alive, 30, "Orthanc", self.log)
 
     def _alive(self) -> bool:
@@ -240,9 +256,13 @@ class Orthanc(_Process):
 
     def add_modality(self, name: str, aet: str, host: str, port: int) -> None:
         """Declare a DICOM peer Orthanc may send to."""
-        self.client.put(f"/modalities/{name}", json={"AET": aet, "Host": host, "Port": port}).raise_for_status()
+        self.client.put(
+            f"/modalities/{name}", json={"AET": aet, "Host": host, "Port": port}
+        ).raise_for_status()
 
-    def store_to(self, modality: str, resources: list[str], synchronous: bool = True) -> dict[str, Any]:
+    def store_to(
+        self, modality: str, resources: list[str], synchronous: bool = True
+    ) -> dict[str, Any]:
         """C-STORE Orthanc resources (ids) to a declared modality."""
         response = self.client.post(
             f"/modalities/{modality}/store",
@@ -292,10 +312,21 @@ class PostgresServer(_Process):
         subprocess.run([*self.as_user, *args], check=True, capture_output=True, timeout=120)
 
     def start(self) -> None:
-        self._run(_pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user, "--no-sync")
+        self._run(
+            _pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user, "--no-sync"
+        )
         options = f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} -c fsync=off"
-        self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "pg.log"),
-                  "-w", "start")
+        self._run(
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "pg.log"),
+            "-w",
+            "start",
+        )
         self._running = True
         self.create_database("dicomnode")
 
@@ -303,14 +334,27 @@ class PostgresServer(_Process):
         """Create a database; return its SQLAlchemy URL."""
         import psycopg
 
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user={self.user} dbname=postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user={self.user} dbname=postgres", autocommit=True
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
         if getattr(self, "_running", False):
-            subprocess.run([*self.as_user, _pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                [
+                    *self.as_user,
+                    _pg_bin("pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "stop",
+                ],
+                capture_output=True,
+                timeout=60,
+            )
             self._running = False
         shutil.rmtree(self.root, ignore_errors=True)

@@ -24,11 +24,22 @@ class SeriesSummary(Pipeline):
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
         # Deterministic UIDs per job: a re-run resends the same instance.
-        ds.SOPInstanceUID = generate_uid(entropy_srcs=[context.study_instance_uid, "sc", str(context.job_id)])
+        ds.SOPInstanceUID = generate_uid(
+            entropy_srcs=[context.study_instance_uid, "sc", str(context.job_id)]
+        )
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.SOPClassUID = SecondaryCaptureImageStorage
-        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
-                        "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyID"):
+        for keyword in (
+            "PatientName",
+            "PatientID",
+            "PatientBirthDate",
+            "PatientSex",
+            "StudyDate",
+            "StudyTime",
+            "AccessionNumber",
+            "ReferringPhysicianName",
+            "StudyID",
+        ):
             setattr(ds, keyword, first.get(keyword, ""))
         ds.StudyInstanceUID = context.study_instance_uid
         ds.SeriesInstanceUID = generate_uid(entropy_srcs=[context.study_instance_uid, "series"])

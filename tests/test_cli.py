@@ -13,7 +13,9 @@ import pytest
 from tests.conftest import NODE_AE, sample_paths
 
 
-def dicomnode(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def dicomnode(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dicomnode.cli", *args],
         capture_output=True,
@@ -45,18 +47,32 @@ bundle = "models/lung_nodule_ct"
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[node]\nport = 70000\n', "node.port: Input should be less than or equal to 65535"),
-        ('[node]\nprot = 1\n', "node.prot: unknown key"),
+        ("[node]\nport = 70000\n", "node.port: Input should be less than or equal to 65535"),
+        ("[node]\nprot = 1\n", "node.prot: unknown key"),
         ('[node]\nae_title = "BAD\\\\AE"\n', "node.ae_title: must be 1-16 printable characters"),
-        ('[[routes]]\npipeline = "x"\nsend_to = ["nowhere"]\n', "routes[0].send_to names unknown destination 'nowhere'"),
-        ('[[routes]]\npipeline = "x"\nmatch = { Modality = { regex = "(" } }\n', "routes.0.match: Modality: bad regex"),
-        ('[[routes]]\npipeline = "x"\nmatch = { Modallity = "CT" }\n', "'Modallity' is not a DICOM keyword"),
-        ('[node.tls]\nenabled = true\n', "node.tls: certificate and private_key are required"),
-        ('[database]\nurl = "mysql://x"\n', "database.url: must be a sqlite:/// or postgresql+psycopg:// URL"),
+        (
+            '[[routes]]\npipeline = "x"\nsend_to = ["nowhere"]\n',
+            "routes[0].send_to names unknown destination 'nowhere'",
+        ),
+        (
+            '[[routes]]\npipeline = "x"\nmatch = { Modality = { regex = "(" } }\n',
+            "routes.0.match: Modality: bad regex",
+        ),
+        (
+            '[[routes]]\npipeline = "x"\nmatch = { Modallity = "CT" }\n',
+            "'Modallity' is not a DICOM keyword",
+        ),
+        ("[node.tls]\nenabled = true\n", "node.tls: certificate and private_key are required"),
+        (
+            '[database]\nurl = "mysql://x"\n',
+            "database.url: must be a sqlite:/// or postgresql+psycopg:// URL",
+        ),
         ("node = [", "not valid TOML"),
     ],
 )
-def test_config_check_names_the_bad_key_in_one_line(tmp_path: Path, text: str, message: str) -> None:
+def test_config_check_names_the_bad_key_in_one_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
     result = dicomnode("config", "check", str(path))
@@ -85,7 +101,9 @@ def test_environment_overrides_config_and_default_file_is_found(tmp_path: Path) 
     assert result.returncode == 2 and "node.port" in result.stderr
 
 
-def test_echo_send_and_listings_against_a_running_node(make_settings, start_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_echo_send_and_listings_against_a_running_node(
+    make_settings, start_node, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings()
     node = start_node(settings)
     peer = f"{NODE_AE}@127.0.0.1:{node.receiver.port}"

@@ -49,10 +49,10 @@ ae_title = "{NODE_AE}"
 host = "127.0.0.1"
 port = {port}
 [storage]
-path = "{root / 'storage'}"
+path = "{root / "storage"}"
 min_free_bytes = 0
 [database]
-url = "sqlite:///{root / 'db.sqlite'}"
+url = "sqlite:///{root / "db.sqlite"}"
 [assembly]
 quiet_seconds = 2
 check_interval = 0.2
@@ -82,8 +82,13 @@ def start_serve(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def push(port: int, datasets: list[pydicom.Dataset], *, kill_after: int | None = None,
-         proc: subprocess.Popen[bytes] | None = None) -> set[str]:
+def push(
+    port: int,
+    datasets: list[pydicom.Dataset],
+    *,
+    kill_after: int | None = None,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> set[str]:
     """Send datasets one by one; return the SOP Instance UIDs that got Success."""
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
@@ -151,7 +156,13 @@ def test_file_without_row_is_reindexed_at_start(make_settings, start_node, tmp_p
     settings = make_settings()
     node = start_node(settings)
     ds = ct_study(1)[0]
-    path = node.store.root / "instances" / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+    path = (
+        node.store.root
+        / "instances"
+        / ds.StudyInstanceUID
+        / ds.SeriesInstanceUID
+        / f"{ds.SOPInstanceUID}.dcm"
+    )
     path.parent.mkdir(parents=True)
     ds.save_as(path, enforce_file_format=True)
     (node.store.root / "tmp" / "dead.part").write_bytes(b"partial")

@@ -20,7 +20,9 @@ from tests.test_durability import ct_study
 pytestmark = pytest.mark.slow
 
 
-def wait_for_jobs(node: Any, n: int = 1, timeout: float = 60, final: bool = True) -> list[dict[str, Any]]:
+def wait_for_jobs(
+    node: Any, n: int = 1, timeout: float = 60, final: bool = True
+) -> list[dict[str, Any]]:
     queue = JobQueue(node.sessions)
     deadline = time.monotonic() + timeout
     while True:
@@ -40,10 +42,16 @@ def write_study(tmp_path: Path, n: int = 12) -> list[Path]:
     return paths
 
 
-def test_study_goes_waiting_queued_done_with_a_timeline(make_settings, start_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(routes=[{"name": "ct", "pipeline": "geometry_qa", "match": {"Modality": "CT"}}])
+def test_study_goes_waiting_queued_done_with_a_timeline(
+    make_settings, start_node, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(
+        routes=[{"name": "ct", "pipeline": "geometry_qa", "match": {"Modality": "CT"}}]
+    )
     node = start_node(settings, workers=1)
-    result = storescu(write_study(tmp_path), host="127.0.0.1", port=node.receiver.port, called_aet=NODE_AE)
+    result = storescu(
+        write_study(tmp_path), host="127.0.0.1", port=node.receiver.port, called_aet=NODE_AE
+    )
     assert result.returncode == 0
     (job,) = wait_for_jobs(node)
     assert job["status"] == "done", job
@@ -54,7 +62,9 @@ def test_study_goes_waiting_queued_done_with_a_timeline(make_settings, start_nod
     assert "12 slices" in geometry["message"] and "slice spacing 5.000 mm" in geometry["message"]
 
 
-def test_missing_slice_fails_with_a_sentence_and_retry_requeues(make_settings, start_node, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_missing_slice_fails_with_a_sentence_and_retry_requeues(
+    make_settings, start_node, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings(routes=[{"pipeline": "geometry_qa", "match": {"Modality": "CT"}}])
     node = start_node(settings, workers=1)
     files = write_study(tmp_path)
@@ -68,8 +78,17 @@ def test_missing_slice_fails_with_a_sentence_and_retry_requeues(make_settings, s
     assert cli(["jobs", "list", "--status", "failed", "--json", "--config", str(config)]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [j["id"] for j in listed] == [job["id"]]
-    for key in ("id", "study_instance_uid", "pipeline", "status", "error", "created_at",
-                "started_at", "finished_at", "outputs"):
+    for key in (
+        "id",
+        "study_instance_uid",
+        "pipeline",
+        "status",
+        "error",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "outputs",
+    ):
         assert key in listed[0]
     assert cli(["jobs", "retry", str(job["id"]), "--config", str(config)]) == 0
     (again,) = wait_for_jobs(node)
@@ -77,7 +96,9 @@ def test_missing_slice_fails_with_a_sentence_and_retry_requeues(make_settings, s
 
 
 def test_unmatched_study_is_recorded_not_processed(make_settings, start_node) -> None:  # type: ignore[no-untyped-def]
-    node = start_node(make_settings(routes=[{"pipeline": "geometry_qa", "match": {"Modality": "MR"}}]))
+    node = start_node(
+        make_settings(routes=[{"pipeline": "geometry_qa", "match": {"Modality": "MR"}}])
+    )
     storescu(sample_paths()[:1], host="127.0.0.1", port=node.receiver.port, called_aet=NODE_AE)
     deadline = time.monotonic() + 20
     while True:
@@ -98,23 +119,33 @@ def test_pipeline_errors_become_job_errors(make_settings, start_node, tmp_path: 
             {"pipeline": "broken", "match": {"Modality": "CT"}, "continue_matching": True},
             {"pipeline": "crashing", "match": {"Modality": "CT"}},
         ],
-        pipelines={"broken": {"type": "tests.pipelines:Broken"},
-                   "crashing": {"type": "tests.pipelines:Crashing"}},
+        pipelines={
+            "broken": {"type": "tests.pipelines:Broken"},
+            "crashing": {"type": "tests.pipelines:Crashing"},
+        },
     )
     node = start_node(settings, workers=1)
-    storescu(write_study(tmp_path, 3), host="127.0.0.1", port=node.receiver.port, called_aet=NODE_AE)
+    storescu(
+        write_study(tmp_path, 3), host="127.0.0.1", port=node.receiver.port, called_aet=NODE_AE
+    )
     jobs = {j["pipeline"]: j for j in wait_for_jobs(node, 2)}
     assert jobs["broken"]["error"] == "the model found no lungs in this series"
     assert jobs["crashing"]["error"].startswith("crashing failed: KeyError")
 
 
-def test_job_timeout_fails_the_job_and_the_worker_comes_back(make_settings, start_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_job_timeout_fails_the_job_and_the_worker_comes_back(
+    make_settings, start_node, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings(
         routes=[{"pipeline": "sleepy", "match": {"Modality": "CT"}}],
-        pipelines={"sleepy": {"type": "tests.pipelines:Sleepy", "seconds": 60, "timeout_seconds": 1.5}},
+        pipelines={
+            "sleepy": {"type": "tests.pipelines:Sleepy", "seconds": 60, "timeout_seconds": 1.5}
+        },
     )
     node = start_node(settings, workers=1)
-    storescu(write_study(tmp_path, 2), host="127.0.0.1", port=node.receiver.port, called_aet=NODE_AE)
+    storescu(
+        write_study(tmp_path, 2), host="127.0.0.1", port=node.receiver.port, called_aet=NODE_AE
+    )
     (job,) = wait_for_jobs(node, timeout=60)
     assert job["status"] == "failed"
     assert job["error"] == "sleepy timed out after 1.5 s"
@@ -122,12 +153,26 @@ def test_job_timeout_fails_the_job_and_the_worker_comes_back(make_settings, star
     assert all(p is not None and p.is_alive() for p in node.pool.processes)
 
 
-def test_orthanc_pushes_a_study_and_gets_the_result_back(make_settings, start_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_orthanc_pushes_a_study_and_gets_the_result_back(
+    make_settings, start_node, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     with Orthanc(tmp_path / "orthanc") as orthanc:
         settings = make_settings(
-            destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
-            routes=[{"pipeline": "summary", "match": {"Modality": "CT", "CallingAETitle": orthanc.aet},
-                     "send_to": ["pacs"]}],
+            destinations=[
+                {
+                    "name": "pacs",
+                    "ae_title": orthanc.aet,
+                    "host": "127.0.0.1",
+                    "port": orthanc.dicom_port,
+                }
+            ],
+            routes=[
+                {
+                    "pipeline": "summary",
+                    "match": {"Modality": "CT", "CallingAETitle": orthanc.aet},
+                    "send_to": ["pacs"],
+                }
+            ],
             pipelines={"summary": {"type": "tests.pipelines:SeriesSummary"}},
         )
         node = start_node(settings, workers=1)
@@ -142,16 +187,32 @@ def test_orthanc_pushes_a_study_and_gets_the_result_back(make_settings, start_no
         assert output["destination"] == "pacs" and output["status"] == "sent"
         instances = orthanc.instances_of_study(ids[0])
         assert len(instances) == 6  # 5 CT slices + the result, in the same study
-        assert output["sop_instance_uid"] in {i["MainDicomTags"]["SOPInstanceUID"] for i in instances}
+        assert output["sop_instance_uid"] in {
+            i["MainDicomTags"]["SOPInstanceUID"] for i in instances
+        }
 
 
-def test_results_wait_for_a_stopped_pacs_and_arrive_once(make_settings, start_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_results_wait_for_a_stopped_pacs_and_arrive_once(
+    make_settings, start_node, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     orthanc = Orthanc(tmp_path / "orthanc")
     settings = make_settings(
-        destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
+        destinations=[
+            {
+                "name": "pacs",
+                "ae_title": orthanc.aet,
+                "host": "127.0.0.1",
+                "port": orthanc.dicom_port,
+            }
+        ],
         routes=[{"pipeline": "summary", "match": {"Modality": "CT"}, "send_to": ["pacs"]}],
         pipelines={"summary": {"type": "tests.pipelines:SeriesSummary"}},
-        delivery={"max_attempts": 50, "backoff_seconds": 0.3, "backoff_max_seconds": 0.6, "check_interval": 0.2},
+        delivery={
+            "max_attempts": 50,
+            "backoff_seconds": 0.3,
+            "backoff_max_seconds": 0.6,
+            "check_interval": 0.2,
+        },
     )
     node = start_node(settings, workers=1)
     files = write_study(tmp_path, 3)
@@ -162,7 +223,10 @@ def test_results_wait_for_a_stopped_pacs_and_arrive_once(make_settings, start_no
         assert time.monotonic() < deadline, job
         time.sleep(0.2)
         (job,) = wait_for_jobs(node, final=False)
-    assert "cannot connect" in job["outputs"][0]["error"] or "did not answer" in job["outputs"][0]["error"]
+    assert (
+        "cannot connect" in job["outputs"][0]["error"]
+        or "did not answer" in job["outputs"][0]["error"]
+    )
     with orthanc:
         (job,) = wait_for_jobs(node)
         assert job["status"] == "done"
@@ -170,4 +234,6 @@ def test_results_wait_for_a_stopped_pacs_and_arrive_once(make_settings, start_no
         assert study_id is not None
         instances = orthanc.instances_of_study(study_id)
         assert len(instances) == 1  # only the result: the CT went to the node, not the PACS
-        assert instances[0]["MainDicomTags"]["SOPInstanceUID"] == job["outputs"][0]["sop_instance_uid"]
+        assert (
+            instances[0]["MainDicomTags"]["SOPInstanceUID"] == job["outputs"][0]["sop_instance_uid"]
+        )

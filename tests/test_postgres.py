@@ -32,20 +32,28 @@ def pg_url(postgres: PostgresServer) -> str:
     return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
 
 
-def test_node_on_postgres_stores_routes_and_runs(make_settings, start_node, pg_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_node_on_postgres_stores_routes_and_runs(
+    make_settings, start_node, pg_url: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings(
         database={"url": pg_url},
         routes=[{"pipeline": "geometry_qa", "match": {"Modality": "CT"}}],
     )
     node = start_node(settings, workers=1)
     files = write_study(tmp_path, 8)
-    result = storescu([*files, *sample_paths()[1:3]], host="127.0.0.1", port=node.receiver.port,
-                      called_aet=NODE_AE)
+    result = storescu(
+        [*files, *sample_paths()[1:3]],
+        host="127.0.0.1",
+        port=node.receiver.port,
+        called_aet=NODE_AE,
+    )
     assert result.returncode == 0, result.stderr
     jobs = wait_for_jobs(node, 1)
     assert [j["status"] for j in jobs] == ["done"]
     with node.sessions() as session:
-        assert session.execute(select(Instance)).scalars().all().__len__() == 9  # MR twins share a UID
+        assert (
+            session.execute(select(Instance)).scalars().all().__len__() == 9
+        )  # MR twins share a UID
         studies = session.execute(select(Study.status)).scalars().all()
     assert sorted(studies) == ["complete", "unmatched"]
 
@@ -53,8 +61,12 @@ def test_node_on_postgres_stores_routes_and_runs(make_settings, start_node, pg_u
 def test_same_instance_twice_on_postgres(make_settings, start_node, pg_url: str) -> None:  # type: ignore[no-untyped-def]
     node = start_node(make_settings(database={"url": pg_url}))
     for _ in range(2):
-        assert storescu(sample_paths()[:1], host="127.0.0.1", port=node.receiver.port,
-                        called_aet=NODE_AE).returncode == 0
+        assert (
+            storescu(
+                sample_paths()[:1], host="127.0.0.1", port=node.receiver.port, called_aet=NODE_AE
+            ).returncode
+            == 0
+        )
     with node.sessions() as session:
         (row,) = session.execute(select(Instance)).scalars().all()
     assert row.times_received == 2
@@ -69,8 +81,16 @@ def test_skip_locked_claims_each_job_once(pg_url: str) -> None:
         session.add(study)
         session.flush()
         for i in range(60):
-            session.add(Job(study_id=study.id, study_instance_uid="1.2.3", pipeline=f"p{i}",
-                            status=JobStatus.QUEUED, queued_at=now, created_at=now))
+            session.add(
+                Job(
+                    study_id=study.id,
+                    study_instance_uid="1.2.3",
+                    pipeline=f"p{i}",
+                    status=JobStatus.QUEUED,
+                    queued_at=now,
+                    created_at=now,
+                )
+            )
     claimed: list[int] = []
     lock = threading.Lock()
 

@@ -37,7 +37,9 @@ def pynetdicom_store(port: int, dataset_or_path, calling: str = "PYSCU"):  # typ
     """C-STORE one dataset (or raw file) and return the response status dataset."""
     ae = AE(ae_title=calling)
     if isinstance(dataset_or_path, str):
-        ae.add_requested_context(CTImageStorage, pydicom.dcmread(dataset_or_path).file_meta.TransferSyntaxUID)
+        ae.add_requested_context(
+            CTImageStorage, pydicom.dcmread(dataset_or_path).file_meta.TransferSyntaxUID
+        )
     else:
         ae.add_requested_context(CTImageStorage)
     assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
@@ -103,8 +105,16 @@ def test_dataset_is_stored_byte_for_byte(make_settings, start_node, path: Path, 
 def test_study_and_series_rows_carry_routing_attributes(make_settings, start_node) -> None:  # type: ignore[no-untyped-def]
     node = start_node(make_settings())
     ct = sample_paths()[0]
-    assert storescu([ct], host="127.0.0.1", port=node.receiver.port, called_aet=NODE_AE,
-                    calling_aet="SCANNER1").returncode == 0
+    assert (
+        storescu(
+            [ct],
+            host="127.0.0.1",
+            port=node.receiver.port,
+            called_aet=NODE_AE,
+            calling_aet="SCANNER1",
+        ).returncode
+        == 0
+    )
     with node.sessions() as session:
         study = session.execute(select(Study)).scalar_one()
         series = session.execute(select(Series)).scalar_one()
@@ -115,18 +125,25 @@ def test_study_and_series_rows_carry_routing_attributes(make_settings, start_nod
     assert "ORIGINAL" in series.attributes["ImageType"]
 
 
-def test_unknown_calling_aet_is_rejected_and_node_keeps_answering(make_settings, start_node) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_calling_aet_is_rejected_and_node_keeps_answering(
+    make_settings, start_node
+) -> None:  # type: ignore[no-untyped-def]
     node = start_node(make_settings(node={"allowed_calling_aets": ["SCANNER1"]}))
     port = node.receiver.port
-    refused = storescu(sample_paths()[:1], host="127.0.0.1", port=port, called_aet=NODE_AE,
-                       calling_aet="INTRUDER")
+    refused = storescu(
+        sample_paths()[:1], host="127.0.0.1", port=port, called_aet=NODE_AE, calling_aet="INTRUDER"
+    )
     assert refused.returncode != 0
     assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
     assert instances(node) == []
-    allowed = storescu(sample_paths()[:1], host="127.0.0.1", port=port, called_aet=NODE_AE,
-                       calling_aet="SCANNER1")
+    allowed = storescu(
+        sample_paths()[:1], host="127.0.0.1", port=port, called_aet=NODE_AE, calling_aet="SCANNER1"
+    )
     assert allowed.returncode == 0
-    assert echoscu(host="127.0.0.1", port=port, called_aet=NODE_AE, calling_aet="SCANNER1").returncode == 0
+    assert (
+        echoscu(host="127.0.0.1", port=port, called_aet=NODE_AE, calling_aet="SCANNER1").returncode
+        == 0
+    )
 
 
 def test_wrong_called_aet_is_rejected(make_settings, start_node) -> None:  # type: ignore[no-untyped-def]
@@ -193,7 +210,9 @@ def test_garbage_dataset_is_refused(make_settings, start_node, tmp_path: Path, r
     assert echo_ok(node.receiver.port)
 
 
-def test_request_and_dataset_uids_must_agree(make_settings, start_node, tmp_path: Path, raw_send) -> None:  # type: ignore[no-untyped-def]
+def test_request_and_dataset_uids_must_agree(
+    make_settings, start_node, tmp_path: Path, raw_send
+) -> None:  # type: ignore[no-untyped-def]
     node = start_node(make_settings())
     ds = ct_dataset()
     path = tmp_path / "x.dcm"

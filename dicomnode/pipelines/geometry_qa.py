@@ -55,16 +55,20 @@ class GeometryQA(Pipeline):
         checked = 0
         for series in context.series:
             with context.stage("select", f"series {series.series_instance_uid}"):
-                headers = [dcmread(p, stop_before_pixels=True, specific_tags=_TAGS) for p in series.paths]
-            usable = [h for h in headers if "ImagePositionPatient" in h and "ImageOrientationPatient" in h]
+                headers = [
+                    dcmread(p, stop_before_pixels=True, specific_tags=_TAGS) for p in series.paths
+                ]
+            usable = [
+                h for h in headers if "ImagePositionPatient" in h and "ImageOrientationPatient" in h
+            ]
             if not usable:
-                context.log(f"series {series.series_description or series.series_instance_uid}: no plane geometry")
+                context.log(
+                    f"series {series.series_description or series.series_instance_uid}: no plane geometry"
+                )
                 continue
             orientations = np.array([[float(v) for v in h.ImageOrientationPatient] for h in usable])
             if np.abs(orientations - orientations[0]).max() > 1e-3:
-                raise PipelineError(
-                    f"series {series.series_instance_uid} mixes slice orientations"
-                )
+                raise PipelineError(f"series {series.series_instance_uid} mixes slice orientations")
             positions = np.array([[float(v) for v in h.ImagePositionPatient] for h in usable])
             try:
                 spacing, _ = check_series_geometry(positions, orientations[0])
