@@ -11,7 +11,7 @@ This module replaces the ``time`` module those two reactors see with one
 whose ``sleep`` returns as soon as there is work:
 
 - in a DUL thread: when the socket becomes readable or a primitive is queued
-  for sending;
+  for sending (a pipe signalled by the queue's ``put``);
 - in an association thread: when a complete DIMSE message is queued.
 
 It also makes the per-association copy of the supported contexts shallow
@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import select
 import socket
 import threading
 import time as _time
 import types
+import weakref
 from typing import Any
 
 import pynetdicom.association as _association
@@ -37,28 +39,59 @@ import pynetdicom.dul as _dul
 import pynetdicom.transport as _transport
 from pynetdicom.presentation import PresentationContext
 
-_SLICE = 0.0002  # seconds between checks of the send queue while the socket is quiet
 _applied = False
 
 
+class _Waker:
+    """A pipe that becomes readable when a primitive is queued for the DUL to send.
+
+    Installed on a DUL's ``to_provider_queue`` so the DUL thread can block in one
+    ``select`` on (socket, pipe) instead of polling.
+    """
+
+    def __init__(self, dul: Any) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+        queue = dul.to_provider_queue
+        original_put = queue.put
+
+        def put(item: Any, block: bool = True, timeout: float | None = None) -> None:
+            original_put(item, block, timeout)
+            with contextlib.suppress(OSError):  # pipe full: a wake-up is pending anyway
+                os.write(self.write_fd, b"x")
+
+        queue.put = put
+        weakref.finalize(dul, self.close)
+
+    def drain(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self.read_fd, 4096):
+                pass
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 def _dul_wait(dul: Any, seconds: float) -> None:
+    """Block until the socket is readable, a primitive is queued, or *seconds* pass."""
+    waker = dul.__dict__.get("_dicomnode_waker")
+    if waker is None:
+        waker = dul._dicomnode_waker = _Waker(dul)
+    if dul.to_provider_queue.qsize():
+        return
     sock = getattr(getattr(dul, "socket", None), "socket", None)
-    deadline = _time.monotonic() + seconds
-    while True:
-        if dul.to_provider_queue.qsize():
-            return
-        remaining = deadline - _time.monotonic()
-        if remaining <= 0:
-            return
-        if sock is None or sock.fileno() < 0:
-            _time.sleep(remaining)
-            return
-        try:
-            ready, _, _ = select.select([sock], [], [], min(_SLICE, remaining))
-        except (OSError, ValueError):
-            return
-        if ready:
-            return
+    watched: list[Any] = [waker.read_fd]
+    if sock is not None and sock.fileno() >= 0:
+        watched.append(sock)
+    try:
+        ready, _, _ = select.select(watched, [], [], seconds)
+    except (OSError, ValueError):
+        return
+    if waker.read_fd in ready:
+        waker.drain()
 
 
 def _association_wait(assoc: Any, seconds: float) -> None:

@@ -20,6 +20,7 @@ not a resend.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -27,6 +28,7 @@ import os
 import re
 import shutil
 import struct
+import threading
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator
@@ -404,6 +406,11 @@ class InstanceStore:
         self._sql = _IndexSQL(self.engine.dialect.name)
         self._study_ids = _BoundedCache()
         self._series_ids = _BoundedCache()
+        # SQLite has one writer at a time and its busy handler sleeps 1-100 ms when
+        # the lock is taken; queueing our own threads on a lock wakes them at once.
+        self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if self._sql.sqlite else contextlib.nullcontext()
+        )
         self.fsync = fsync
         self.min_free_bytes = min_free_bytes
         self.keywords = tuple(keywords)
@@ -559,6 +566,18 @@ class InstanceStore:
         (re)opens the study: assembly waits for quiet again.
         """
         now = self._sql.timestamp(received_at or utcnow())
+        with self._write_lock:
+            return self._index(header, relative, size, transfer_syntax, provenance, now)
+
+    def _index(
+        self,
+        header: InstanceHeader,
+        relative: Path,
+        size: int,
+        transfer_syntax: str,
+        provenance: Provenance,
+        now: Any,
+    ) -> bool:
         conn = self.engine.raw_connection()
         try:
             cur = conn.cursor()
