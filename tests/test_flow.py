@@ -237,3 +237,80 @@ def test_results_wait_for_a_stopped_pacs_and_arrive_once(
         assert (
             instances[0]["MainDicomTags"]["SOPInstanceUID"] == job["outputs"][0]["sop_instance_uid"]
         )
+
+
+def test_worker_killed_mid_job_is_reclaimed_after_its_lease(
+    make_settings, start_node, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+
+    settings = make_settings(
+        routes=[{"pipeline": "sleepy", "match": {"Modality": "CT"}}],
+        pipelines={"sleepy": {"type": "tests.pipelines:Sleepy", "seconds": 2}},
+        workers={"lease_seconds": 2, "heartbeat_seconds": 0.5, "poll_seconds": 0.2},
+    )
+    node = start_node(settings, workers=1)
+    storescu(
+        write_study(tmp_path, 2), host="127.0.0.1", port=node.receiver.port, called_aet=NODE_AE
+    )
+    (job,) = wait_for_jobs(node, final=False)
+    deadline = time.monotonic() + 30
+    while job["status"] != "running":
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+        (job,) = wait_for_jobs(node, final=False)
+    victim = node.pool.processes[0]
+    assert victim is not None and victim.pid is not None
+    os.kill(victim.pid, signal.SIGKILL)
+    (job,) = wait_for_jobs(node, timeout=60)
+    assert job["status"] == "done", job
+    assert job["attempts"] == 2
+    assert any("lease of worker" in e["message"] for e in job["events"])
+
+
+def test_dicomnode_worker_command_runs_queued_jobs(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    from dicomnode.service import Node
+
+    settings = make_settings(routes=[{"pipeline": "geometry_qa", "match": {"Modality": "CT"}}])
+    node = Node(settings, workers=0)  # receiver and assembly only: the job waits in the queue
+    node.start()
+    try:
+        storescu(
+            write_study(tmp_path, 4), host="127.0.0.1", port=node.receiver.port, called_aet=NODE_AE
+        )
+        (job,) = wait_for_jobs(node, final=False)
+        while job["status"] != "queued":
+            time.sleep(0.1)
+            (job,) = wait_for_jobs(node, final=False)
+        config = tmp_path / "worker.toml"
+        config.write_text(
+            f'[database]\nurl = "{settings.database.url}"\n[storage]\npath = "{settings.storage.path}"\n'
+            "[workers]\npoll_seconds = 0.2\n"
+        )
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dicomnode.cli",
+                "worker",
+                "--config",
+                str(config),
+                "--pipelines",
+                "geometry_qa",
+                "--processes",
+                "1",
+            ],
+            stderr=subprocess.PIPE,
+        )
+        try:
+            (job,) = wait_for_jobs(node, timeout=60)
+            assert job["status"] == "done", job
+        finally:
+            worker.terminate()
+            assert worker.wait(30) == 0
+    finally:
+        node.stop()

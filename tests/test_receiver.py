@@ -297,3 +297,16 @@ def test_max_associations_refuses_the_extra_one(make_settings, start_node) -> No
         time.sleep(0.1)
     assert third.is_established
     third.release()
+
+
+def test_idle_association_is_closed_after_the_network_timeout(make_settings, start_node) -> None:  # type: ignore[no-untyped-def]
+    node = start_node(make_settings(node={"network_timeout": 1.0}))
+    ae = AE(ae_title="IDLE")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.receiver.port, ae_title=NODE_AE)
+    assert assoc.is_established
+    deadline = time.monotonic() + 10
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not assoc.is_established  # the node let go of a silent peer
+    assert echo_ok(node.receiver.port)
