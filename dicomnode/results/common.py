@@ -1,0 +1,63 @@
+"""What every result object carries: algorithm identity, series, stable UIDs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import highdicom as hd
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from dicomnode import __version__
+
+MANUFACTURER = "dicomnode"
+DEFAULT_NOTICE = "Not for diagnostic use"
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """The model that produced a result, and the notice shown with it."""
+
+    name: str
+    version: str
+    notice: str = DEFAULT_NOTICE
+
+    def identification(self) -> hd.AlgorithmIdentificationSequence:
+        """Algorithm Identification Sequence for SEG segments."""
+        return hd.AlgorithmIdentificationSequence(
+            name=self.name[:64],
+            version=self.version[:64],
+            family=codes.cid7162.ArtificialIntelligence,
+            parameters={"notice": self.notice[:64]} if self.notice else None,
+        )
+
+    def sr_identification(self) -> hd.sr.AlgorithmIdentification:
+        """TID 4019 Algorithm Identification; the notice goes in as a parameter."""
+        return hd.sr.AlgorithmIdentification(
+            name=self.name[:64],
+            version=self.version[:64],
+            parameters=[self.notice] if self.notice else None,
+        )
+
+
+@dataclass(frozen=True)
+class SeriesSpec:
+    """Number and description of the new series a result goes into."""
+
+    number: int
+    description: str
+
+    def described(self, notice: str) -> str:
+        """Series Description with the notice appended (LO: 64 characters)."""
+        text = f"{self.description} ({notice})" if notice else self.description
+        return text[:64]
+
+
+def result_uid(key: str, role: str) -> str:
+    """A UID that is the same for the same (key, role): re-runs resend, never duplicate."""
+    return str(generate_uid(entropy_srcs=[key, role]))
+
+
+def software_versions() -> str:
+    """Software Versions of produced objects."""
+    return f"dicomnode {__version__}"

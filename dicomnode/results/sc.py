@@ -1,0 +1,89 @@
+"""Secondary Capture key images: findings burnt into an RGB copy of a slice.
+
+For viewers without SEG/SR support. The image is windowed from the source
+slice (Window Center/Width if present, else its range), findings are drawn as
+coloured circles, and the notice is kept in the Series Description and Image
+Comments (burnt-in text would need a font; the SR carries the words).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from pydicom import Dataset
+
+from dicomnode.results.common import MANUFACTURER, AlgorithmInfo, SeriesSpec, result_uid
+
+COLOURS = [(255, 64, 64), (64, 255, 64), (64, 160, 255), (255, 220, 0), (255, 64, 255)]
+
+
+@dataclass(frozen=True)
+class KeyImageMark:
+    """A circle to draw: centre (row, column) and radius in pixels."""
+
+    row: float
+    column: float
+    radius: float
+
+
+def _window(image: Dataset, pixels: np.ndarray) -> np.ndarray:
+    values = pixels.astype(np.float32) * float(image.get("RescaleSlope", 1)) + float(
+        image.get("RescaleIntercept", 0)
+    )
+    if "WindowCenter" in image and "WindowWidth" in image:
+        centre = float(np.ravel([image.WindowCenter])[0])
+        width = float(np.ravel([image.WindowWidth])[0])
+        low, high = centre - width / 2.0, centre + width / 2.0
+    else:
+        low, high = float(values.min()), float(values.max()) or 1.0
+    return (np.clip((values - low) / max(high - low, 1e-6), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _draw_circle(
+    rgb: np.ndarray, mark: KeyImageMark, colour: tuple[int, int, int], width: float = 1.5
+) -> None:
+    rows, cols = np.ogrid[: rgb.shape[0], : rgb.shape[1]]
+    distance = np.sqrt((rows - mark.row) ** 2 + (cols - mark.column) ** 2)
+    ring = np.abs(distance - mark.radius) <= width
+    rgb[ring] = colour
+
+
+def write_key_image(
+    image: Dataset,
+    marks: Sequence[KeyImageMark],
+    *,
+    algorithm: AlgorithmInfo,
+    series: SeriesSpec,
+    uid_key: str,
+    instance_number: int = 1,
+) -> hd.sc.SCImage:
+    """An RGB Secondary Capture of *image* with *marks* drawn, in *image*'s study."""
+    grey = _window(image, image.pixel_array)
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    for n, mark in enumerate(marks):
+        _draw_circle(rgb, mark, COLOURS[n % len(COLOURS)])
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=image,
+        pixel_array=rgb,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=result_uid(uid_key, "sc-series"),
+        series_number=series.number,
+        sop_instance_uid=result_uid(uid_key, f"sc-{instance_number}"),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        pixel_spacing=tuple(float(v) for v in image.PixelSpacing)
+        if "PixelSpacing" in image
+        else None,
+        patient_orientation=("L", "P"),
+    )
+    sc.SeriesDescription = series.described(algorithm.notice)
+    sc.ImageComments = f"{algorithm.name} {algorithm.version}: {algorithm.notice}"[:10240]
+    sc.BurnedInAnnotation = "YES"
+    # General Series Laterality is 2C; dciodvfy wants it present (empty is allowed).
+    sc.Laterality = image.get("Laterality", "")
+    return sc
