@@ -65,6 +65,8 @@ def write_key_image(
     rgb = np.repeat(grey[:, :, None], 3, axis=2)
     for n, mark in enumerate(marks):
         _draw_circle(rgb, mark, COLOURS[n % len(COLOURS)])
+    # highdicom's hint says ints; the attribute is DS (mm).
+    spacing: Any = tuple(float(v) for v in image.PixelSpacing) if "PixelSpacing" in image else None
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=image,
         pixel_array=rgb,
@@ -76,9 +78,7 @@ def write_key_image(
         sop_instance_uid=result_uid(uid_key, f"sc-{instance_number}"),
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
-        pixel_spacing=tuple(float(v) for v in image.PixelSpacing)
-        if "PixelSpacing" in image
-        else None,
+        pixel_spacing=spacing,
         patient_orientation=("L", "P"),
     )
     sc.SeriesDescription = series.described(algorithm.notice)
