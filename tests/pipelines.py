@@ -83,3 +83,71 @@ class Sleepy(Pipeline):
             context.check_cancelled()
             time.sleep(0.1)
         return []
+
+
+class HyperdenseSpheres(Pipeline):
+    """Finds voxels above 200 HU (synthetic nodules made with ``hu=300``) and reports them.
+
+    A small but real detector for testing the result writers end to end:
+    connected components become SEG segments, TID 1500 findings and a key image.
+    """
+
+    def run(self, context: JobContext) -> list[ResultObject]:
+        from pydicom.sr.codedict import codes
+        from scipy import ndimage
+
+        from dicomnode.results import (
+            AlgorithmInfo,
+            KeyImageMark,
+            NoduleFinding,
+            SegmentSpec,
+            SeriesSpec,
+            write_key_image,
+            write_measurement_report,
+            write_segmentation,
+        )
+
+        with context.stage("load"):
+            images = [pydicom.dcmread(p) for p in context.series[0].paths]
+            images.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
+            volume = np.stack(
+                [ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in images]
+            )
+        with context.stage("infer"):
+            labels, count = ndimage.label(volume > 200)
+        dy, dx = (float(v) for v in images[0].PixelSpacing)
+        dz = float(images[1].ImagePositionPatient[2]) - float(images[0].ImagePositionPatient[2])
+        origin = np.array([float(v) for v in images[0].ImagePositionPatient])
+        findings, marks = [], []
+        for n in range(1, count + 1):
+            zs, ys, xs = np.nonzero(labels == n)
+            centre = origin + np.array([xs.mean() * dx, ys.mean() * dy, zs.mean() * dz])
+            extent = max((xs.max() - xs.min() + 1) * dx, (ys.max() - ys.min() + 1) * dy,
+                         (zs.max() - zs.min() + 1) * dz)
+            key = int(round(zs.mean()))
+            findings.append(NoduleFinding(tuple(centre), float(extent), float(len(zs) * dx * dy * dz),
+                                          score=0.99, key_slice=key, segment_number=n))
+            marks.append((key, KeyImageMark(float(ys.mean()), float(xs.mean()), extent / dx / 2 + 3)))
+        algorithm = AlgorithmInfo("hyperdense-test", "0.1")
+        key = f"{context.study_instance_uid}/{context.job_id}"
+        outputs = []
+        with context.stage("write"):
+            seg = None
+            if count:
+                segments = [SegmentSpec(f"Nodule {n}", codes.SCT.MorphologicallyAbnormalStructure,
+                                        codes.SCT.Nodule, tracking_id=f"Finding {n}")
+                            for n in range(1, count + 1)]
+                seg = write_segmentation(images, labels, segments, algorithm=algorithm,
+                                         series=SeriesSpec(901, "Test nodules SEG"), uid_key=key)
+                outputs.append(seg)
+                slice_index, mark = marks[0]
+                outputs.append(write_key_image(images[slice_index], [mark], algorithm=algorithm,
+                                               series=SeriesSpec(903, "Test key image"), uid_key=key))
+            outputs.append(write_measurement_report(images, findings, segmentation=seg, algorithm=algorithm,
+                                                    series=SeriesSpec(902, "Test nodules SR"), uid_key=key))
+        results = []
+        for ds in outputs:
+            path = context.work_dir / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            results.append(ResultObject(path, ds.SOPInstanceUID, ds.SOPClassUID))
+        return results
