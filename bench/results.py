@@ -87,34 +87,63 @@ def plain_highdicom(source: list, labels: np.ndarray) -> None:  # type: ignore[t
 def dicomnode_writers(source: list, labels: np.ndarray) -> None:  # type: ignore[type-arg]
     algorithm = AlgorithmInfo("bench-detector", "1.0")
     segments = [
-        SegmentSpec(f"Nodule {n}", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Nodule,
-                    tracking_id=f"Finding {n}", anatomic_region=codes.SCT.Lung)
+        SegmentSpec(
+            f"Nodule {n}",
+            codes.SCT.MorphologicallyAbnormalStructure,
+            codes.SCT.Nodule,
+            tracking_id=f"Finding {n}",
+            anatomic_region=codes.SCT.Lung,
+        )
         for n in range(1, len(NODULES) + 1)
     ]
-    seg = write_segmentation(source, labels, segments, algorithm=algorithm,
-                             series=SeriesSpec(901, "AI nodules"), uid_key="bench")
+    seg = write_segmentation(
+        source,
+        labels,
+        segments,
+        algorithm=algorithm,
+        series=SeriesSpec(901, "AI nodules"),
+        uid_key="bench",
+    )
     dz = float(source[0].SliceThickness)
     findings = [
-        NoduleFinding(center_mm=n.center_mm, long_axis_mm=n.diameter_mm,
-                      volume_mm3=float((labels == i).sum()) * 0.703125**2 * dz, score=0.9,
-                      key_slice=round(n.center_mm[2] / dz), segment_number=i)
+        NoduleFinding(
+            center_mm=n.center_mm,
+            long_axis_mm=n.diameter_mm,
+            volume_mm3=float((labels == i).sum()) * 0.703125**2 * dz,
+            score=0.9,
+            key_slice=round(n.center_mm[2] / dz),
+            segment_number=i,
+        )
         for i, n in enumerate(NODULES, start=1)
     ]
-    write_measurement_report(source, findings, segmentation=seg, algorithm=algorithm,
-                             series=SeriesSpec(902, "AI nodules SR"), uid_key="bench")
+    write_measurement_report(
+        source,
+        findings,
+        segmentation=seg,
+        algorithm=algorithm,
+        series=SeriesSpec(902, "AI nodules SR"),
+        uid_key="bench",
+    )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     source = ct_series(args.slices, seed=4, nodules=NODULES)
     labels = nodule_labels(source)
-    print(f"data: {args.slices} CT slices 512x512, {len(NODULES)} nodules in {int(labels.any(axis=(1, 2)).sum())} slices")
+    print(
+        f"data: {args.slices} CT slices 512x512, {len(NODULES)} nodules in {int(labels.any(axis=(1, 2)).sum())} slices"
+    )
     timings: dict[str, list[float]] = {"plain highdicom SEG": [], "dicomnode SEG + SR": []}
     for _ in range(args.rounds):
-        for name, run in (("plain highdicom SEG", plain_highdicom), ("dicomnode SEG + SR", dicomnode_writers)):
+        for name, run in (
+            ("plain highdicom SEG", plain_highdicom),
+            ("dicomnode SEG + SR", dicomnode_writers),
+        ):
             start = time.perf_counter()
             run(source, labels)
             timings[name].append(time.perf_counter() - start)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -155,18 +156,35 @@ class DestinationConfig(_Section):
     host: str
     port: int = Field(ge=1, le=65535)
     tls: bool = False
+    ca_certificates: Path | None = None  # verify the peer (default: system CAs)
+    certificate: Path | None = None  # our client certificate, when the peer asks for one
+    private_key: Path | None = None
 
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, value: str) -> str:
         return _check_ae_title(value)
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """Client TLS context for this destination, or None when TLS is off."""
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH,
+            cafile=str(self.ca_certificates) if self.ca_certificates else None,
+        )
+        if self.certificate is not None:
+            ctx.load_cert_chain(
+                str(self.certificate), str(self.private_key) if self.private_key else None
+            )
+        return ctx
+
 
 class SenderConfig(_Section):
     """Where the calling AE of a study can be reached (destination ``sender``)."""
 
     ae_title: str
-    host: str
+    host: str | None = None  # default: the address its association came from
     port: int = Field(ge=1, le=65535)
 
 

@@ -16,6 +16,7 @@ node's port configured for that AE title.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -40,6 +41,7 @@ class Peer:
     ae_title: str
     host: str
     port: int
+    tls: ssl.SSLContext | None = None
 
 
 class DeliveryError(Exception):
@@ -66,12 +68,17 @@ class Deliverer:
         """Resolve a destination name (or ``sender``) to an address."""
         if destination != "sender":
             dest = self.settings.destination(destination)
-            return Peer(dest.ae_title, dest.host, dest.port)
+            return Peer(dest.ae_title, dest.host, dest.port, dest.ssl_context())
+        # The association told us the caller's AE title and host, not where it listens.
         for sender in self.settings.senders:
             if sender.ae_title == study.calling_aet:
-                return Peer(sender.ae_title, sender.host, sender.port)
+                return Peer(sender.ae_title, sender.host or study.sender_host or "", sender.port)
+        for dest in self.settings.destinations:
+            if dest.ae_title == study.calling_aet:
+                return Peer(dest.ae_title, dest.host, dest.port, dest.ssl_context())
         raise DeliveryError(
-            f"destination 'sender': calling AE {study.calling_aet!r} has no [[senders]] entry with its port"
+            f"destination 'sender': calling AE {study.calling_aet!r} is neither in [[senders]] "
+            "nor in [[destinations]], so its port is unknown"
         )
 
     def tick(self, now: datetime | None = None) -> int:
@@ -108,6 +115,7 @@ class Deliverer:
                 peer.host,
                 peer.port,
                 calling_aet=self.settings.node.ae_title,
+                tls=peer.tls,
             )
             errors = {oid: report.failures.get(path) for oid, path in paths.items()}
         except (DeliveryError, KeyError, OSError) as exc:

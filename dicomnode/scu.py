@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +69,9 @@ def send(
     *,
     calling_aet: str = "DICOMNODE",
     timeout: float = 30,
+    tls: ssl.SSLContext | None = None,
 ) -> SendReport:
-    """C-STORE *files* over one association, each in its own transfer syntax."""
+    """C-STORE *files* over one association, each in its own transfer syntax (TLS optional)."""
     report = SendReport()
     datasets = []
     for path in files:
@@ -86,7 +88,18 @@ def send(
         ae.add_requested_context(sop_class, ts)
     if not datasets:
         return report
-    assoc = ae.associate(host, port, ae_title=aet, evt_handlers=_NODELAY)
+    try:
+        assoc = ae.associate(
+            host,
+            port,
+            ae_title=aet,
+            evt_handlers=_NODELAY,
+            tls_args=(tls, host) if tls is not None else None,
+        )
+    except OSError as exc:  # e.g. the TLS handshake failed
+        for path, _ in datasets:
+            report.failures[path] = f"{aet}@{host}:{port}: {exc}"
+        return report
     if not assoc.is_established:
         why = "rejected the association" if assoc.is_rejected else "did not answer"
         for path, _ in datasets:

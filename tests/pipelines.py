@@ -111,7 +111,10 @@ class HyperdenseSpheres(Pipeline):
             images = [pydicom.dcmread(p) for p in context.series[0].paths]
             images.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
             volume = np.stack(
-                [ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in images]
+                [
+                    ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+                    for ds in images
+                ]
             )
         with context.stage("infer"):
             labels, count = ndimage.label(volume > 200)
@@ -122,29 +125,69 @@ class HyperdenseSpheres(Pipeline):
         for n in range(1, count + 1):
             zs, ys, xs = np.nonzero(labels == n)
             centre = origin + np.array([xs.mean() * dx, ys.mean() * dy, zs.mean() * dz])
-            extent = max((xs.max() - xs.min() + 1) * dx, (ys.max() - ys.min() + 1) * dy,
-                         (zs.max() - zs.min() + 1) * dz)
+            extent = max(
+                (xs.max() - xs.min() + 1) * dx,
+                (ys.max() - ys.min() + 1) * dy,
+                (zs.max() - zs.min() + 1) * dz,
+            )
             key = int(round(zs.mean()))
-            findings.append(NoduleFinding(tuple(centre), float(extent), float(len(zs) * dx * dy * dz),
-                                          score=0.99, key_slice=key, segment_number=n))
-            marks.append((key, KeyImageMark(float(ys.mean()), float(xs.mean()), extent / dx / 2 + 3)))
+            findings.append(
+                NoduleFinding(
+                    tuple(centre),
+                    float(extent),
+                    float(len(zs) * dx * dy * dz),
+                    score=0.99,
+                    key_slice=key,
+                    segment_number=n,
+                )
+            )
+            marks.append(
+                (key, KeyImageMark(float(ys.mean()), float(xs.mean()), extent / dx / 2 + 3))
+            )
         algorithm = AlgorithmInfo("hyperdense-test", "0.1")
         key = f"{context.study_instance_uid}/{context.job_id}"
         outputs = []
         with context.stage("write"):
             seg = None
             if count:
-                segments = [SegmentSpec(f"Nodule {n}", codes.SCT.MorphologicallyAbnormalStructure,
-                                        codes.SCT.Nodule, tracking_id=f"Finding {n}")
-                            for n in range(1, count + 1)]
-                seg = write_segmentation(images, labels, segments, algorithm=algorithm,
-                                         series=SeriesSpec(901, "Test nodules SEG"), uid_key=key)
+                segments = [
+                    SegmentSpec(
+                        f"Nodule {n}",
+                        codes.SCT.MorphologicallyAbnormalStructure,
+                        codes.SCT.Nodule,
+                        tracking_id=f"Finding {n}",
+                    )
+                    for n in range(1, count + 1)
+                ]
+                seg = write_segmentation(
+                    images,
+                    labels,
+                    segments,
+                    algorithm=algorithm,
+                    series=SeriesSpec(901, "Test nodules SEG"),
+                    uid_key=key,
+                )
                 outputs.append(seg)
                 slice_index, mark = marks[0]
-                outputs.append(write_key_image(images[slice_index], [mark], algorithm=algorithm,
-                                               series=SeriesSpec(903, "Test key image"), uid_key=key))
-            outputs.append(write_measurement_report(images, findings, segmentation=seg, algorithm=algorithm,
-                                                    series=SeriesSpec(902, "Test nodules SR"), uid_key=key))
+                outputs.append(
+                    write_key_image(
+                        images[slice_index],
+                        [mark],
+                        algorithm=algorithm,
+                        series=SeriesSpec(903, "Test key image"),
+                        uid_key=key,
+                    )
+                )
+            outputs.append(
+                write_measurement_report(
+                    images,
+                    findings,
+                    segmentation=seg,
+                    algorithm=algorithm,
+                    series=SeriesSpec(902, "Test nodules SR"),
+                    uid_key=key,
+                )
+            )
         results = []
         for ds in outputs:
             path = context.work_dir / f"{ds.SOPInstanceUID}.dcm"

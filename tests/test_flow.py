@@ -316,21 +316,48 @@ def test_dicomnode_worker_command_runs_queued_jobs(make_settings, tmp_path: Path
         node.stop()
 
 
-def test_seg_sr_and_key_image_reach_orthanc_in_the_same_study(make_settings, start_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_seg_sr_and_key_image_reach_orthanc_in_the_same_study(
+    make_settings, start_node, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     from dicomnode.synthetic import Nodule, ct_series, write_series
     from tests.peers import dciodvfy
 
     with Orthanc(tmp_path / "orthanc") as orthanc:
         settings = make_settings(
-            destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
+            destinations=[
+                {
+                    "name": "pacs",
+                    "ae_title": orthanc.aet,
+                    "host": "127.0.0.1",
+                    "port": orthanc.dicom_port,
+                }
+            ],
             routes=[{"pipeline": "spheres", "match": {"Modality": "CT"}, "send_to": ["pacs"]}],
             pipelines={"spheres": {"type": "tests.pipelines:HyperdenseSpheres"}},
         )
         node = start_node(settings, workers=1)
-        nodules = [Nodule((-40.0, -20.0, 20.0), 12.0, hu=300.0), Nodule((50.0, 10.0, 40.0), 9.0, hu=300.0)]
-        files = write_series(ct_series(48, 128, 128, pixel_spacing=(2.0, 2.0), slice_thickness=1.25,
-                                       seed=9, nodules=nodules), tmp_path / "ct")
-        assert storescu(files, host="127.0.0.1", port=node.receiver.port, called_aet=NODE_AE).returncode == 0
+        nodules = [
+            Nodule((-40.0, -20.0, 20.0), 12.0, hu=300.0),
+            Nodule((50.0, 10.0, 40.0), 9.0, hu=300.0),
+        ]
+        files = write_series(
+            ct_series(
+                48,
+                128,
+                128,
+                pixel_spacing=(2.0, 2.0),
+                slice_thickness=1.25,
+                seed=9,
+                nodules=nodules,
+            ),
+            tmp_path / "ct",
+        )
+        assert (
+            storescu(
+                files, host="127.0.0.1", port=node.receiver.port, called_aet=NODE_AE
+            ).returncode
+            == 0
+        )
         (job,) = wait_for_jobs(node, timeout=90)
         assert job["status"] == "done", job
         assert [o["status"] for o in job["outputs"]] == ["sent"] * 3
@@ -338,10 +365,15 @@ def test_seg_sr_and_key_image_reach_orthanc_in_the_same_study(make_settings, sta
             assert dciodvfy(node.store.root / output["path"]) == []
         study_id = orthanc.find_study(job["study_instance_uid"])
         assert study_id is not None
-        modalities = sorted(s["MainDicomTags"]["Modality"] for s in orthanc.series_of_study(study_id))
+        modalities = sorted(
+            s["MainDicomTags"]["Modality"] for s in orthanc.series_of_study(study_id)
+        )
         assert modalities == ["OT", "SEG", "SR"]  # the CT went to the node only
-        sr_path = next(node.store.root / o["path"] for o in job["outputs"]
-                       if o["sop_class_uid"] == "1.2.840.10008.5.1.4.1.1.88.34")
+        sr_path = next(
+            node.store.root / o["path"]
+            for o in job["outputs"]
+            if o["sop_class_uid"] == "1.2.840.10008.5.1.4.1.1.88.34"
+        )
         import highdicom as hd
 
         groups = hd.sr.srread(sr_path).content.get_volumetric_roi_measurement_groups()
