@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from dicomnode.database import write_transaction
@@ -143,25 +143,17 @@ class JobQueue:
     # -- claims ----------------------------------------------------------------------
 
     def claim(self, worker_id: str, pipelines: Iterable[str] | None = None) -> ClaimedJob | None:
-        """Claim the next job: highest priority, then oldest queued; None if there is none."""
+        """Claim the next job for *worker_id*, or None when there is nothing to do.
+
+        Order: a job whose worker died (lease expired) first; then, among queued
+        jobs, the highest priority; within a priority the pipeline with the fewest
+        running jobs, so one slow pipeline cannot starve the others; then the
+        oldest queued.
+        """
         now = utcnow()
         with write_transaction(self.sessions) as session:
             self._fail_exhausted(session, now)
-            claimable = or_(
-                Job.status == JobStatus.QUEUED,
-                and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
-            )
-            query = (
-                select(Job)
-                .where(claimable)
-                .order_by(Job.priority.desc(), Job.queued_at, Job.id)
-                .limit(1)
-            )
-            if pipelines is not None:
-                query = query.where(Job.pipeline.in_(list(pipelines)))
-            if session.get_bind().dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            job = session.execute(query).scalars().first()
+            job = self._pick(session, now, list(pipelines) if pipelines is not None else None)
             if job is None:
                 return None
             if job.status == JobStatus.RUNNING:
@@ -188,6 +180,55 @@ class JobQueue:
                 send_to=tuple(job.send_to or ()),
                 attempt=job.attempts,
             )
+
+    def _pick(self, session: Session, now: datetime, pipelines: list[str] | None) -> Job | None:
+        skip_locked = session.get_bind().dialect.name == "postgresql"
+
+        def restrict(query: Any) -> Any:
+            return query if pipelines is None else query.where(Job.pipeline.in_(pipelines))
+
+        def first(query: Any) -> Job | None:
+            query = restrict(query).limit(1)
+            if skip_locked:  # another worker holds it: take the next one, do not wait
+                query = query.with_for_update(skip_locked=True)
+            return session.execute(query).scalars().first()
+
+        orphan = first(
+            select(Job)
+            .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+            .order_by(Job.lease_expires_at)
+        )
+        if orphan is not None:
+            return orphan
+        waiting = session.execute(
+            restrict(
+                select(Job.pipeline, func.max(Job.priority), func.min(Job.queued_at))
+                .where(Job.status == JobStatus.QUEUED)
+                .group_by(Job.pipeline)
+            )
+        ).all()
+        running = dict(
+            session.execute(
+                select(Job.pipeline, func.count())
+                .where(Job.status == JobStatus.RUNNING)
+                .group_by(Job.pipeline)
+            ).all()
+        )
+        for pipeline, priority, _oldest in sorted(
+            waiting, key=lambda row: (-row[1], running.get(row[0], 0), row[2])
+        ):
+            job = first(
+                select(Job)
+                .where(
+                    Job.status == JobStatus.QUEUED,
+                    Job.pipeline == pipeline,
+                    Job.priority == priority,
+                )
+                .order_by(Job.queued_at, Job.id)
+            )
+            if job is not None:
+                return job
+        return None
 
     def _fail_exhausted(self, session: Session, now: datetime) -> None:
         """Fail running jobs whose lease expired after their last allowed attempt."""

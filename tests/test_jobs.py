@@ -211,3 +211,21 @@ def test_concurrent_claims_take_each_job_once(sessions) -> None:  # type: ignore
         t.join(60)
     assert len(claimed) == 50 == len(set(claimed))
     assert {j.status for j in jobs(sessions)} == {"done"}
+
+
+def test_a_busy_pipeline_does_not_starve_the_others(sessions) -> None:  # type: ignore[no-untyped-def]
+    now = utcnow()
+    with sessions.begin() as session:
+        for i, pipeline in enumerate(["slow"] * 5 + ["fast"]):  # one study per job
+            study = Study(study_instance_uid=f"8.{i}", first_received_at=now, last_received_at=now)
+            session.add(study)
+            session.flush()
+            session.add(Job(study_id=study.id, study_instance_uid=f"8.{i}", pipeline=pipeline,
+                            status=JobStatus.QUEUED, created_at=now, queued_at=now + timedelta(seconds=i)))
+    queue = JobQueue(sessions)
+    first = queue.claim("w1")
+    assert first is not None and first.pipeline == "slow"  # oldest, nothing running yet
+    second = queue.claim("w2")
+    assert second is not None and second.pipeline == "fast"  # slow already has a job running
+    third = queue.claim("w3")
+    assert third is not None and third.pipeline == "slow"
