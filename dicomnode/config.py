@@ -140,6 +140,16 @@ class DeliveryConfig(_Section):
     check_interval: float = Field(1.0, gt=0)
 
 
+class RetentionConfig(_Section):
+    """Removing stored files of finished studies (their database records stay)."""
+
+    enabled: bool = False
+    max_age_hours: float = Field(720.0, gt=0)  # after the study completed
+    check_interval_seconds: float = Field(300.0, gt=0)
+    # Below this much free space, remove the oldest finished studies first, whatever their age.
+    emergency_free_bytes: int = Field(0, ge=0)
+
+
 class APIConfig(_Section):
     """The admin REST API."""
 
@@ -235,6 +245,7 @@ class Settings(_Section):
     assembly: AssemblyConfig = Field(default_factory=AssemblyConfig)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     api: APIConfig = Field(default_factory=APIConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     destinations: list[DestinationConfig] = Field(default_factory=list)

@@ -121,6 +121,8 @@ class Study(Base):
     first_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set when retention removed the stored files; the rows stay as the record.
+    files_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
     jobs: Mapped[list[Job]] = relationship(back_populates="study")

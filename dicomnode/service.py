@@ -21,6 +21,7 @@ from dicomnode.assembly import Assembler
 from dicomnode.config import Settings
 from dicomnode.delivery import Deliverer
 from dicomnode.receiver import Receiver
+from dicomnode.retention import Retention
 from dicomnode.routing import keywords_used
 from dicomnode.store import ROUTING_KEYWORDS, InstanceStore
 from dicomnode.workers import WorkerPool
@@ -57,6 +58,7 @@ class Node:
         self.receiver = Receiver(settings.node, self.store)
         self.assembler = Assembler(self.sessions, settings.assembly, settings.routes)
         self.deliverer = Deliverer(self.sessions, settings)
+        self.retention = Retention(self.sessions, self.store, settings.retention)
         self.pool = WorkerPool(settings, settings.workers.processes if workers is None else workers)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.stopped = threading.Event()
@@ -85,6 +87,14 @@ class Node:
             **options,
         )
         self.scheduler.add_job(self.pool.check, "interval", seconds=2, id="workers", **options)
+        if self.settings.retention.enabled:
+            self.scheduler.add_job(
+                self.retention.tick,
+                "interval",
+                seconds=self.settings.retention.check_interval_seconds,
+                id="retention",
+                **options,
+            )
         self.scheduler.start()
         self.pool.start()
 

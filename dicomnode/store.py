@@ -390,6 +390,42 @@ class _BoundedCache(dict[str, Any]):
         self[key] = value
 
 
+class SharedExclusiveLock:
+    """Many holders in shared mode, or one in exclusive mode (a readers-writer lock)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or self._shared:
+                self._cond.wait()
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 class InstanceStore:
     """Writes received instances durably and indexes them.
 
@@ -431,6 +467,7 @@ class InstanceStore:
         self.min_free_bytes = min_free_bytes
         self.keywords = tuple(keywords)
         self._known_dirs: set[Path] = set()
+        self._removal = SharedExclusiveLock()
         for folder in (self.instances_dir, self.tmp_dir):
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -547,15 +584,18 @@ class InstanceStore:
         self.check_space(len(raw) + 4096)
         relative = self.relative_path(header)
         meta = file_meta_bytes(header, transfer_syntax, provenance.calling_aet)
-        size = self.write_file(relative, (meta, raw))
-        try:
-            replaced = self.index(header, relative, size, transfer_syntax, provenance)
-        except StoreError:
-            raise
-        except Exception as exc:
-            # The file is durable; start-up reindexing will pick it up. Do not acknowledge.
-            log.error("index row for %s not written: %s", header.sop_instance_uid, exc)
-            raise IndexUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+        # Shared with other stores, exclusive with retention: a study's folder is
+        # never removed between writing an instance and indexing it.
+        with self._removal.shared():
+            size = self.write_file(relative, (meta, raw))
+            try:
+                replaced = self.index(header, relative, size, transfer_syntax, provenance)
+            except StoreError:
+                raise
+            except Exception as exc:
+                # The file is durable; start-up reindexing will pick it up. Do not acknowledge.
+                log.error("index row for %s not written: %s", header.sop_instance_uid, exc)
+                raise IndexUnavailable(f"database unavailable: {type(exc).__name__}") from exc
         return StoredInstance(
             path=self.root / relative,
             study_instance_uid=header.study_instance_uid,
@@ -735,10 +775,19 @@ class InstanceStore:
             log.warning("reindexed %d stored instance(s) that had no database row", restored)
         return restored
 
-    def remove_study_files(self, study_instance_uid: str) -> None:
-        """Delete a study's instance folder (retention)."""
-        require_uid(study_instance_uid, "StudyInstanceUID")
-        shutil.rmtree(self.instances_dir / study_instance_uid, ignore_errors=True)
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold off every C-STORE of this process (retention deletes under it)."""
+        with self._removal.exclusive():
+            yield
+
+    def remove_study_files(self, study_instance_uid: str) -> int:
+        """Delete a study's instance folder; call inside :meth:`exclusive`. Returns bytes freed."""
+        folder = self.instances_dir / require_uid(study_instance_uid, "StudyInstanceUID")
+        freed = sum(p.stat().st_size for p in folder.glob("*/*") if p.is_file())
+        shutil.rmtree(folder, ignore_errors=True)
+        self._known_dirs = {d for d in self._known_dirs if folder not in d.parents and d != folder}
+        return freed
 
 
 def parse_header_from_dataset(

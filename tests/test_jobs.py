@@ -220,8 +220,16 @@ def test_a_busy_pipeline_does_not_starve_the_others(sessions) -> None:  # type: 
             study = Study(study_instance_uid=f"8.{i}", first_received_at=now, last_received_at=now)
             session.add(study)
             session.flush()
-            session.add(Job(study_id=study.id, study_instance_uid=f"8.{i}", pipeline=pipeline,
-                            status=JobStatus.QUEUED, created_at=now, queued_at=now + timedelta(seconds=i)))
+            session.add(
+                Job(
+                    study_id=study.id,
+                    study_instance_uid=f"8.{i}",
+                    pipeline=pipeline,
+                    status=JobStatus.QUEUED,
+                    created_at=now,
+                    queued_at=now + timedelta(seconds=i),
+                )
+            )
     queue = JobQueue(sessions)
     first = queue.claim("w1")
     assert first is not None and first.pipeline == "slow"  # oldest, nothing running yet
