@@ -123,6 +123,8 @@ class WorkersConfig(_Section):
     poll_seconds: float = Field(1.0, gt=0)
     job_timeout_seconds: float = Field(3600.0, gt=0)
     max_attempts: int = Field(3, ge=1)  # claims of one job before it is failed
+    # On SIGTERM a worker finishes its job for this long, then hands it back to the queue.
+    shutdown_grace_seconds: float = Field(20.0, ge=0)
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> WorkersConfig:

@@ -84,6 +84,7 @@ class Worker:
         self.storage = Path(settings.storage.path)
         self._loaded: dict[str, Pipeline] = {}
         self.stop_event = threading.Event()
+        self.stop_requested_at: float | None = None
 
     # -- loop ------------------------------------------------------------------------
 
@@ -222,24 +223,48 @@ class Worker:
     def _heartbeat(
         self, job: ClaimedJob, lost: threading.Event, done: threading.Event, timeout: float
     ) -> None:
-        started = time.monotonic()
+        """Renew the lease; enforce the job timeout and the shutdown grace period."""
+        started = last_beat = time.monotonic()
         interval = self.settings.workers.heartbeat_seconds
-        while not done.wait(min(interval, max(0.05, timeout - (time.monotonic() - started)))):
-            if time.monotonic() - started >= timeout:
+        grace = self.settings.workers.shutdown_grace_seconds
+        while not done.wait(min(0.5, interval)):
+            now = time.monotonic()
+            if now - started >= timeout:
                 self.queue.fail(
                     job.id, self.worker_id, f"{job.pipeline} timed out after {timeout:g} s"
                 )
-                lost.set()
-                if self.exit_on_timeout:
-                    log.error("job timed out; restarting worker process", extra={"job": job.id})
-                    os._exit(TIMEOUT_EXIT_CODE)
+                self._abandon(
+                    job, lost, "job timed out; restarting worker process", TIMEOUT_EXIT_CODE
+                )
                 return
+            if self.stop_requested_at is not None and now - self.stop_requested_at >= grace:
+                self.queue.release(
+                    job.id, self.worker_id, f"worker {self.worker_id} shut down; job handed back"
+                )
+                self._abandon(job, lost, "shutdown grace over; job released", 0)
+                return
+            if now - last_beat < interval:
+                continue
+            last_beat = now
             try:
                 if not self.queue.heartbeat(job.id, self.worker_id):
                     lost.set()  # cancelled or re-claimed: tell the pipeline to stop
                     return
             except Exception:
                 log.exception("heartbeat failed; will retry")
+
+    def _abandon(self, job: ClaimedJob, lost: threading.Event, why: str, code: int) -> None:
+        """Stop caring about *job*; in a worker process, exit (a stuck thread cannot be killed)."""
+        lost.set()
+        if self.exit_on_timeout:
+            log.error(why, extra={"job": job.id})
+            os._exit(code)
+
+    def request_stop(self) -> None:
+        """Finish the current job (within the grace period), then stop."""
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
+        self.stop_event.set()
 
 
 # -- processes ------------------------------------------------------------------------
@@ -255,7 +280,7 @@ def _worker_process(settings_data: dict[str, Any], index: int, pipelines: list[s
     )
 
     def _stop(signum: int, frame: Any) -> None:
-        worker.stop_event.set()
+        worker.request_stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
@@ -269,6 +294,7 @@ class WorkerPool:
         self, settings: Settings, count: int, pipelines: Sequence[str] | None = None
     ) -> None:
         self.settings_data = settings.model_dump(mode="json")
+        self.grace = settings.workers.shutdown_grace_seconds
         self.count = count
         self.pipelines = list(pipelines) if pipelines else None
         self.ctx = multiprocessing.get_context("spawn")
@@ -296,8 +322,10 @@ class WorkerPool:
                 log.warning("worker %d exited with %s; restarting", index, process.exitcode)
                 self._spawn(index)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """SIGTERM every worker; each finishes or releases its job; then kill stragglers."""
+        if timeout is None:
+            timeout = self.grace + 10.0
         for process in self.processes:
             if process is not None and process.is_alive():
                 process.terminate()

@@ -194,3 +194,18 @@ class HyperdenseSpheres(Pipeline):
             ds.save_as(path, enforce_file_format=True)
             results.append(ResultObject(path, ds.SOPInstanceUID, ds.SOPClassUID))
         return results
+
+
+class Record(Pipeline):
+    """Appends ``job_id pid`` to the file named by config ``log`` after ``seconds`` (default 0)."""
+
+    def run(self, context: JobContext) -> list[ResultObject]:
+        import os
+
+        deadline = time.monotonic() + float(getattr(self.config, "seconds", 0))
+        while time.monotonic() < deadline:
+            context.check_cancelled()
+            time.sleep(0.05)
+        with open(str(self.config.log), "a") as log:
+            log.write(f"{context.job_id} {os.getpid()}\n")
+        return []
