@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from dicomnode.database import write_transaction
@@ -152,7 +152,6 @@ class JobQueue:
         """
         now = utcnow()
         with write_transaction(self.sessions) as session:
-            self._fail_exhausted(session, now)
             job = self._pick(session, now, list(pipelines) if pipelines is not None else None)
             if job is None:
                 return None
@@ -193,29 +192,34 @@ class JobQueue:
                 query = query.with_for_update(skip_locked=True)
             return session.execute(query).scalars().first()
 
-        orphan = first(
-            select(Job)
-            .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
-            .order_by(Job.lease_expires_at)
-        )
-        if orphan is not None:
-            return orphan
-        waiting = session.execute(
+        while (
+            orphan := first(
+                select(Job)
+                .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+                .order_by(Job.lease_expires_at)
+            )
+        ) is not None:
+            if orphan.attempts < self.max_attempts:
+                return orphan
+            self._give_up(session, orphan, now)
+        # One pass over queued and running jobs: per pipeline its best priority,
+        # oldest queued job and how many run now.
+        queued = Job.status == JobStatus.QUEUED
+        rows = session.execute(
             restrict(
-                select(Job.pipeline, func.max(Job.priority), func.min(Job.queued_at))
-                .where(Job.status == JobStatus.QUEUED)
+                select(
+                    Job.pipeline,
+                    func.max(case((queued, Job.priority))),
+                    func.min(case((queued, Job.queued_at))),
+                    func.sum(case((Job.status == JobStatus.RUNNING, 1), else_=0)),
+                )
+                .where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
                 .group_by(Job.pipeline)
             )
         ).all()
-        running = dict(
-            session.execute(
-                select(Job.pipeline, func.count())
-                .where(Job.status == JobStatus.RUNNING)
-                .group_by(Job.pipeline)
-            ).all()
-        )
-        for pipeline, priority, _oldest in sorted(
-            waiting, key=lambda row: (-row[1], running.get(row[0], 0), row[2])
+        waiting = [row for row in rows if row[1] is not None]
+        for pipeline, priority, _oldest, _running in sorted(
+            waiting, key=lambda row: (-row[1], row[3], row[2])
         ):
             job = first(
                 select(Job)
@@ -230,24 +234,16 @@ class JobQueue:
                 return job
         return None
 
-    def _fail_exhausted(self, session: Session, now: datetime) -> None:
-        """Fail running jobs whose lease expired after their last allowed attempt."""
-        exhausted = session.execute(
-            select(Job).where(
-                Job.status == JobStatus.RUNNING,
-                Job.lease_expires_at < now,
-                Job.attempts >= self.max_attempts,
-            )
-        ).scalars()
-        for job in exhausted:
-            job.status = JobStatus.FAILED
-            job.finished_at = now
-            job.error = (
-                f"The worker running this job stopped responding {job.attempts} times "
-                f"(last: {job.lease_owner}); giving up."
-            )
-            job.lease_owner = None
-            add_event(session, job.id, "failed", job.error, level="error")
+    def _give_up(self, session: Session, job: Job, now: datetime) -> None:
+        """Fail a job whose worker died on its last allowed attempt."""
+        job.status = JobStatus.FAILED
+        job.finished_at = now
+        job.error = (
+            f"The worker running this job stopped responding {job.attempts} times "
+            f"(last: {job.lease_owner}); giving up."
+        )
+        job.lease_owner = None
+        add_event(session, job.id, "failed", job.error, level="error")
 
     def heartbeat(self, job_id: int, worker_id: str) -> bool:
         """Extend the lease; False when the job is no longer ours (cancelled, re-claimed)."""
