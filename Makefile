@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 # Debian packages the test suite drives as real peers.
-APT_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools postgresql libgdcm-tools
+APT_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools postgresql libgdcm-tools docker-compose openssl
 PYTEST_ARGS ?=
 
 .PHONY: demo test install system-deps lint typecheck bench clean
@@ -25,7 +25,7 @@ demo: install
 
 # Installs the real peers when run as root and one of them is missing.
 system-deps:
-	@missing=0; for tool in storescu dciodvfy Orthanc; do command -v $$tool >/dev/null || missing=1; done; \
+	@missing=0; for tool in storescu dciodvfy Orthanc dsrdump docker-compose openssl; do command -v $$tool >/dev/null || missing=1; done; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing=1; \
 	if [ $$missing = 1 ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
