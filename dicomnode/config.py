@@ -236,6 +236,24 @@ class PipelineConfig(BaseModel):
     bundle: Path | None = None
     device: str = "auto"
     timeout_seconds: float | None = None
+    # Result objects: notice, series numbers and descriptions, options.
+    notice: str = "Not for diagnostic use"
+    seg_series_number: int = Field(9901, ge=1)
+    sr_series_number: int = Field(9902, ge=1)
+    sc_series_number: int = Field(9903, ge=1)
+    series_description: str | None = None  # default: derived from the pipeline name
+    key_images: bool = True  # Secondary Capture copies for viewers without SEG/SR
+    omit_empty_frames: bool = True
+
+    def result_series(self, kind: str, pipeline: str) -> tuple[int, str]:
+        """(Series Number, Series Description) for result *kind* ("seg", "sr" or "sc")."""
+        number = {
+            "seg": self.seg_series_number,
+            "sr": self.sr_series_number,
+            "sc": self.sc_series_number,
+        }[kind]
+        label = {"seg": "segmentation", "sr": "report", "sc": "key images"}[kind]
+        return number, f"{self.series_description or pipeline} {label}"
 
 
 class Settings(_Section):

@@ -144,7 +144,12 @@ class HyperdenseSpheres(Pipeline):
             marks.append(
                 (key, KeyImageMark(float(ys.mean()), float(xs.mean()), extent / dx / 2 + 3))
             )
-        algorithm = AlgorithmInfo("hyperdense-test", "0.1")
+        config = self.config
+        algorithm = AlgorithmInfo("hyperdense-test", "0.1", config.notice)
+
+        def series(kind: str) -> SeriesSpec:
+            return SeriesSpec(*config.result_series(kind, self.pipeline_name))
+
         key = f"{context.study_instance_uid}/{context.job_id}"
         outputs = []
         with context.stage("write"):
@@ -164,27 +169,29 @@ class HyperdenseSpheres(Pipeline):
                     labels,
                     segments,
                     algorithm=algorithm,
-                    series=SeriesSpec(901, "Test nodules SEG"),
+                    series=series("seg"),
                     uid_key=key,
+                    omit_empty_frames=config.omit_empty_frames,
                 )
                 outputs.append(seg)
-                slice_index, mark = marks[0]
-                outputs.append(
-                    write_key_image(
-                        images[slice_index],
-                        [mark],
-                        algorithm=algorithm,
-                        series=SeriesSpec(903, "Test key image"),
-                        uid_key=key,
+                if config.key_images:
+                    slice_index, mark = marks[0]
+                    outputs.append(
+                        write_key_image(
+                            images[slice_index],
+                            [mark],
+                            algorithm=algorithm,
+                            series=series("sc"),
+                            uid_key=key,
+                        )
                     )
-                )
             outputs.append(
                 write_measurement_report(
                     images,
                     findings,
                     segmentation=seg,
                     algorithm=algorithm,
-                    series=SeriesSpec(902, "Test nodules SR"),
+                    series=series("sr"),
                     uid_key=key,
                 )
             )

@@ -352,23 +352,23 @@ def test_seg_sr_and_key_image_reach_orthanc_in_the_same_study(
             ),
             tmp_path / "ct",
         )
-        assert (
-            storescu(
-                files, host="127.0.0.1", port=node.receiver.port, called_aet=NODE_AE
-            ).returncode
-            == 0
-        )
+        # The PACS pushes the study to the node, as a routing rule in Orthanc would.
+        orthanc.add_modality("dicomnode", NODE_AE, "127.0.0.1", node.receiver.port)
+        study_id = [orthanc.upload(p)["ParentStudy"] for p in files][0]
+        orthanc.store_to("dicomnode", [study_id])
         (job,) = wait_for_jobs(node, timeout=90)
         assert job["status"] == "done", job
         assert [o["status"] for o in job["outputs"]] == ["sent"] * 3
         for output in job["outputs"]:
             assert dciodvfy(node.store.root / output["path"]) == []
-        study_id = orthanc.find_study(job["study_instance_uid"])
-        assert study_id is not None
-        modalities = sorted(
-            s["MainDicomTags"]["Modality"] for s in orthanc.series_of_study(study_id)
-        )
-        assert modalities == ["OT", "SEG", "SR"]  # the CT went to the node only
+        assert orthanc.find_study(job["study_instance_uid"]) == study_id
+        series = {
+            s["MainDicomTags"]["Modality"]: s["MainDicomTags"]
+            for s in orthanc.series_of_study(study_id)
+        }
+        assert sorted(series) == ["CT", "OT", "SEG", "SR"]  # results in the source study
+        assert series["SEG"]["SeriesNumber"] == "9901"
+        assert series["SEG"]["SeriesDescription"] == "spheres segmentation (Not for diagnostic use)"
         sr_path = next(
             node.store.root / o["path"]
             for o in job["outputs"]
