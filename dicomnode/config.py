@@ -91,6 +91,9 @@ class StorageConfig(_Section):
     path: Path = Path("var/storage")
     min_free_bytes: int = Field(1_073_741_824, ge=0)  # below this, C-STORE answers 0xA700
     fsync: bool = True  # only benchmarks of the disk itself should turn this off
+    # Also fsync the folder after every rename (file systems that do not journal
+    # renames with the data; ext4, XFS and btrfs do). See store.write_file.
+    fsync_directory: bool = False
 
 
 class DatabaseConfig(_Section):

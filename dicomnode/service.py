@@ -52,6 +52,7 @@ class Node:
             Path(settings.storage.path),
             self.sessions,
             fsync=settings.storage.fsync,
+            fsync_directory=settings.storage.fsync_directory,
             min_free_bytes=settings.storage.min_free_bytes,
             keywords=keywords,
         )

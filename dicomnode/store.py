@@ -2,8 +2,10 @@
 
 The order of :meth:`InstanceStore.store` is the node's durability promise:
 validate the UIDs (they become file names), write the raw dataset bytes to a
-temporary file, fsync it, rename it into place, fsync the folder, commit the
-index row, and only then let the receiver answer Success.
+temporary file, rename it into place and fsync it (see
+:meth:`InstanceStore.write_file` for why one fsync suffices, and when the
+folder is fsynced too), commit the index row, and only then let the receiver
+answer Success.
 
 Layout under ``storage.path``::
 
@@ -437,6 +439,8 @@ class InstanceStore:
         Session factory of the job database.
     fsync
         fsync files and folders before acknowledging (only disk benchmarks turn it off).
+    fsync_directory
+        Also fsync the folder after each rename (see :meth:`write_file`).
     min_free_bytes
         Refuse (0xA700) when the file system has less free space than this.
     """
@@ -447,6 +451,7 @@ class InstanceStore:
         sessions: sessionmaker[Session],
         *,
         fsync: bool = True,
+        fsync_directory: bool = False,
         min_free_bytes: int = 0,
         keywords: Iterable[str] = ROUTING_KEYWORDS,
     ) -> None:
@@ -464,6 +469,7 @@ class InstanceStore:
             threading.Lock() if self._sql.sqlite else contextlib.nullcontext()
         )
         self.fsync = fsync
+        self.fsync_directory = fsync_directory
         self.min_free_bytes = min_free_bytes
         self.keywords = tuple(keywords)
         self._known_dirs: set[Path] = set()
@@ -512,10 +518,21 @@ class InstanceStore:
         self._known_dirs.add(folder)
 
     def write_file(self, relative: Path, parts: Iterable[bytes | memoryview]) -> int:
-        """Write *parts* to ``root/relative`` atomically and durably; return the size."""
+        """Write *parts* to ``root/relative`` atomically and durably; return the size.
+
+        A new file is written under ``tmp/``, renamed into place, then fsynced
+        once: on ext4, XFS and btrfs the journal commit that fsync forces holds
+        every earlier metadata change of the file, its new name included, so the
+        folder needs no fsync of its own. When the name already holds a copy
+        (a resend), the new copy is fsynced *before* it replaces the old one and
+        the folder after, so a crash never leaves a partial file where a good one
+        was. ``storage.fsync_directory = true`` uses that strict order for every
+        file, for file systems that do not journal a rename with the data.
+        """
         target = self.root / relative
         self._ensure_dir(target.parent)
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        strict = self.fsync_directory or target.exists()
         size = 0
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -526,13 +543,16 @@ class InstanceStore:
                         written = os.write(fd, view)
                         view = view[written:]
                         size += written
-                if self.fsync:
+                if self.fsync and strict:
                     os.fsync(fd)
+                os.replace(tmp, target)
+                if self.fsync:
+                    if strict:
+                        _fsync_dir(target.parent)
+                    else:
+                        os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, target)
-            if self.fsync:
-                _fsync_dir(target.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise OutOfResources(
@@ -770,7 +790,11 @@ class InstanceStore:
                 self.index(header, relative, path.stat().st_size, str(meta.TransferSyntaxUID), prov)
                 restored += 1
             except Exception as exc:
-                log.error("cannot reindex %s: %s", path.name, exc)
+                # Unreadable: a write cut short by a crash, so never acknowledged.
+                quarantine = self.root / "quarantine"
+                quarantine.mkdir(exist_ok=True)
+                path.replace(quarantine / path.name)
+                log.error("moved unreadable %s to quarantine/: %s", path.name, exc)
         if restored:
             log.warning("reindexed %d stored instance(s) that had no database row", restored)
         return restored

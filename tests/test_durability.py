@@ -172,3 +172,33 @@ def test_file_without_row_is_reindexed_at_start(make_settings, start_node, tmp_p
         rows = session.execute(select(Instance.sop_instance_uid)).scalars().all()
     assert rows == [ds.SOPInstanceUID]
     assert list((restarted.store.root / "tmp").iterdir()) == []
+
+
+def test_unreadable_leftover_is_quarantined_not_indexed(make_settings, start_node) -> None:  # type: ignore[no-untyped-def]
+    """A file cut short by a crash right after its rename was never acknowledged."""
+    settings = make_settings()
+    node = start_node(settings)
+    folder = node.store.root / "instances" / "1.2.3" / "1.2.3.4"
+    folder.mkdir(parents=True)
+    (folder / "1.2.3.4.5.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    node.stop()
+    restarted = start_node(settings)
+    assert (restarted.store.root / "quarantine" / "1.2.3.4.5.dcm").exists()
+    with restarted.sessions() as session:
+        assert session.execute(select(Instance)).first() is None
+
+
+@pytest.mark.parametrize("fsync_directory", [False, True])
+def test_both_fsync_orders_store_and_replace(
+    make_settings, start_node, fsync_directory: bool
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_receiver import ct_dataset, pynetdicom_store
+
+    node = start_node(make_settings(storage={"fsync_directory": fsync_directory}))
+    ds = ct_dataset()
+    for _ in range(2):  # new file, then a resend replacing it
+        assert pynetdicom_store(node.receiver.port, ds).Status == 0
+    with node.sessions() as session:
+        (row,) = session.execute(select(Instance)).scalars().all()
+    assert pydicom.dcmread(node.store.root / row.path).SOPInstanceUID == ds.SOPInstanceUID
+    assert list((node.store.root / "tmp").iterdir()) == []
