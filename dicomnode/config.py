@@ -33,7 +33,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Env values are parsed as TOML literals, so an AE title "1234" arrives as an int.
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 
 def _check_ae_title(value: str) -> str:
@@ -278,11 +279,14 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Settings:
-        names = {d.name for d in self.destinations}
+        names = [d.name for d in self.destinations]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"destinations.{i}.name: {name!r} is used twice")
         for i, route in enumerate(self.routes):
             for target in route.send_to:
                 if target != "sender" and target not in names:
-                    raise ValueError(f"routes[{i}].send_to names unknown destination {target!r}")
+                    raise ValueError(f"routes.{i}.send_to: unknown destination {target!r}")
         return self
 
     def destination(self, name: str) -> DestinationConfig:
@@ -319,14 +323,14 @@ def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
 
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "config"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+    # Whole-config checks name their key at the start of the message.
+    key = ".".join(str(p) for p in first["loc"])
+    text = f"{key}: {msg}" if key else msg
     more = len(err.errors()) - 1
-    return f"{key}: {msg}" + (
-        f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    )
+    return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 
 
 def resolve_config_path(path: str | os.PathLike[str] | None) -> Path | None:

@@ -147,6 +147,8 @@ def match_routes(routes: Sequence[Any], series: Iterable[SeriesView]) -> list[Ro
     series = list(series)
     decisions: list[RouteDecision] = []
     for index, route in enumerate(routes):
+        if any(d.pipeline == route.pipeline for d in decisions):
+            continue  # one job per (study, pipeline): the earlier route's settings win
         if any(series_matches(s.attributes, route.match) for s in series):
             decisions.append(
                 RouteDecision(

@@ -52,7 +52,7 @@ bundle = "models/lung_nodule_ct"
         ('[node]\nae_title = "BAD\\\\AE"\n', "node.ae_title: must be 1-16 printable characters"),
         (
             '[[routes]]\npipeline = "x"\nsend_to = ["nowhere"]\n',
-            "routes[0].send_to names unknown destination 'nowhere'",
+            "routes.0.send_to: unknown destination 'nowhere'",
         ),
         (
             '[[routes]]\npipeline = "x"\nmatch = { Modality = { regex = "(" } }\n',

@@ -169,11 +169,6 @@ def test_environment_value_that_is_bad_names_the_key() -> None:
         load_settings(None, resolve=False, environ={"DICOMNODE_NODE__PORT": "not-a-port"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config._parse_env_value turns DICOMNODE_NODE__AE_TITLE=1234 into an int, "
-    "which the str field rejects; an all-digit AE title cannot be set from the environment",
-)
 def test_environment_override_of_a_numeric_looking_ae_title() -> None:
     settings = load_settings(None, resolve=False, environ={"DICOMNODE_NODE__AE_TITLE": "1234"})
     assert settings.node.ae_title == "1234"
@@ -209,7 +204,7 @@ def test_resolve_uses_dicomnode_config_variable(
         ('[node]\nallowed_calling_aets = ["OK", "B\\\\D"]\n', "node.allowed_calling_aets", ""),
         (
             '[[routes]]\npipeline = "x"\nsend_to = ["nowhere"]\n',
-            "routes[0].send_to",
+            "routes.0.send_to",
             "unknown destination 'nowhere'",
         ),
         (
@@ -270,7 +265,7 @@ def test_send_to_sender_needs_no_destination(tmp_path: Path) -> None:
 
 def test_second_route_with_unknown_destination_is_named(tmp_path: Path) -> None:
     text = SPEC_EXAMPLE + '[[routes]]\npipeline = "y"\nsend_to = ["pacs", "archive"]\n'
-    assert "routes[1].send_to names unknown destination 'archive'" in error_of(tmp_path, text)
+    assert "routes.1.send_to: unknown destination 'archive'" in error_of(tmp_path, text)
 
 
 def test_several_problems_are_counted_on_one_line(tmp_path: Path) -> None:
@@ -306,7 +301,7 @@ def test_cli_config_check_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     [
         ("[node]\nport = 70000\n", "node.port"),
         ("[node]\nprot = 1\n", "node.prot"),
-        ('[[routes]]\npipeline = "x"\nsend_to = ["nowhere"]\n', "routes[0].send_to"),
+        ('[[routes]]\npipeline = "x"\nsend_to = ["nowhere"]\n', "routes.0.send_to"),
         ("node = [", "not valid TOML"),
     ],
 )
@@ -339,3 +334,14 @@ def test_cli_config_check_as_a_subprocess(tmp_path: Path) -> None:
     assert "Traceback" not in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
     assert "node.ae_title" in failed.stderr
+
+
+def test_destination_names_are_unique(tmp_path: Path) -> None:
+    text = (
+        '[[destinations]]\nname = "pacs"\nae_title = "A"\nhost = "h"\nport = 104\n'
+        '[[destinations]]\nname = "pacs"\nae_title = "B"\nhost = "h"\nport = 105\n'
+    )
+    path = tmp_path / "dup.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"^destinations\.1\.name: 'pacs' is used twice$"):
+        load_settings(path, resolve=False, environ={})

@@ -215,12 +215,6 @@ def test_continue_matching_creates_one_job_per_pipeline(
     assert study_row(sessions, "1.4.1").note == "routed to body, lung"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="assembly._ensure_waiting/_complete insert one job per decision without de-duplicating "
-    "by pipeline: two matching routes naming the same pipeline hit uq_jobs_study_pipeline and the "
-    "study is never completed",
-)
 def test_two_matching_routes_to_the_same_pipeline_make_one_job(
     sessions: Sessions, store: InstanceStore
 ) -> None:
