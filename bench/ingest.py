@@ -5,7 +5,8 @@ Orthanc processes:
 
 - DCMTK ``storescp`` writing files (no fsync);
 - Orthanc (Debian package), default storage (no fsync);
-- dicomnode ``serve`` (SQLite WAL, every instance fsynced and indexed before Success).
+- dicomnode ``serve`` (SQLite WAL, every instance fsynced and indexed before
+  Success), started fresh for each push as the others are emptied.
 
 Each push runs over one association, then as four concurrent storescu
 processes of 75 slices each. Rounds alternate receivers to spread machine
@@ -121,32 +122,47 @@ def main() -> int:
         )
 
         results: dict[tuple[str, int], list[float]] = {}
-        scp_dir, node_dir, orthanc_dir = tmp / "storescp", tmp / "node", tmp / "orthanc"
-        for d in (scp_dir, node_dir, orthanc_dir):
+        scp_dir, orthanc_dir = tmp / "storescp", tmp / "orthanc"
+        for d in (scp_dir, orthanc_dir):
             d.mkdir()
-        with (
-            StoreSCP(output_dir=scp_dir) as scp,
-            Orthanc(workdir=orthanc_dir) as orthanc,
-            dicomnode_server(node_dir) as node,
-        ):
-            receivers: dict[str, tuple[int, str, Callable[[], None]]] = {
-                "storescp": (
-                    scp.port,
-                    scp.aet,
-                    lambda: shutil.rmtree(scp_dir, ignore_errors=True) or scp_dir.mkdir(),
-                ),
-                "orthanc": (orthanc.dicom_port, orthanc.aet, orthanc.delete_all),
-                "dicomnode": (node[0], node[1], lambda: None),
+        indexed: list[int] = []
+
+        def push_to_dicomnode(streams: int) -> float:
+            # A fresh node each push, like the other receivers after their reset:
+            # the same UIDs again would measure the resend path, not first receipt.
+            node_dir = tmp / f"node-{len(indexed)}"
+            node_dir.mkdir()
+            with dicomnode_server(node_dir) as (port, aet):
+                seconds = push(files, port, aet, streams)
+            indexed.append(count_rows(node_dir))
+            shutil.rmtree(node_dir, ignore_errors=True)
+            return seconds
+
+        with StoreSCP(output_dir=scp_dir) as scp, Orthanc(workdir=orthanc_dir) as orthanc:
+
+            def reset_scp() -> None:
+                shutil.rmtree(scp_dir, ignore_errors=True)
+                scp_dir.mkdir()
+
+            def push_to_scp(streams: int) -> float:
+                reset_scp()
+                return push(files, scp.port, scp.aet, streams)
+
+            def push_to_orthanc(streams: int) -> float:
+                orthanc.delete_all()
+                return push(files, orthanc.dicom_port, orthanc.aet, streams)
+
+            receivers: dict[str, Callable[[int], float]] = {
+                "storescp": push_to_scp,
+                "orthanc": push_to_orthanc,
+                "dicomnode": push_to_dicomnode,
             }
             for _ in range(args.rounds):
                 for streams in (1, 4):
-                    for name, (port, aet, reset) in receivers.items():
-                        reset()
-                        results.setdefault((name, streams), []).append(
-                            push(files, port, aet, streams)
-                        )
-            indexed = count_rows(node_dir)
-        print(f"dicomnode indexed {indexed} distinct instances (fsync on every file)")
+                    for name, run in receivers.items():
+                        results.setdefault((name, streams), []).append(run(streams))
+        assert set(indexed) == {len(files)}, indexed
+        print(f"dicomnode indexed all {len(files)} instances in every push (fsync before Success)")
         print(
             f"\n{'receiver':<10} {'assoc':>5} {'median s':>9} {'inst/s':>8} {'vs orthanc':>11} {'vs storescp':>12}"
         )
