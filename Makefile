@@ -46,6 +46,8 @@ test: install system-deps
 
 bench: install system-deps
 	$(PY) bench/ingest.py
+	$(PY) bench/results.py
+	$(PY) bench/queue.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
