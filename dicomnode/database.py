@@ -33,11 +33,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def is_sqlite(engine: Engine) -> bool:
-    """Whether *engine* talks to SQLite (claims then use one write transaction)."""
-    return engine.dialect.name == "sqlite"
-
-
 def make_engine(url: str) -> Engine:
     """Create an engine for *url*, creating the SQLite file's folder if needed."""
     parsed = make_url(url)

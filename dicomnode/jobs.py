@@ -30,7 +30,6 @@ from dicomnode.models import (
     JobStatus,
     Output,
     OutputStatus,
-    Study,
     utcnow,
 )
 
@@ -439,7 +438,3 @@ class JobQueue:
         with self.sessions() as session:
             rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
             return {str(status): int(n) for status, n in rows}
-
-    def study_of(self, session: Session, job: ClaimedJob) -> Study:
-        """The study row of a claimed job."""
-        return session.get_one(Study, job.study_id)
