@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import threading
 from typing import Any, cast
 
 from pydicom import Dataset
@@ -90,8 +89,6 @@ class Receiver:
         self.store = store
         self.ae = make_ae(config)
         self.server: ThreadedAssociationServer | None = None
-        self.stats = {"instances": 0, "bytes": 0, "failures": 0, "associations": 0}
-        self._lock = threading.Lock()
 
     @property
     def port(self) -> int:
@@ -152,7 +149,6 @@ class Receiver:
                 provenance=provenance,
             )
         except StoreError as exc:
-            self._count(failures=1)
             log.warning(
                 "C-STORE refused: %s",
                 exc.message,
@@ -160,15 +156,12 @@ class Receiver:
             )
             return _status(exc.status, exc.message)
         except Exception as exc:  # the node keeps serving whatever one dataset does
-            self._count(failures=1)
             log.exception("C-STORE failed unexpectedly")
             return _status(STATUS_PROCESSING_FAILURE, f"internal error: {type(exc).__name__}")
-        self._count(instances=1, bytes=len(raw))
         return STATUS_SUCCESS
 
     def on_accepted(self, event: evt.Event) -> None:
         """Log and count accepted associations."""
-        self._count(associations=1)
         requestor = event.assoc.requestor
         log.info(
             "association accepted",
@@ -192,8 +185,3 @@ class Receiver:
     def on_aborted(self, event: evt.Event) -> None:
         """Log aborted associations (peer gone, timeouts)."""
         log.warning("association aborted", extra={"calling_aet": event.assoc.requestor.ae_title})
-
-    def _count(self, **deltas: Any) -> None:
-        with self._lock:
-            for key, value in deltas.items():
-                self.stats[key] += value
