@@ -29,38 +29,10 @@ import uuid
 
 from sqlalchemy import func, select
 
-from dicomnode.database import make_engine, session_factory, upgrade
-from dicomnode.models import Job, JobStatus, Study, utcnow
+from dicomnode.database import make_engine, session_factory
+from dicomnode.models import Job, JobStatus
+from tests.factories import queue_jobs
 from tests.peers import PostgresServer
-
-
-def fill(url: str, n: int) -> None:
-    upgrade(url)
-    sessions = session_factory(make_engine(url))
-    now = utcnow()
-    with sessions.begin() as session:
-        studies = [
-            Study(
-                study_instance_uid=f"2.25.{i + 1}",
-                first_received_at=now,
-                last_received_at=now,
-                status="complete",
-            )
-            for i in range(n)
-        ]
-        session.add_all(studies)
-        session.flush()
-        session.add_all(
-            Job(
-                study_id=s.id,
-                study_instance_uid=s.study_instance_uid,
-                pipeline="noop",
-                status=JobStatus.QUEUED,
-                created_at=now,
-                queued_at=now,
-            )
-            for s in studies
-        )
 
 
 def done(url: str) -> int:
@@ -75,7 +47,7 @@ def done(url: str) -> int:
 def drain(server: PostgresServer, workdir: Path, jobs: int, workers: int) -> float:
     """Jobs per second once the workers are up."""
     url = server.create_database(f"q_{uuid.uuid4().hex[:10]}")
-    fill(url, jobs)
+    queue_jobs(url, jobs, "noop")
     config = workdir / f"w{workers}.toml"
     config.write_text(
         f'[database]\nurl = "{url}"\n[storage]\npath = "{workdir / "storage"}"\n'

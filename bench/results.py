@@ -36,23 +36,9 @@ from dicomnode.results import (  # noqa: E402
     write_measurement_report,
     write_segmentation,
 )
-from dicomnode.synthetic import Nodule, ct_series  # noqa: E402
+from dicomnode.synthetic import Nodule, ct_series, nodule_labels  # noqa: E402
 
 NODULES = [Nodule((60.0 - 30 * i, -30.0 + 15 * i, 60.0 + 60 * i), 6.0 + 3 * i) for i in range(5)]
-
-
-def nodule_labels(source: list) -> np.ndarray:  # type: ignore[type-arg]
-    first = source[0]
-    x0, y0 = (float(v) for v in first.ImagePositionPatient[:2])
-    dy, dx = (float(v) for v in first.PixelSpacing)
-    dz = float(first.SliceThickness)
-    labels = np.zeros((len(source), first.Rows, first.Columns), dtype=np.uint8)
-    zz, yy, xx = np.ogrid[: len(source), : first.Rows, : first.Columns]
-    for n, nodule in enumerate(NODULES, start=1):
-        cx, cy, cz = nodule.center_mm
-        inside = (xx * dx + x0 - cx) ** 2 + (yy * dy + y0 - cy) ** 2 + (zz * dz - cz) ** 2
-        labels[inside <= (nodule.diameter_mm / 2) ** 2] = n
-    return labels
 
 
 def plain_highdicom(source: list, labels: np.ndarray) -> None:  # type: ignore[type-arg]
@@ -136,7 +122,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     source = ct_series(args.slices, seed=4, nodules=NODULES)
-    labels = nodule_labels(source)
+    labels = nodule_labels(source, NODULES)
     print(
         f"data: {args.slices} CT slices 512x512, {len(NODULES)} nodules in {int(labels.any(axis=(1, 2)).sum())} slices"
     )

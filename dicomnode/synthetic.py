@@ -228,6 +228,29 @@ def ct_series(
     return slices
 
 
+def nodule_labels(datasets: Sequence[Dataset], nodules: Sequence[Nodule]) -> np.ndarray:
+    """Truth label map of *nodules* on the grid of *datasets* (axial slices in order).
+
+    Voxel ``(k, r, c)`` holds ``n`` when its centre lies inside nodule ``n``
+    (1-based, later nodules win where they overlap): the spheres
+    :func:`ct_series` draws, for checking detectors and result writers.
+    """
+    first = datasets[0]
+    x0, y0 = (float(v) for v in first.ImagePositionPatient[:2])
+    row_mm, col_mm = (float(v) for v in first.PixelSpacing)
+    z = np.array([float(ds.ImagePositionPatient[2]) for ds in datasets])[:, None, None]
+    rows = y0 + np.arange(first.Rows)[None, :, None] * row_mm
+    cols = x0 + np.arange(first.Columns)[None, None, :] * col_mm
+    labels = np.zeros((len(datasets), first.Rows, first.Columns), dtype=np.uint8)
+    for n, nodule in enumerate(nodules, start=1):
+        cx, cy, cz = nodule.center_mm
+        inside = (cols - cx) ** 2 + (rows - cy) ** 2 + (z - cz) ** 2 <= (
+            nodule.diameter_mm / 2
+        ) ** 2
+        labels[inside] = n
+    return labels
+
+
 def write_series(datasets: Sequence[Dataset], directory: str | os.PathLike[str]) -> list[Path]:
     """Write each dataset as ``<directory>/<SOPInstanceUID>.dcm``; return paths in order."""
     folder = Path(directory)

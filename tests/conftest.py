@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from pydicom.data import get_testdata_file
 
 from dicomnode.config import Settings
 from dicomnode.service import Node
+from tests.peers import free_port
 
 NODE_AE = "TESTNODE"
 
@@ -29,13 +29,6 @@ TESTDATA = [
     "MR_small_RLE.dcm",  # RLE
     "image_dfl.dcm",  # deflated explicit VR little endian
 ]
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sample_paths() -> list[Path]:

@@ -228,6 +228,10 @@ class Orthanc(_Process):
         except httpx.HTTPError:
             return False
 
+    def destination(self, name: str = "pacs") -> dict[str, Any]:
+        """This Orthanc as a dicomnode ``[[destinations]]`` entry."""
+        return {"name": name, "ae_title": self.aet, "host": "127.0.0.1", "port": self.dicom_port}
+
     def upload(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         """POST one DICOM file to /instances."""
         response = self.client.post("/instances", content=Path(path).read_bytes())

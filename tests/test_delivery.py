@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from dicomnode.jobs import JobQueue
 from dicomnode.models import Instance
-from tests.conftest import NODE_AE, free_port
-from tests.peers import Orthanc, storescu
+from tests.conftest import NODE_AE
+from tests.peers import Orthanc, free_port, storescu
 from tests.test_flow import wait_for_jobs, write_study
 from tests.test_tls import pki  # noqa: F401  (fixture)
 
@@ -25,14 +25,7 @@ def test_exhausted_delivery_fails_the_job_and_retry_resends_once(
 ) -> None:  # type: ignore[no-untyped-def]
     orthanc = Orthanc(tmp_path / "orthanc")
     settings = make_settings(
-        destinations=[
-            {
-                "name": "pacs",
-                "ae_title": orthanc.aet,
-                "host": "127.0.0.1",
-                "port": orthanc.dicom_port,
-            }
-        ],
+        destinations=[orthanc.destination()],
         routes=[{"pipeline": "summary", "match": {"Modality": "CT"}, "send_to": ["pacs"]}],
         pipelines=SUMMARY,
         delivery={"max_attempts": 2, "backoff_seconds": 0.2, "check_interval": 0.2},
@@ -60,14 +53,7 @@ def test_exhausted_delivery_fails_the_job_and_retry_resends_once(
 def test_pending_deliveries_survive_a_restart(make_settings, start_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     orthanc = Orthanc(tmp_path / "orthanc")
     settings = make_settings(
-        destinations=[
-            {
-                "name": "pacs",
-                "ae_title": orthanc.aet,
-                "host": "127.0.0.1",
-                "port": orthanc.dicom_port,
-            }
-        ],
+        destinations=[orthanc.destination()],
         routes=[{"pipeline": "summary", "match": {"Modality": "CT"}, "send_to": ["pacs"]}],
         pipelines=SUMMARY,
         delivery={"max_attempts": 100, "backoff_seconds": 0.2, "backoff_max_seconds": 0.5},

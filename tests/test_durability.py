@@ -17,8 +17,8 @@ from pynetdicom import AE
 from sqlalchemy import create_engine, select, text
 
 from dicomnode.models import Instance, Job
-from tests.conftest import NODE_AE, free_port, sample_paths
-from tests.peers import echoscu
+from tests.conftest import NODE_AE, sample_paths
+from tests.peers import echoscu, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -158,14 +158,7 @@ def test_orthanc_pushes_a_study_and_gets_the_result_back(
 ) -> None:  # type: ignore[no-untyped-def]
     with Orthanc(tmp_path / "orthanc") as orthanc:
         settings = make_settings(
-            destinations=[
-                {
-                    "name": "pacs",
-                    "ae_title": orthanc.aet,
-                    "host": "127.0.0.1",
-                    "port": orthanc.dicom_port,
-                }
-            ],
+            destinations=[orthanc.destination()],
             routes=[
                 {
                     "pipeline": "summary",
@@ -197,14 +190,7 @@ def test_results_wait_for_a_stopped_pacs_and_arrive_once(
 ) -> None:  # type: ignore[no-untyped-def]
     orthanc = Orthanc(tmp_path / "orthanc")
     settings = make_settings(
-        destinations=[
-            {
-                "name": "pacs",
-                "ae_title": orthanc.aet,
-                "host": "127.0.0.1",
-                "port": orthanc.dicom_port,
-            }
-        ],
+        destinations=[orthanc.destination()],
         routes=[{"pipeline": "summary", "match": {"Modality": "CT"}, "send_to": ["pacs"]}],
         pipelines={"summary": {"type": "tests.pipelines:SeriesSummary"}},
         delivery={
@@ -324,14 +310,7 @@ def test_seg_sr_and_key_image_reach_orthanc_in_the_same_study(
 
     with Orthanc(tmp_path / "orthanc") as orthanc:
         settings = make_settings(
-            destinations=[
-                {
-                    "name": "pacs",
-                    "ae_title": orthanc.aet,
-                    "host": "127.0.0.1",
-                    "port": orthanc.dicom_port,
-                }
-            ],
+            destinations=[orthanc.destination()],
             routes=[{"pipeline": "spheres", "match": {"Modality": "CT"}, "send_to": ["pacs"]}],
             pipelines={"spheres": {"type": "tests.pipelines:HyperdenseSpheres"}},
         )

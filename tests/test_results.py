@@ -23,7 +23,7 @@ from dicomnode.results import (
     write_measurement_report,
     write_segmentation,
 )
-from dicomnode.synthetic import Nodule, ct_series
+from dicomnode.synthetic import Nodule, ct_series, nodule_labels
 from tests.peers import dciodvfy
 
 ALGORITHM = AlgorithmInfo("test-detector", "1.2.3", "Not for diagnostic use")
@@ -38,15 +38,7 @@ def source() -> list[pydicom.Dataset]:
 
 
 def label_map(source: list[pydicom.Dataset]) -> np.ndarray:
-    ds = source[0]
-    x0, y0 = (float(v) for v in ds.ImagePositionPatient[:2])
-    zz, yy, xx = np.ogrid[: len(source), : ds.Rows, : ds.Columns]
-    labels = np.zeros((len(source), ds.Rows, ds.Columns), dtype=np.uint8)
-    for n, nodule in enumerate(NODULES, start=1):
-        cx, cy, cz = nodule.center_mm
-        inside = (xx * 4.0 + x0 - cx) ** 2 + (yy * 4.0 + y0 - cy) ** 2 + (zz * 1.5 - cz) ** 2
-        labels[inside <= (nodule.diameter_mm / 2) ** 2] = n
-    return labels
+    return nodule_labels(source, NODULES)
 
 
 def save(ds: pydicom.Dataset, path: Path) -> Path:

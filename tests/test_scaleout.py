@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from dicomnode.database import make_engine, session_factory, upgrade
-from dicomnode.models import Job, JobStatus, Study, utcnow
+from dicomnode.database import make_engine, session_factory
+from dicomnode.models import Job, JobStatus
+from tests.factories import queue_jobs
 from tests.peers import PostgresServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -26,33 +27,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 def postgres() -> Iterator[PostgresServer]:
     with PostgresServer() as server:
         yield server
-
-
-def queue_jobs(url: str, n: int, pipeline: str) -> None:
-    """*n* queued jobs, one study each (jobs are unique per study and pipeline)."""
-    upgrade(url)
-    sessions = session_factory(make_engine(url))
-    now = utcnow()
-    with sessions.begin() as session:
-        for i in range(n):
-            study = Study(
-                study_instance_uid=f"2.25.{i + 1}",
-                first_received_at=now,
-                last_received_at=now,
-                status="complete",
-            )
-            session.add(study)
-            session.flush()
-            session.add(
-                Job(
-                    study_id=study.id,
-                    study_instance_uid=study.study_instance_uid,
-                    pipeline=pipeline,
-                    status=JobStatus.QUEUED,
-                    created_at=now,
-                    queued_at=now,
-                )
-            )
 
 
 def write_config(tmp_path: Path, url: str, pipeline_extra: str) -> Path:
