@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 # Debian packages the test suite drives as real peers.
-APT_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools postgresql libgdcm-tools docker-compose openssl
+APT_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools postgresql libgdcm-tools docker-compose openssl chromium chromium-driver
 PYTEST_ARGS ?=
 
 .PHONY: demo test install system-deps lint typecheck bench clean
@@ -16,7 +16,11 @@ $(PY):
 
 install: $(STAMP)
 
+# Without a GPU, take the CPU-capable torch/torchvision pair that lies on local disk
+# first (PyPI's plain `torch` is a multi-GB CUDA download); with one, the range in
+# pyproject.toml pulls a CUDA build.
 $(STAMP): pyproject.toml | $(PY)
+	if ! command -v nvidia-smi >/dev/null; then $(PIP) install -q torch==2.14.1 torchvision==0.29.1; fi
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
@@ -25,7 +29,7 @@ demo: install
 
 # Installs the real peers when run as root and one of them is missing.
 system-deps:
-	@missing=0; for tool in storescu dciodvfy Orthanc dsrdump docker-compose openssl; do command -v $$tool >/dev/null || missing=1; done; \
+	@missing=0; for tool in storescu dciodvfy Orthanc dsrdump docker-compose openssl chromium chromedriver; do command -v $$tool >/dev/null || missing=1; done; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing=1; \
 	if [ $$missing = 1 ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -34,13 +38,13 @@ system-deps:
 	fi
 
 lint: install
-	$(VENV)/bin/ruff check dicomnode tests bench
+	$(VENV)/bin/ruff check dicomnode tests bench train
 
 typecheck: install
 	$(VENV)/bin/mypy dicomnode
 
 test: install system-deps
-	$(VENV)/bin/ruff check dicomnode tests bench
+	$(VENV)/bin/ruff check dicomnode tests bench train
 	$(VENV)/bin/mypy dicomnode
 	$(PY) -m pytest $(PYTEST_ARGS)
 
