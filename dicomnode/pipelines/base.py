@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -114,8 +115,15 @@ def registered() -> dict[str, type[Pipeline]]:
     return dict(_REGISTRY)
 
 
+# Built-in pipelines; each imports torch and MONAI lazily, so registering them is cheap.
+_BUILTINS = ("geometry_qa", "lung_nodule", "brain_tumor", "fundus_dr")
+
+
 def _load_builtins() -> None:
-    importlib.import_module("dicomnode.pipelines.geometry_qa")
+    for module in _BUILTINS:
+        name = f"dicomnode.pipelines.{module}"
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
 
 
 def get_pipeline_class(name: str, config: PipelineConfig) -> type[Pipeline]:

@@ -1,0 +1,1 @@
+"""Training and evaluation scripts for the shipped model bundles (one folder per task)."""
