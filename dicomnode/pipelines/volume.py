@@ -166,7 +166,8 @@ def _build(
     lateral = offsets - np.outer(offsets @ normal, normal)
     if np.abs(lateral).max() > max(0.05 * spacing, 0.05):
         step = (positions[order[-1]] - positions[order[0]]) / (len(planes) - 1)
-        tilt = np.degrees(np.arccos(min(1.0, abs(float(step @ normal)) / np.linalg.norm(step))))
+        cosine = min(1.0, abs(float(step @ normal)) / float(np.linalg.norm(step)))
+        tilt = float(np.degrees(np.arccos(cosine)))
         raise PipelineError(
             f"{what}: slices are sheared {tilt:.1f} degrees from the slice normal "
             "(gantry tilt); reconstruct without tilt or resample before sending"
@@ -219,7 +220,8 @@ def _frame_item(ds: Dataset, index: int, sequence: str) -> Dataset | None:
         ("SharedFunctionalGroupsSequence", 0),
     ):
         if groups in ds and sequence in ds[groups][at]:
-            return ds[groups][at][sequence][0]  # type: ignore[no-any-return]
+            item: Dataset = ds[groups][at][sequence][0]
+            return item
     return None
 
 
