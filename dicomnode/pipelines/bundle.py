@@ -7,14 +7,16 @@ parameters they need (patch size, intensity window, thresholds) by key, and
 do their own loading from DICOM; the bundle's own data loaders (files from a
 data set list) are never run.
 
-Relative bundle paths resolve against the working directory first, then the
-project checkout (where ``models/`` lives), so ``bundle = "models/x"`` works
-from anywhere in a development install.
+Relative bundle paths resolve against the working directory first, then
+``$DICOMNODE_HOME`` (the container images set it to where ``models/`` was
+copied), then the project checkout, so ``bundle = "models/x"`` works from
+anywhere in a development install.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,12 @@ _CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 def resolve_bundle_path(configured: Path | None, default: str) -> Path:
     """The bundle directory for a pipeline: *configured*, else ``models/<default>``."""
     path = Path(configured) if configured is not None else Path("models") / default
-    candidates = [path] if path.is_absolute() else [Path.cwd() / path, _PROJECT_ROOT / path]
+    roots = [
+        Path.cwd(),
+        *([Path(os.environ["DICOMNODE_HOME"])] if os.environ.get("DICOMNODE_HOME") else []),
+        _PROJECT_ROOT,
+    ]
+    candidates = [path] if path.is_absolute() else [root / path for root in roots]
     for candidate in candidates:
         if candidate.is_dir():
             return candidate.resolve()
