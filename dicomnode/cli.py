@@ -93,18 +93,27 @@ def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
         print("  ".join(str(row.get(c) or "").ljust(widths[c]) for c in columns))
 
 
+def _job_filter(args: argparse.Namespace) -> Any:
+    """The same :class:`~dicomnode.jobs.JobFilter` the REST API builds from its query."""
+    from dicomnode.jobs import JobFilter, parse_time
+
+    return JobFilter(
+        status=args.status,
+        pipeline=args.pipeline,
+        study_instance_uid=args.study,
+        accession_number=args.accession_number,
+        calling_aet=args.calling_aet,
+        since=parse_time(args.since, "since") if args.since else None,
+        until=parse_time(args.until, "until") if args.until else None,
+        limit=args.limit,
+        offset=args.offset,
+    )
+
+
 def cmd_jobs_list(args: argparse.Namespace) -> int:
     from dicomnode.jobs import job_to_dict
 
-    jobs = [
-        job_to_dict(j)
-        for j in _queue(args).list(
-            status=args.status,
-            pipeline=args.pipeline,
-            study_instance_uid=args.study,
-            limit=args.limit,
-        )
-    ]
+    jobs = [job_to_dict(j) for j in _queue(args).list(_job_filter(args))]
     if args.json:
         print(json.dumps(jobs, indent=1))
         return 0
@@ -165,42 +174,40 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_studies_list(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
     from dicomnode.database import make_engine, session_factory, upgrade
-    from dicomnode.models import Study
+    from dicomnode.jobs import parse_time
+    from dicomnode.studies import StudyFilter, find_studies
 
     settings = _settings(args)
     upgrade(settings.database.url)
-    with session_factory(make_engine(settings.database.url))() as session:
-        studies = session.execute(
-            select(Study).order_by(Study.id.desc()).limit(args.limit)
-        ).scalars()
-        rows = [
-            {
-                "study_instance_uid": s.study_instance_uid,
-                "status": s.status,
-                "instances": s.instance_count,
-                "calling_aet": s.calling_aet,
-                "last_received_at": s.last_received_at.isoformat(),
-                "note": s.note,
-            }
-            for s in studies
-        ]
+    filters = StudyFilter(
+        status=args.status,
+        study_instance_uid=args.study,
+        accession_number=args.accession_number,
+        calling_aet=args.calling_aet,
+        since=parse_time(args.since, "since") if args.since else None,
+        until=parse_time(args.until, "until") if args.until else None,
+        limit=args.limit,
+        offset=args.offset,
+    )
+    rows, _total = find_studies(session_factory(make_engine(settings.database.url)), filters)
     if args.json:
         print(json.dumps(rows, indent=1))
-    else:
-        _print_table(
-            rows,
-            [
-                "study_instance_uid",
-                "status",
-                "instances",
-                "calling_aet",
-                "last_received_at",
-                "note",
-            ],
-        )
+        return 0
+    for row in rows:
+        row["series"] = len(row["series"])
+    _print_table(
+        rows,
+        [
+            "study_instance_uid",
+            "status",
+            "series",
+            "instances",
+            "calling_aet",
+            "last_received_at",
+            "note",
+        ],
+    )
     return 0
 
 
@@ -291,8 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["waiting", "queued", "running", "sending", "done", "failed", "cancelled"],
     )
     listing.add_argument("--pipeline")
-    listing.add_argument("--study", help="Study Instance UID")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--study", "--study-instance-uid", help="Study Instance UID")
+    listing.add_argument("--accession-number", "--accession", help="the study's Accession Number")
+    listing.add_argument("--calling-aet", help="the AE title that sent the study")
+    listing.add_argument(
+        "--since", help="created at or after: ISO 8601 (naive: UTC) or an age (30m, 24h, 7d)"
+    )
+    listing.add_argument("--until", help="created before: same forms as --since")
+    listing.add_argument("--limit", type=int, default=100, help="page size (1-1000)")
+    listing.add_argument("--offset", type=int, default=0, help="jobs to skip (paging)")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_jobs_list)
     for name, func, text in (
@@ -309,8 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     studies = sub.add_parser("studies", parents=[common], help="received studies").add_subparsers(
         dest="studies_command", required=True
     )
-    slist = studies.add_parser("list", parents=[common])
+    slist = studies.add_parser("list", parents=[common], help="studies, newest received first")
+    slist.add_argument("--status", choices=["receiving", "complete", "unmatched"])
+    slist.add_argument("--study", "--study-instance-uid", help="Study Instance UID")
+    slist.add_argument("--accession-number", "--accession", help="Accession Number")
+    slist.add_argument("--calling-aet", help="the AE title that sent the study")
+    slist.add_argument("--since", help="last received at or after (ISO 8601 or 30m, 24h, 7d)")
+    slist.add_argument("--until", help="last received before")
     slist.add_argument("--limit", type=int, default=50)
+    slist.add_argument("--offset", type=int, default=0)
     slist.add_argument("--json", action="store_true")
     slist.set_defaults(func=cmd_studies_list)
 

@@ -13,6 +13,7 @@ to 65535``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ENV_PREFIX = "DICOMNODE_"
 DEFAULT_CONFIG_NAME = "dicomnode.toml"
 
+_SUBKEY = re.compile(r"^[a-z_]+(\.[a-z0-9_]+)*: ")
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: no backslash, no control
 
 
@@ -156,12 +158,55 @@ class RetentionConfig(_Section):
     emergency_free_bytes: int = Field(0, ge=0)
 
 
+class APITokenConfig(_Section):
+    """One bearer token of the admin API and what it may do."""
+
+    token: str = Field(min_length=16)
+    role: Literal["read", "admin"] = "read"  # read: GET only; admin: also retry and cancel
+    name: str | None = None  # who holds it (logged with admin actions instead of the token)
+
+    @field_validator("token")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isascii() or not value.isprintable() or " " in value:
+            raise ValueError("must be printable ASCII without spaces")
+        return value
+
+
+def is_loopback(host: str) -> bool:
+    """Whether *host* only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class APIConfig(_Section):
-    """The admin REST API."""
+    """The admin REST API, dashboard and metrics (``dicomnode/api``).
+
+    Without tokens the API is open to every local process and must listen on
+    loopback; listening elsewhere requires at least one token.
+    """
 
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
+    port: int = Field(8080, ge=0, le=65535)  # 0: any free port (tests)
+    tokens: list[APITokenConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _tokens_off_loopback(self) -> APIConfig:
+        if not self.tokens and not is_loopback(self.host):
+            raise ValueError(
+                f"tokens: required when the API listens on {self.host} (not loopback); "
+                'add [[api.tokens]] with token and role = "admin" or "read"'
+            )
+        tokens = [t.token for t in self.tokens]
+        for i, token in enumerate(tokens):
+            if token in tokens[:i]:
+                raise ValueError(f"tokens.{i}.token: the same token is listed twice")
+        return self
 
 
 class DestinationConfig(_Section):
@@ -326,9 +371,10 @@ def _format_error(err: ValidationError) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
-    # Whole-config checks name their key at the start of the message.
+    # Whole-config and section checks name their key (or sub-key) at the start of the message.
     key = ".".join(str(p) for p in first["loc"])
-    text = f"{key}: {msg}" if key else msg
+    separator = "." if key and _SUBKEY.match(msg) else ": "
+    text = f"{key}{separator}{msg}" if key else msg
     more = len(err.errors()) - 1
     return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.config import Settings
 from dicomnode.database import write_transaction
 from dicomnode.jobs import add_event
+from dicomnode.metrics import NodeMetrics
 from dicomnode.models import Job, JobStatus, Output, OutputStatus, Study, utcnow
 from dicomnode.scu import send
 
@@ -51,9 +52,15 @@ class DeliveryError(Exception):
 class Deliverer:
     """Sends due outputs and moves jobs from ``sending`` to ``done`` or ``failed``."""
 
-    def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        settings: Settings,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
         self.sessions = sessions
         self.settings = settings
+        self.metrics = metrics
         self.config = settings.delivery
         self.storage = Path(settings.storage.path)
 
@@ -152,7 +159,25 @@ class Deliverer:
                 )
             session.flush()
             self._settle(session, job, now)
+        self._count(job_id, job.study_instance_uid, destination, sent, len(failed))
         return sent
+
+    def _count(self, job_id: int, study: str, destination: str, sent: int, failed: int) -> None:
+        """Metrics and one log line per (job, destination) attempt."""
+        if self.metrics is not None:
+            self.metrics.deliveries.labels(destination=destination).inc(sent)
+            self.metrics.delivery_failures.labels(destination=destination).inc(failed)
+        log.log(
+            logging.WARNING if failed else logging.INFO,
+            "delivery attempt",
+            extra={
+                "job": job_id,
+                "study": study,
+                "destination": destination,
+                "sent": sent,
+                "failed": failed,
+            },
+        )
 
     def _settle(self, session: Session, job: Job, now: datetime) -> None:
         states = [

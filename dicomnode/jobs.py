@@ -14,12 +14,13 @@ Every state change writes a :class:`~dicomnode.models.JobEvent`, so
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import ColumnElement, case, func, inspect, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from dicomnode.database import write_transaction
@@ -30,12 +31,133 @@ from dicomnode.models import (
     JobStatus,
     Output,
     OutputStatus,
+    Study,
     utcnow,
 )
+
+# Ids are PostgreSQL ``integer`` columns: anything larger cannot name a row and
+# would make the driver raise instead of finding nothing.
+MAX_ID = 2**31 - 1
+MAX_PAGE = 1000
+_RELATIVE = re.compile(r"^(\d{1,6})\s*([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class JobError(Exception):
     """A job operation that cannot be done (unknown id, wrong state)."""
+
+
+class UnknownJob(JobError):
+    """No job has this id."""
+
+
+class FilterError(JobError):
+    """A job filter value that cannot be used, with a sentence naming the filter."""
+
+
+def parse_time(text: str, name: str = "time", now: datetime | None = None) -> datetime:
+    """Parse an admin's time: ISO 8601 (naive means UTC) or an age like ``30m``, ``24h``, ``7d``.
+
+    Raises
+    ------
+    FilterError
+        Naming *name* when *text* is neither.
+    """
+    text = text.strip()
+    relative = _RELATIVE.match(text)
+    if relative:
+        seconds = int(relative.group(1)) * _UNIT_SECONDS[relative.group(2)]
+        return (now or utcnow()) - timedelta(seconds=seconds)
+    try:
+        value = datetime.fromisoformat(text)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise FilterError(
+            f"{name}: {text!r} is not a time; use ISO 8601 (2024-05-01T08:00:00Z) "
+            "or an age such as 30m, 24h, 7d"
+        ) from None
+
+
+def _check_id(job_id: int) -> None:
+    if not 1 <= job_id <= MAX_ID:
+        raise UnknownJob(f"no job with id {job_id}")
+
+
+def _check_text(name: str, value: str | None, limit: int = 64) -> None:
+    if value is None:
+        return
+    if len(value) > limit:
+        raise FilterError(f"{name}: longer than {limit} characters")
+    if any(ord(c) < 0x20 for c in value):
+        raise FilterError(f"{name}: control characters are not allowed")
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs to list, shared by ``dicomnode jobs list`` and ``GET /api/v1/jobs``.
+
+    Attributes
+    ----------
+    status, pipeline, study_instance_uid, accession_number, calling_aet
+        Exact matches; None matches anything. Accession number and calling AE
+        are the study's.
+    since, until
+        ``since <= created_at < until`` (timezone-aware; naive means UTC).
+    limit, offset
+        Paging, newest job first.
+    """
+
+    status: str | None = None
+    pipeline: str | None = None
+    study_instance_uid: str | None = None
+    accession_number: str | None = None
+    calling_aet: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.status is not None and self.status not in {s.value for s in JobStatus}:
+            raise FilterError(
+                f"status: {self.status!r} is not one of {', '.join(s.value for s in JobStatus)}"
+            )
+        for name in ("pipeline", "study_instance_uid", "accession_number", "calling_aet"):
+            _check_text(name, getattr(self, name))
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                object.__setattr__(self, name, value.replace(tzinfo=UTC))
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise FilterError("since: later than until")
+        if not 1 <= self.limit <= MAX_PAGE:
+            raise FilterError(f"limit: must be between 1 and {MAX_PAGE}")
+        if not 0 <= self.offset <= MAX_ID:
+            raise FilterError(f"offset: must be between 0 and {MAX_ID}")
+
+    @property
+    def needs_study(self) -> bool:
+        """Whether the query must join the study (its accession number or calling AE)."""
+        return self.accession_number is not None or self.calling_aet is not None
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        """SQL conditions of this filter (join :class:`Study` when :attr:`needs_study`)."""
+        where: list[ColumnElement[bool]] = []
+        if self.status is not None:
+            where.append(Job.status == self.status)
+        if self.pipeline is not None:
+            where.append(Job.pipeline == self.pipeline)
+        if self.study_instance_uid is not None:
+            where.append(Job.study_instance_uid == self.study_instance_uid)
+        if self.accession_number is not None:
+            where.append(Study.accession_number == self.accession_number)
+        if self.calling_aet is not None:
+            where.append(Study.calling_aet == self.calling_aet)
+        if self.since is not None:
+            where.append(Job.created_at >= self.since)
+        if self.until is not None:
+            where.append(Job.created_at < self.until)
+        return where
 
 
 @dataclass(frozen=True)
@@ -76,11 +198,23 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _loaded_study(job: Job) -> Study | None:
+    """The job's study when it was loaded with the job (never a lazy query)."""
+    return None if "study" in inspect(job).unloaded else job.study
+
+
 def job_to_dict(job: Job, *, events: bool = False) -> dict[str, Any]:
-    """The JSON shape of a job (SPEC: id, study_instance_uid, pipeline, status, ...)."""
+    """The JSON shape of a job (SPEC: id, study_instance_uid, pipeline, status, ...).
+
+    The CLI's ``--json`` and the REST API both print this, so they agree field
+    for field. No patient name, ID or birth date: those stay in the database.
+    """
+    study = _loaded_study(job)
     data: dict[str, Any] = {
         "id": job.id,
         "study_instance_uid": job.study_instance_uid,
+        "accession_number": study.accession_number if study is not None else None,
+        "calling_aet": study.calling_aet if study is not None else None,
         "pipeline": job.pipeline,
         "route": job.route_name,
         "status": job.status,
@@ -109,6 +243,10 @@ def job_to_dict(job: Job, *, events: bool = False) -> dict[str, Any]:
         data["events"] = [
             {
                 "at": _iso(e.at),
+                # Stages with a duration are written when they end.
+                "started_at": _iso(
+                    e.at - timedelta(seconds=e.duration_s) if e.duration_s is not None else e.at
+                ),
                 "stage": e.stage,
                 "duration_s": e.duration_s,
                 "level": e.level,
@@ -348,11 +486,12 @@ class JobQueue:
 
     def retry(self, job_id: int) -> Job:
         """Queue a finished job again; failed deliveries are re-sent with the same UIDs."""
+        _check_id(job_id)
         now = utcnow()
         with write_transaction(self.sessions) as session:
             job = session.get(Job, job_id)
             if job is None:
-                raise JobError(f"no job with id {job_id}")
+                raise UnknownJob(f"no job with id {job_id}")
             if job.status not in FINAL_JOB_STATES:
                 raise JobError(
                     f"job {job_id} is {job.status}; only done, failed or cancelled jobs can be retried"
@@ -381,11 +520,12 @@ class JobQueue:
 
     def cancel(self, job_id: int) -> Job:
         """Cancel a job that has not finished; a running worker stops at its next heartbeat."""
+        _check_id(job_id)
         now = utcnow()
         with write_transaction(self.sessions) as session:
             job = session.get(Job, job_id)
             if job is None:
-                raise JobError(f"no job with id {job_id}")
+                raise UnknownJob(f"no job with id {job_id}")
             if job.status in FINAL_JOB_STATES:
                 raise JobError(f"job {job_id} is already {job.status}")
             job.status = JobStatus.CANCELLED
@@ -401,36 +541,51 @@ class JobQueue:
 
     # -- queries ---------------------------------------------------------------------
 
-    def list(
-        self,
-        *,
-        status: str | None = None,
-        pipeline: str | None = None,
-        study_instance_uid: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[Job]:
-        """Jobs, newest first, with their outputs loaded."""
-        query = select(Job).options(selectinload(Job.outputs)).order_by(Job.id.desc())
-        if status:
-            query = query.where(Job.status == status)
-        if pipeline:
-            query = query.where(Job.pipeline == pipeline)
-        if study_instance_uid:
-            query = query.where(Job.study_instance_uid == study_instance_uid)
+    def find(self, filters: JobFilter) -> tuple[list[Job], int]:
+        """One page of jobs matching *filters* (newest first) and how many match in all.
+
+        The CLI (``jobs list``) and the REST API both call this, so the same
+        filters select the same jobs.
+        """
+        where = filters.conditions()
+        query = (
+            select(Job)
+            .options(selectinload(Job.outputs), selectinload(Job.study))
+            .where(*where)
+            .order_by(Job.id.desc())
+            .limit(filters.limit)
+            .offset(filters.offset)
+        )
+        counting = select(func.count(Job.id)).where(*where)
+        if filters.needs_study:
+            query = query.join(Study, Job.study_id == Study.id)
+            counting = counting.join(Study, Job.study_id == Study.id)
         with self.sessions() as session:
-            return list(session.execute(query.limit(limit).offset(offset)).scalars())
+            jobs = list(session.execute(query).scalars())
+            total = int(session.execute(counting).scalar_one())
+        return jobs, total
+
+    def list(self, filters: JobFilter | None = None, **criteria: Any) -> list[Job]:
+        """Jobs, newest first, with outputs and study loaded.
+
+        Pass a :class:`JobFilter`, or its fields as keywords
+        (``queue.list(status="failed", limit=10)``).
+        """
+        return self.find(filters or JobFilter(**criteria))[0]
 
     def get(self, job_id: int) -> Job:
-        """One job with its events and outputs (JobError if unknown)."""
+        """One job with its events, outputs and study (:class:`UnknownJob` if there is none)."""
+        _check_id(job_id)
         with self.sessions() as session:
             job = session.execute(
                 select(Job)
                 .where(Job.id == job_id)
-                .options(selectinload(Job.outputs), selectinload(Job.events))
+                .options(
+                    selectinload(Job.outputs), selectinload(Job.events), selectinload(Job.study)
+                )
             ).scalar_one_or_none()
             if job is None:
-                raise JobError(f"no job with id {job_id}")
+                raise UnknownJob(f"no job with id {job_id}")
             return job
 
     def counts(self) -> dict[str, int]:

@@ -28,6 +28,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode import _dul_tuning
 from dicomnode.config import NodeConfig
+from dicomnode.metrics import NodeMetrics
 from dicomnode.store import InstanceStore, Provenance, StoreError
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,16 @@ class Receiver:
         ``[node]`` settings.
     store
         Where received instances go.
+    metrics
+        Counters of instances, bytes and associations (None: not counted).
     """
 
-    def __init__(self, config: NodeConfig, store: InstanceStore) -> None:
+    def __init__(
+        self, config: NodeConfig, store: InstanceStore, metrics: NodeMetrics | None = None
+    ) -> None:
         self.config = config
         self.store = store
+        self.metrics = metrics
         self.ae = make_ae(config)
         self.server: ThreadedAssociationServer | None = None
 
@@ -95,6 +101,11 @@ class Receiver:
         """The bound port (useful when configured as 0)."""
         assert self.server is not None, "receiver not started"
         return int(self.server.server_address[1])
+
+    def listening(self) -> bool:
+        """Whether the DICOM port is open (for ``/readyz``)."""
+        server = self.server
+        return server is not None and server.socket is not None and server.socket.fileno() >= 0
 
     def start(self) -> None:
         """Start listening in background threads."""
@@ -154,14 +165,27 @@ class Receiver:
                 exc.message,
                 extra={"status": f"0x{exc.status:04X}", "calling_aet": provenance.calling_aet},
             )
+            self._count_refused(exc.status)
             return _status(exc.status, exc.message)
         except Exception as exc:  # the node keeps serving whatever one dataset does
             log.exception("C-STORE failed unexpectedly")
+            self._count_refused(STATUS_PROCESSING_FAILURE)
             return _status(STATUS_PROCESSING_FAILURE, f"internal error: {type(exc).__name__}")
+        if self.metrics is not None:
+            self.metrics.received(len(raw))
         return STATUS_SUCCESS
+
+    def _count_refused(self, status: int) -> None:
+        if self.metrics is not None:
+            self.metrics.refused.labels(status=f"0x{status:04X}").inc()
+
+    def _count_association(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.associations.labels(outcome=outcome).inc()
 
     def on_accepted(self, event: evt.Event) -> None:
         """Log and count accepted associations."""
+        self._count_association("accepted")
         requestor = event.assoc.requestor
         log.info(
             "association accepted",
@@ -172,7 +196,8 @@ class Receiver:
         )
 
     def on_rejected(self, event: evt.Event) -> None:
-        """Log why an association was refused."""
+        """Log and count refused associations, with the reason."""
+        self._count_association("rejected")
         requestor = event.assoc.requestor
         log.warning(
             "association rejected: calling AE %r, called AE %r (allowed callers: %s)",
@@ -183,5 +208,6 @@ class Receiver:
         )
 
     def on_aborted(self, event: evt.Event) -> None:
-        """Log aborted associations (peer gone, timeouts)."""
+        """Log and count aborted associations (peer gone, timeouts)."""
+        self._count_association("aborted")
         log.warning("association aborted", extra={"calling_aet": event.assoc.requestor.ae_title})

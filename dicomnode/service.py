@@ -1,4 +1,4 @@
-"""The running node: receiver, scheduler (assembly, delivery) and worker processes.
+"""The running node: receiver, scheduler (assembly, delivery), worker processes and admin API.
 
 ``dicomnode serve`` builds a :class:`Node` and calls :meth:`Node.run`.
 Start-up order matters for the durability promise: migrate the schema,
@@ -12,7 +12,7 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -20,11 +20,15 @@ from dicomnode import database
 from dicomnode.assembly import Assembler
 from dicomnode.config import Settings
 from dicomnode.delivery import Deliverer
+from dicomnode.metrics import NodeMetrics
 from dicomnode.receiver import Receiver
 from dicomnode.retention import Retention
 from dicomnode.routing import keywords_used
 from dicomnode.store import ROUTING_KEYWORDS, InstanceStore
 from dicomnode.workers import WorkerPool
+
+if TYPE_CHECKING:
+    from dicomnode.api.server import APIServer
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +60,14 @@ class Node:
             min_free_bytes=settings.storage.min_free_bytes,
             keywords=keywords,
         )
-        self.receiver = Receiver(settings.node, self.store)
+        self.metrics = NodeMetrics(self.sessions, Path(settings.storage.path))
+        self.receiver = Receiver(settings.node, self.store, self.metrics)
         self.assembler = Assembler(self.sessions, settings.assembly, settings.routes)
-        self.deliverer = Deliverer(self.sessions, settings)
+        self.deliverer = Deliverer(self.sessions, settings, self.metrics)
         self.retention = Retention(self.sessions, self.store, settings.retention)
         self.pool = WorkerPool(settings, settings.workers.processes if workers is None else workers)
         self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.api: APIServer | None = None
         self.stopped = threading.Event()
 
     def recover(self) -> None:
@@ -98,10 +104,41 @@ class Node:
             )
         self.scheduler.start()
         self.pool.start()
+        if self.settings.api.enabled:
+            self.start_api()
+
+    def start_api(self) -> None:
+        """Serve the REST API, dashboard and metrics (``api.port`` 0: any free port)."""
+        from dicomnode.api import APIServer, create_app
+        from dicomnode.api.health import storage_check
+
+        app = create_app(
+            self.settings,
+            self.sessions,
+            metrics=self.metrics,
+            checks={
+                "storage": storage_check(self.store.root),
+                "receiver": self._receiver_check,
+            },
+        )
+        self.api = APIServer(app, self.settings.api.host, self.settings.api.port)
+        self.api.start()
+        if not self.settings.api.tokens:
+            log.warning(
+                "API open without tokens (loopback only); add [[api.tokens]] to require them",
+                extra={"host": self.settings.api.host, "port": self.api.port},
+            )
+
+    def _receiver_check(self) -> tuple[bool, str]:
+        if self.receiver.listening():
+            return True, f"DICOM port {self.receiver.port} is listening"
+        return False, "the DICOM receiver is not listening"
 
     def stop(self) -> None:
-        """Stop taking associations first, then the scheduler, then the workers."""
+        """Stop taking associations first, then the API, the scheduler and the workers."""
         self.receiver.stop()
+        if self.api is not None:
+            self.api.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.pool.stop()

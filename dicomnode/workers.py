@@ -186,6 +186,9 @@ class Worker:
         )
         beat.start()
         started = time.perf_counter()
+        ids = {"job": job.id, "study": job.study_instance_uid, "pipeline": job.pipeline}
+        log.info("job started", extra={**ids, "attempt": job.attempt, "worker": self.worker_id})
+        outcome: str | None = "failed"
         try:
             context = self._context(job)
             context.cancelled = lost.is_set
@@ -206,19 +209,25 @@ class Worker:
                 time.perf_counter() - started,
                 "info",
             )
-            status = self.queue.complete(job.id, self.worker_id, outputs)
-            if status is None:
-                log.warning("job finished after it was taken away", extra={"job": job.id})
+            outcome = self.queue.complete(job.id, self.worker_id, outputs)
+            if outcome is None:
+                log.warning("job finished after it was taken away", extra=ids)
         except PipelineError as exc:
             self.queue.fail(job.id, self.worker_id, str(exc))
         except Exception as exc:
-            log.error("pipeline crashed: %s", traceback.format_exc(), extra={"job": job.id})
+            log.error("pipeline crashed: %s", traceback.format_exc(), extra=ids)
             self.queue.fail(
                 job.id, self.worker_id, f"{job.pipeline} failed: {type(exc).__name__}: {exc}"
             )
         finally:
             done.set()
             beat.join(timeout=5)
+        # The error sentence stays in the job's timeline (database), not in the log line.
+        log.log(
+            logging.WARNING if outcome == "failed" else logging.INFO,
+            "job finished",
+            extra={**ids, "status": outcome, "seconds": round(time.perf_counter() - started, 3)},
+        )
 
     def _heartbeat(
         self, job: ClaimedJob, lost: threading.Event, done: threading.Event, timeout: float

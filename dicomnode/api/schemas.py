@@ -1,0 +1,133 @@
+"""Response shapes of the REST API (they document the OpenAPI schema).
+
+They mirror :func:`dicomnode.jobs.job_to_dict` and
+:func:`dicomnode.studies.study_to_dict` field for field (a test checks it),
+so ``dicomnode jobs list --json`` and ``GET /api/v1/jobs`` agree. Times are
+ISO 8601 strings in UTC.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class OutputOut(BaseModel):
+    """One result object for one destination, with its delivery status."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    destination: str
+    status: str  # pending, sent, failed
+    attempts: int
+    error: str | None
+    path: str
+
+
+class EventOut(BaseModel):
+    """One line of a job's timeline."""
+
+    at: str | None
+    started_at: str | None  # at minus the duration, for stages that took time
+    stage: str
+    duration_s: float | None
+    level: str
+    message: str
+
+
+class JobOut(BaseModel):
+    """A job as listed."""
+
+    id: int
+    study_instance_uid: str
+    accession_number: str | None
+    calling_aet: str | None
+    pipeline: str
+    route: str | None
+    status: str
+    error: str | None
+    priority: int
+    attempts: int
+    worker: str | None
+    created_at: str | None
+    queued_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    outputs: list[OutputOut]
+
+
+class JobDetailOut(JobOut):
+    """A job with its timeline."""
+
+    events: list[EventOut]
+
+
+class JobPage(BaseModel):
+    """One page of jobs, newest first."""
+
+    total: int
+    limit: int
+    offset: int
+    items: list[JobOut]
+
+
+class SeriesOut(BaseModel):
+    """One series of a study."""
+
+    series_instance_uid: str
+    modality: str | None
+    series_number: int | None
+    series_description: str | None
+    instances: int
+
+
+class StudyJobOut(BaseModel):
+    """A job of a study, in short."""
+
+    id: int
+    pipeline: str
+    status: str
+
+
+class StudyOut(BaseModel):
+    """A study with its series and jobs (no patient data)."""
+
+    study_instance_uid: str
+    accession_number: str | None
+    study_date: str | None
+    status: str
+    note: str | None
+    calling_aet: str | None
+    called_aet: str | None
+    instances: int
+    modalities: list[str]
+    first_received_at: str | None
+    last_received_at: str | None
+    completed_at: str | None
+    files_removed_at: str | None
+    series: list[SeriesOut]
+    jobs: list[StudyJobOut]
+
+
+class StudyPage(BaseModel):
+    """One page of studies, newest received first."""
+
+    total: int
+    limit: int
+    offset: int
+    items: list[StudyOut]
+
+
+class Problem(BaseModel):
+    """An error: ``detail`` is one sentence naming the bad parameter where there is one."""
+
+    detail: str
+    errors: list[dict[str, Any]] | None = None
+
+
+class Readiness(BaseModel):
+    """``/readyz``: each check with ok and a sentence."""
+
+    ready: bool
+    checks: dict[str, dict[str, Any]]
