@@ -306,3 +306,124 @@ def write_classification_report(
         uid_key=uid_key,
         evidence=list(source_images),
     )
+
+
+# -- volumetric findings: one group per SEG segment ----------------------------------------
+
+ML = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
+
+
+@dataclass(frozen=True)
+class SegmentVolumeFinding:
+    """The volume of one segmented region (e.g. a tumour sub-region), in mL.
+
+    With a ``segment_number`` it becomes a TID 1411 volumetric group that
+    references that SEG segment; without one (a composite such as the whole
+    tumour, the union of several segments) a TID 1501 group on the key slice.
+    """
+
+    label: str  # tracking identifier, e.g. "Enhancing tumour"
+    finding_type: Code
+    volume_ml: float
+    segment_number: int | None = None
+    key_slice: int = 0  # index into the source images (composite groups)
+    finding_site: Code | None = None
+
+
+def _volume_group(
+    finding: SegmentVolumeFinding,
+    source_images: Sequence[Dataset],
+    segmentation: Dataset | None,
+    algorithm: hd.sr.AlgorithmIdentification,
+    uid_key: str,
+) -> (
+    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+):
+    # Segment findings share the SEG segment's tracking UID (seg.py's default), so viewers link them.
+    role = (
+        f"finding-{finding.segment_number}"
+        if finding.segment_number is not None
+        else f"finding-{finding.label}"
+    )
+    common: dict[str, Any] = {
+        "tracking_identifier": hd.sr.TrackingIdentifier(
+            uid=result_uid(uid_key, role), identifier=finding.label[:64]
+        ),
+        "finding_type": finding.finding_type,
+        "algorithm_id": algorithm,
+        "finding_sites": [hd.sr.FindingSite(anatomic_location=finding.finding_site)]
+        if finding.finding_site
+        else None,
+        "measurements": [
+            hd.sr.Measurement(name=codes.SCT.Volume, value=round(finding.volume_ml, 3), unit=ML)
+        ],
+    }
+    image = source_images[finding.key_slice]
+    if segmentation is not None and finding.segment_number is not None:
+        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            referenced_segment=hd.sr.ReferencedSegment(
+                sop_class_uid=segmentation.SOPClassUID,
+                sop_instance_uid=segmentation.SOPInstanceUID,
+                segment_number=finding.segment_number,
+                source_series=hd.sr.SourceSeriesForSegmentation(image.SeriesInstanceUID),
+            ),
+            **common,
+        )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(image)],
+        **common,
+    )
+
+
+def write_volume_report(
+    source_images: Sequence[Dataset],
+    findings: Sequence[SegmentVolumeFinding],
+    *,
+    segmentation: Dataset | None,
+    algorithm: AlgorithmInfo,
+    series: SeriesSpec,
+    uid_key: str,
+    procedure: Code = codes.LN.MRIHeadReport,
+    empty_finding: Code = codes.SCT.Neoplasm,
+) -> hd.sr.Comprehensive3DSR:
+    """TID 1500 report with the volume (mL) of each segment and of composites.
+
+    Segment findings become TID 1411 volumetric groups referencing their SEG
+    segment; composites (no segment number) TID 1501 groups. No finding is an
+    explicit ``empty_finding: Absent`` report. The evidence is the key slices
+    and the SEG.
+    """
+    identification = algorithm.sr_identification()
+    groups: list[object] = [
+        _volume_group(f, source_images, segmentation, identification, uid_key) for f in findings
+    ]
+    if not findings:
+        # "No tumour" is a result: say so in a coded group, not by silence.
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=result_uid(uid_key, "finding-none"), identifier="No findings"
+                ),
+                algorithm_id=identification,
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(name=empty_finding, value=codes.SCT.Absent)
+                ],
+                source_images=[
+                    hd.sr.SourceImageForMeasurementGroup.from_source_image(source_images[0])
+                ],
+            )
+        )
+    key_slices = sorted({f.key_slice for f in findings}) or [0]
+    evidence = [source_images[i] for i in key_slices]
+    if segmentation is not None:
+        evidence.append(segmentation)
+    return _report(
+        source_images,
+        groups,
+        procedure=procedure,
+        algorithm=algorithm,
+        series=series,
+        uid_key=uid_key,
+        evidence=evidence,
+    )
