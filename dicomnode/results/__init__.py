@@ -9,7 +9,7 @@ same SOP Instance UIDs and a PACS never sees duplicates.
 """
 
 from dicomnode.results.common import AlgorithmInfo, SeriesSpec, result_uid
-from dicomnode.results.sc import KeyImageMark, write_key_image
+from dicomnode.results.sc import KeyImageMark, write_key_image, write_overlay_image
 from dicomnode.results.seg import SegmentSpec, write_segmentation
 from dicomnode.results.sr import (
     ClassificationFinding,
@@ -29,5 +29,6 @@ __all__ = [
     "write_classification_report",
     "write_key_image",
     "write_measurement_report",
+    "write_overlay_image",
     "write_segmentation",
 ]

@@ -66,6 +66,28 @@ def write_key_image(
     rgb = np.repeat(grey[:, :, None], 3, axis=2)
     for n, mark in enumerate(marks):
         _draw_circle(rgb, mark, COLOURS[n % len(COLOURS)])
+    return _secondary_capture(
+        image,
+        rgb,
+        algorithm=algorithm,
+        series=series,
+        uid_key=uid_key,
+        instance_number=instance_number,
+        patient_orientation=("L", "P"),
+    )
+
+
+def _secondary_capture(
+    image: Dataset,
+    rgb: np.ndarray,
+    *,
+    algorithm: AlgorithmInfo,
+    series: SeriesSpec,
+    uid_key: str,
+    instance_number: int,
+    patient_orientation: tuple[str, str],
+) -> hd.sc.SCImage:
+    """An RGB Secondary Capture of *rgb* in *image*'s study and patient."""
     # highdicom's hint says ints; the attribute is DS (mm).
     spacing: Any = tuple(float(v) for v in image.PixelSpacing) if "PixelSpacing" in image else None
     sc = hd.sc.SCImage.from_ref_dataset(
@@ -80,11 +102,51 @@ def write_key_image(
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
         pixel_spacing=spacing,
-        patient_orientation=("L", "P"),
+        patient_orientation=patient_orientation,
     )
     sc.SeriesDescription = series.described(algorithm.notice)
     sc.ImageComments = f"{algorithm.name} {algorithm.version}: {algorithm.notice}"[:10240]
     sc.BurnedInAnnotation = "YES"
     # General Series Laterality is 2C; dciodvfy wants it present (empty is allowed).
-    sc.Laterality = image.get("Laterality", "")
+    # A photograph of one eye carries it as Image Laterality (R, L; B for both: no series value).
+    laterality = image.get("Laterality", "") or image.get("ImageLaterality", "")
+    sc.Laterality = laterality if laterality in ("R", "L") else ""
+    return sc
+
+
+def write_overlay_image(
+    image: Dataset,
+    rgb: np.ndarray,
+    *,
+    algorithm: AlgorithmInfo,
+    series: SeriesSpec,
+    uid_key: str,
+    instance_number: int = 1,
+    comments: str | None = None,
+) -> hd.sc.SCImage:
+    """An RGB Secondary Capture of an overlay already drawn (e.g. a heat map on a photograph).
+
+    Parameters
+    ----------
+    image
+        The source image: study, patient and laterality are copied from it.
+    rgb
+        ``(rows, columns, 3)`` uint8, the picture to send.
+    comments
+        Image Comments; default: model name, version and notice.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"an overlay is (rows, columns, 3) uint8, not {rgb.shape} {rgb.dtype}")
+    # A photograph faces the patient: columns run to the patient's left, rows to the feet.
+    sc = _secondary_capture(
+        image,
+        rgb,
+        algorithm=algorithm,
+        series=series,
+        uid_key=uid_key,
+        instance_number=instance_number,
+        patient_orientation=("L", "F"),
+    )
+    if comments:
+        sc.ImageComments = comments[:10240]
     return sc

@@ -56,6 +56,15 @@ class ClassificationFinding:
     probabilities: dict[str, float] = field(default_factory=dict)  # class name -> probability
     flags: dict[str, bool] = field(default_factory=dict)  # e.g. {"referable": True}
     finding_site: Code | None = None
+    # Optional, for findings about a body part seen in several images (e.g. one eye):
+    source_indices: tuple[int, ...] = ()  # further source images the finding is about
+    label: str | None = None  # tracking identifier; default "Image <n>"
+    finding_type: Code | None = None  # overrides the report's finding type
+    finding_site_laterality: Code | None = None  # e.g. codes.SCT.Right
+    evaluations: tuple[tuple[Code, Code], ...] = ()  # further coded (concept, value) pairs
+    measurements: tuple[tuple[Code, float, Code], ...] = ()  # further (concept, value, unit)
+    # Result images (e.g. Grad-CAM overlays) shown as "Illustration of ROI"; they join the evidence.
+    illustrations: tuple[Dataset, ...] = ()
 
 
 def _observation_context(algorithm: AlgorithmInfo, uid_key: str) -> hd.sr.ObservationContext:
@@ -251,6 +260,73 @@ def write_measurement_report(
     )
 
 
+def _classification_group(
+    result: ClassificationFinding,
+    index: int,
+    source_images: Sequence[Dataset],
+    *,
+    identification: hd.sr.AlgorithmIdentification,
+    finding_type: Code,
+    uid_key: str,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """One TID 1501 group: the coded answer, probabilities, flags and illustrations."""
+    evaluations = [hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=result.finding)]
+    evaluations += [
+        hd.sr.QualitativeEvaluation(name=name, value=value) for name, value in result.evaluations
+    ]
+    measurements = [
+        hd.sr.Measurement(
+            name=hd.sr.CodedConcept(f"P{n}", "99DICOMNODE", f"Probability of {name}"[:64]),
+            value=round(100.0 * p, 2),
+            unit=PERCENT,
+        )
+        for n, (name, p) in enumerate(result.probabilities.items())
+    ]
+    measurements += [
+        hd.sr.Measurement(name=name, value=round(value, 4), unit=unit)
+        for name, value, unit in result.measurements
+    ]
+    for flag, value in result.flags.items():
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(
+                name=hd.sr.CodedConcept(flag[:16].upper(), "99DICOMNODE", flag[:64]),
+                value=codes.SCT.Yes if value else codes.SCT.No,
+            )
+        )
+    indices = [result.source_index, *(i for i in result.source_indices if i != result.source_index)]
+    site = (
+        [hd.sr.FindingSite(result.finding_site, laterality=result.finding_site_laterality)]
+        if result.finding_site
+        else None
+    )
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=result_uid(uid_key, f"finding-{index}"),
+            identifier=result.label or f"Image {index}",
+        ),
+        finding_type=result.finding_type or finding_type,
+        algorithm_id=identification,
+        finding_sites=site,
+        measurements=measurements or None,
+        qualitative_evaluations=evaluations,
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(source_images[i])
+            for i in indices
+        ],
+    )
+    for picture in result.illustrations:
+        # TID 1410 names a picture of the finding "Illustration of ROI" (DCM 121200).
+        group[0].ContentSequence.append(
+            hd.sr.ImageContentItem(
+                name=codes.DCM.IllustrationOfROI,
+                referenced_sop_class_uid=picture.SOPClassUID,
+                referenced_sop_instance_uid=picture.SOPInstanceUID,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    return group
+
+
 def write_classification_report(
     source_images: Sequence[Dataset],
     findings: Sequence[ClassificationFinding],
@@ -261,42 +337,25 @@ def write_classification_report(
     procedure: Code,
     finding_type: Code,
 ) -> hd.sr.Comprehensive3DSR:
-    """TID 1500 report with one coded finding per image: the answer, probabilities, flags."""
+    """TID 1500 report with one coded finding per group: the answer, probabilities, flags.
+
+    A finding may cover several source images (``source_indices``), carry further
+    coded evaluations and measurements, and reference result images (``illustrations``,
+    e.g. heat maps), which then join the report's evidence.
+    """
     identification = algorithm.sr_identification()
-    groups = []
-    for index, result in enumerate(findings, start=1):
-        image = source_images[result.source_index]
-        evaluations = [hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=result.finding)]
-        measurements = [
-            hd.sr.Measurement(
-                name=hd.sr.CodedConcept(f"P{n}", "99DICOMNODE", f"Probability of {name}"[:64]),
-                value=round(100.0 * p, 2),
-                unit=PERCENT,
-            )
-            for n, (name, p) in enumerate(result.probabilities.items())
-        ]
-        for flag, value in result.flags.items():
-            evaluations.append(
-                hd.sr.QualitativeEvaluation(
-                    name=hd.sr.CodedConcept(flag[:16].upper(), "99DICOMNODE", flag[:64]),
-                    value=codes.SCT.Yes if value else codes.SCT.No,
-                )
-            )
-        groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=result_uid(uid_key, f"finding-{index}"), identifier=f"Image {index}"
-                ),
-                finding_type=finding_type,
-                algorithm_id=identification,
-                finding_sites=[hd.sr.FindingSite(result.finding_site)]
-                if result.finding_site
-                else None,
-                measurements=measurements or None,
-                qualitative_evaluations=evaluations,
-                source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(image)],
-            )
+    groups = [
+        _classification_group(
+            result,
+            index,
+            source_images,
+            identification=identification,
+            finding_type=finding_type,
+            uid_key=uid_key,
         )
+        for index, result in enumerate(findings, start=1)
+    ]
+    illustrations = {p.SOPInstanceUID: p for f in findings for p in f.illustrations}
     return _report(
         source_images,
         groups,
@@ -304,7 +363,7 @@ def write_classification_report(
         algorithm=algorithm,
         series=series,
         uid_key=uid_key,
-        evidence=list(source_images),
+        evidence=[*source_images, *illustrations.values()],
     )
 
 
