@@ -50,3 +50,7 @@ def setup_logging(level: str = "INFO") -> None:
     # pynetdicom logs every PDU at INFO; keep its warnings only.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # Even at DEBUG: SQLAlchemy would log SQL parameters (patient names on their way
+    # into the index), pydicom element values, httpx request headers (bearer tokens).
+    for name in ("sqlalchemy", "pydicom", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -141,7 +141,14 @@ class DatabaseCollector(Collector):
         self.storage_root = storage_root
         self._lock = threading.Lock()
         self._histograms: dict[tuple[str, str], _Histogram] = {}
-        self._cursor: int | None = None  # last timeline event folded into the histograms
+        # Last timeline event folded into the histograms: count from start-up on, like
+        # any process-local histogram (None: the database did not answer yet).
+        self._cursor: int | None = None
+        try:
+            with self.sessions() as session:
+                self._cursor = self._last_event(session)
+        except Exception:  # the first scrape tries again
+            log.warning("metrics: job database unavailable at start-up")
         self._gpu_cache: tuple[float, list[Metric]] = (0.0, [])
         self._nvidia_smi = shutil.which("nvidia-smi")
 
@@ -200,10 +207,13 @@ class DatabaseCollector(Collector):
             outputs.add_metric([destination, status], n)
         return outputs
 
+    @staticmethod
+    def _last_event(session: Session) -> int:
+        return int(session.execute(select(func.max(JobEvent.id))).scalar() or 0)
+
     def _stage_durations(self, session: Session) -> Metric:
         if self._cursor is None:
-            # Count from start-up on, like any process-local histogram.
-            self._cursor = int(session.execute(select(func.max(JobEvent.id))).scalar() or 0)
+            self._cursor = self._last_event(session)
         rows = session.execute(
             select(JobEvent.id, Job.pipeline, JobEvent.stage, JobEvent.duration_s)
             .join(Job, JobEvent.job_id == Job.id)
