@@ -1,7 +1,8 @@
 """The dashboard: server-rendered pages over the same queries as the REST API.
 
 - ``/dashboard``: the job table with the API's filters, live refresh (a few
-  lines of JavaScript re-fetch the table rows), and small charts of the last
+  lines of JavaScript re-fetch the page and swap in rows, counts and charts),
+  and small charts of the last
   24 hours: finished jobs per hour and p50/p95 time per pipeline;
 - ``/dashboard/jobs/{id}``: one job with its timeline, outputs and the retry
   and cancel buttons;
@@ -203,17 +204,7 @@ def jobs(request: Request) -> Response:
         pager=pager,
         refresh=refresh,
         charts=_charts(request),
-        fragment_query=urlencode(query),
     )
-
-
-@router.get("/fragments/jobs")
-def job_rows(request: Request) -> Response:
-    """The table rows alone, for live refresh."""
-    _viewer(request)
-    rows, _total, _filters, error = _jobs_page(request)
-    html = templates.get_template("_job_rows.html").render(jobs=rows, error=error)
-    return HTMLResponse(html, status_code=422 if error else 200)
 
 
 @router.get("/failures")
