@@ -105,7 +105,17 @@ class Node:
         self.scheduler.start()
         self.pool.start()
         if self.settings.api.enabled:
-            self.start_api()
+            try:
+                self.start_api()
+            except (OSError, RuntimeError) as exc:
+                # Ingest matters more than the admin surface: keep receiving; /readyz
+                # probes and the error line make the missing API visible.
+                log.error(
+                    "API not started: %s",
+                    exc,
+                    extra={"host": self.settings.api.host, "port": self.settings.api.port},
+                )
+                self.api = None
 
     def start_api(self) -> None:
         """Serve the REST API, dashboard and metrics (``api.port`` 0: any free port)."""
@@ -121,8 +131,9 @@ class Node:
                 "receiver": self._receiver_check,
             },
         )
-        self.api = APIServer(app, self.settings.api.host, self.settings.api.port)
-        self.api.start()
+        server = APIServer(app, self.settings.api.host, self.settings.api.port)
+        server.start()
+        self.api = server
         if not self.settings.api.tokens:
             log.warning(
                 "API open without tokens (loopback only); add [[api.tokens]] to require them",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from dicomnode.metrics import gpu_memory_metrics
 from dicomnode.models import Job, JobEvent, JobStatus, Output, Series, Study, utcnow
 from dicomnode.service import Node
 from tests.conftest import NODE_AE
-from tests.peers import PostgresServer, storescu
+from tests.peers import PostgresServer, echoscu, storescu
 from tests.test_flow import write_study
 
 ADMIN = "admin-token-0123456789abcdef"
@@ -554,6 +555,52 @@ def test_config_needs_tokens_off_loopback(tmp_path: Path) -> None:
         load_settings(path)
     path.write_text(f'[api]\nhost = "0.0.0.0"\n[[api.tokens]]\ntoken = "{ADMIN}"\nrole = "admin"\n')
     assert load_settings(path).api.tokens[0].role == "admin"
+
+
+def test_deploy_files_give_the_api_its_tokens_from_the_environment() -> None:
+    import yaml
+
+    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    docs = yaml.safe_load_all((deploy / "kubernetes" / "receiver.yaml").read_text())
+    receiver = next(d for d in docs if d and d["kind"] == "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in receiver["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    tokens = env["DICOMNODE_API__TOKENS"].replace("$(API_ADMIN_TOKEN)", ADMIN)
+    environ = {
+        "DICOMNODE_API__HOST": env["DICOMNODE_API__HOST"],
+        "DICOMNODE_API__TOKENS": tokens.replace("$(API_READ_TOKEN)", READ),
+    }
+    settings = load_settings(deploy / "dicomnode.example.toml", resolve=False, environ=environ)
+    assert [(t.role, t.name) for t in settings.api.tokens] == [
+        ("admin", "admin"),
+        ("read", "monitoring"),
+    ]
+    compose = yaml.safe_load((deploy / "compose.yaml").read_text())["services"]["receiver"]
+    unset = compose["environment"]["DICOMNODE_API__TOKENS"].replace(
+        "${DICOMNODE_ADMIN_TOKEN:-}", ""
+    )
+    with pytest.raises(
+        ConfigError, match=r"^api\.tokens\.0\.token: String should have at least 16"
+    ):
+        load_settings(
+            deploy / "dicomnode.example.toml",
+            resolve=False,
+            environ={"DICOMNODE_API__HOST": "0.0.0.0", "DICOMNODE_API__TOKENS": unset},
+        )
+
+
+def test_a_busy_api_port_does_not_stop_the_receiver(
+    make_settings, start_node, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        node = start_node(make_settings(api={"enabled": True, "port": busy.getsockname()[1]}))
+        assert node.api is None and "API not started" in caplog.text
+        echo = echoscu(host="127.0.0.1", port=node.receiver.port, called_aet=NODE_AE)
+        assert echo.returncode == 0, echo.stderr
 
 
 # -- a real study ------------------------------------------------------------------------------

@@ -52,9 +52,14 @@ class APIServer:
         """Bind, start uvicorn and wait until it serves."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((self.host, self.requested_port))
-        self.sock.listen(128)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind((self.host, self.requested_port))
+            self.sock.listen(128)
+        except OSError:
+            self.sock.close()
+            self.sock = None
+            raise
         config = uvicorn.Config(
             self.app,
             log_config=None,  # our JSON handlers on the root logger
