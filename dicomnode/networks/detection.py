@@ -55,8 +55,9 @@ def small_retinanet(
         block_inplanes=list(block_inplanes),
         spatial_dims=spatial_dims,
         n_input_channels=1,
-        conv1_t_stride=[2, 2, 1],
-        conv1_t_size=[7, 7, 7],
+        # MONAI annotates these as tuple[int], but takes one value per spatial dimension.
+        conv1_t_stride=(2, 2, 1),  # type: ignore[arg-type]
+        conv1_t_size=(7, 7, 7),  # type: ignore[arg-type]
     )
     # Basic blocks do not expand channels: stage n has block_inplanes[n - 1] channels.
     feature_extractor = BackboneWithFPN(

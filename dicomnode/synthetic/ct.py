@@ -28,6 +28,14 @@ class Nodule:
     center_mm: tuple[float, float, float]
     diameter_mm: float
     hu: float = 40.0
+    # Part-solid nodules: a solid core of this diameter inside ground glass of ``ground_glass_hu``.
+    solid_diameter_mm: float | None = None
+    ground_glass_hu: float = -550.0
+
+    @property
+    def part_solid(self) -> bool:
+        """Whether the nodule is a solid core in ground glass."""
+        return self.solid_diameter_mm is not None
 
 
 def _base_dataset(
@@ -70,6 +78,80 @@ def _base_dataset(
     ds.Manufacturer = "dicomnode synthetic"
     ds.ManufacturerModelName = "phantom"
     ds.SoftwareVersions = IMPLEMENTATION_VERSION_NAME
+    return ds
+
+
+@dataclass(frozen=True)
+class _SeriesCommon:
+    """What every slice of one series shares."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    patient_id: str
+    patient_name: str
+    accession_number: str
+    series_number: int
+    series_description: str
+    body_part: str
+    when: datetime
+
+
+def _hu_to_pixel_data(hu: np.ndarray) -> bytes:
+    """Stored values (rescale intercept -1024) of HU pixels, signed 16 bit."""
+    return bytes(np.clip(np.rint(hu + 1024.0), -32768, 32767).astype("<i2").tobytes())
+
+
+def _ct_slice(
+    index: int,
+    position: tuple[float, float, float],
+    pixel_spacing: tuple[float, float],
+    slice_thickness: float,
+    size: tuple[int, int],
+    common: _SeriesCommon,
+) -> Dataset:
+    """One axial CT Image Storage dataset without pixel data."""
+    x0, y0, z = position
+    row_mm, col_mm = pixel_spacing
+    ds = _base_dataset(
+        CTImageStorage,
+        "CT",
+        study_instance_uid=common.study_instance_uid,
+        series_instance_uid=common.series_instance_uid,
+        patient_id=common.patient_id,
+        patient_name=common.patient_name,
+        accession_number=common.accession_number,
+        series_number=common.series_number,
+        series_description=common.series_description,
+        when=common.when,
+    )
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.BodyPartExamined = common.body_part
+    ds.KVP = "120"
+    ds.SliceThickness = f"{slice_thickness:g}"
+    ds.PatientPosition = "FFS"
+    ds.FrameOfReferenceUID = common.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    ds.InstanceNumber = index + 1
+    ds.AcquisitionNumber = 1
+    ds.ImagePositionPatient = [f"{x0:g}", f"{y0:g}", f"{z:g}"]
+    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    ds.SliceLocation = f"{z:g}"
+    ds.PixelSpacing = [f"{row_mm:g}", f"{col_mm:g}"]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = size
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = "-1024"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
+    ds.WindowCenter = "-600"
+    ds.WindowWidth = "1500"
     return ds
 
 
@@ -179,51 +261,31 @@ def ct_series(
     x = x0 + np.arange(columns) * col_mm
     y = y0 + np.arange(rows) * row_mm
     static = _static_chest(*np.meshgrid(x, y))
+    common = _SeriesCommon(
+        study_uid,
+        series_uid,
+        frame_uid,
+        patient_id,
+        patient_name,
+        accession_number,
+        series_number,
+        series_description,
+        body_part,
+        when,
+    )
     slices = []
     for index in range(n_slices):
         z = index * slice_thickness
-        ds = _base_dataset(
-            CTImageStorage,
-            "CT",
-            study_instance_uid=study_uid,
-            series_instance_uid=series_uid,
-            patient_id=patient_id,
-            patient_name=patient_name,
-            accession_number=accession_number,
-            series_number=series_number,
-            series_description=series_description,
-            when=when,
+        ds = _ct_slice(
+            index,
+            (x0, y0, z),
+            (row_mm, col_mm),
+            slice_thickness,
+            (rows, columns),
+            common,
         )
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.BodyPartExamined = body_part
-        ds.KVP = "120"
-        ds.SliceThickness = f"{slice_thickness:g}"
-        ds.PatientPosition = "FFS"
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PositionReferenceIndicator = ""
-        ds.InstanceNumber = index + 1
-        ds.AcquisitionNumber = 1
-        ds.ImagePositionPatient = [f"{x0:g}", f"{y0:g}", f"{z:g}"]
-        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-        ds.SliceLocation = f"{z:g}"
-        ds.PixelSpacing = [f"{row_mm:g}", f"{col_mm:g}"]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = rows
-        ds.Columns = columns
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = "-1024"
-        ds.RescaleSlope = "1"
-        ds.RescaleType = "HU"
-        ds.WindowCenter = "-600"
-        ds.WindowWidth = "1500"
         hu = _chest_slice(z, static, x, y, nodules, rng)
-        ds.PixelData = np.clip(np.rint(hu + 1024.0), -32768, 32767).astype("<i2").tobytes()
+        ds.PixelData = _hu_to_pixel_data(hu)
         slices.append(ds)
     return slices
 
@@ -261,3 +323,293 @@ def write_series(datasets: Sequence[Dataset], directory: str | os.PathLike[str])
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+# -- the detailed chest phantom (lung nodule pipeline, its training and its tests) --------
+
+
+@dataclass(frozen=True)
+class Vessel:
+    """A straight vessel segment (patient LPS mm) of constant radius."""
+
+    start_mm: tuple[float, float, float]
+    end_mm: tuple[float, float, float]
+    radius_mm: float
+    hu: float = 40.0
+
+
+@dataclass(frozen=True)
+class ChestPhantom:
+    """A chest: elliptic body with a fat ring, two ellipsoid lungs, a vessel tree, nodules.
+
+    Coordinates are patient LPS mm; the body axis runs along z through x = y = 0
+    and the lungs are centred at height ``center_z_mm``.
+    """
+
+    center_z_mm: float = 0.0
+    body_axes_mm: tuple[float, float] = (160.0, 110.0)
+    fat_mm: float = 10.0
+    lung_offset_mm: float = 75.0
+    lung_axes_mm: tuple[float, float, float] = (60.0, 85.0, 150.0)
+    lung_hu: float = -850.0
+    vessels: tuple[Vessel, ...] = ()
+    nodules: tuple[Nodule, ...] = ()
+
+
+def _soft(distance: np.ndarray, width: float) -> np.ndarray:
+    """Partial-volume fraction inside a surface at signed *distance* (mm, < 0 inside)."""
+    return np.clip(0.5 - distance / width, 0.0, 1.0).astype(np.float32)
+
+
+def _axes_mm(origin: np.ndarray, spacing: np.ndarray, shape: Sequence[int]) -> list[np.ndarray]:
+    """z, y, x positions (mm) of an axial grid's slices, rows and columns."""
+    return [origin[2 - n] + np.arange(shape[n]) * spacing[n] for n in range(3)]
+
+
+def _index_range(axis: np.ndarray, low: float, high: float) -> slice:
+    return slice(int(np.searchsorted(axis, low)), int(np.searchsorted(axis, high, side="right")))
+
+
+def _blend(hu: np.ndarray, fraction: np.ndarray, value: float) -> None:
+    hu *= 1.0 - fraction
+    hu += fraction * np.float32(value)
+
+
+def lung_mask_mm(phantom: ChestPhantom, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Normalised radius (< 1 inside a lung) at broadcastable positions *x*, *y*, *z* (mm)."""
+    a, b, c = phantom.lung_axes_mm
+    dz = ((z - phantom.center_z_mm) / c) ** 2
+    radius = [
+        ((x - side * phantom.lung_offset_mm) / a) ** 2 + ((y + 5.0) / b) ** 2 + dz
+        for side in (-1.0, 1.0)
+    ]
+    return np.sqrt(np.minimum(radius[0], radius[1]))
+
+
+def _draw_vessel(
+    hu: np.ndarray, axes: list[np.ndarray], vessel: Vessel, width: float, lungs: np.ndarray
+) -> None:
+    start, end = np.array(vessel.start_mm), np.array(vessel.end_mm)
+    low = np.minimum(start, end) - vessel.radius_mm - width
+    high = np.maximum(start, end) + vessel.radius_mm + width
+    box = tuple(_index_range(axes[n], low[2 - n], high[2 - n]) for n in range(3))
+    if any(s.stop <= s.start for s in box):
+        return
+    z, y, x = (axes[n][box[n]] for n in range(3))
+    direction = end - start
+    length2 = float(direction @ direction) or 1.0
+    px, py, pz = (
+        x[None, None, :] - start[0],
+        y[None, :, None] - start[1],
+        z[:, None, None] - start[2],
+    )
+    t = np.clip((px * direction[0] + py * direction[1] + pz * direction[2]) / length2, 0.0, 1.0)
+    dist = np.sqrt(
+        (px - t * direction[0]) ** 2 + (py - t * direction[1]) ** 2 + (pz - t * direction[2]) ** 2
+    )
+    # Vessels are drawn inside the lungs only; elsewhere they would be soft tissue anyway.
+    fraction = _soft(dist - vessel.radius_mm, width) * lungs[box]
+    _blend(hu[box], fraction, vessel.hu)
+
+
+def _draw_sphere(
+    hu: np.ndarray,
+    axes: list[np.ndarray],
+    center: Sequence[float],
+    diameter: float,
+    value: float,
+    width: float,
+) -> None:
+    r = diameter / 2.0
+    box = tuple(
+        _index_range(axes[n], center[2 - n] - r - width, center[2 - n] + r + width)
+        for n in range(3)
+    )
+    if any(s.stop <= s.start for s in box):
+        return
+    z, y, x = (axes[n][box[n]] for n in range(3))
+    dist = np.sqrt(
+        (x[None, None, :] - center[0]) ** 2
+        + (y[None, :, None] - center[1]) ** 2
+        + (z[:, None, None] - center[2]) ** 2
+    )
+    _blend(hu[box], _soft(dist - r, width), value)
+
+
+def render_chest(
+    phantom: ChestPhantom,
+    origin_mm: Sequence[float],
+    spacing_mm: Sequence[float],
+    shape: Sequence[int],
+    *,
+    noise_hu: float = 20.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """HU voxels of *phantom* on an axial grid, shape ``(slices, rows, columns)``.
+
+    Parameters
+    ----------
+    origin_mm
+        LPS position of voxel ``(0, 0, 0)`` (x, y, z).
+    spacing_mm
+        ``(slice, row, column)`` spacing; rows run along +y (posterior),
+        columns along +x (left), slices along +z.
+    noise_hu
+        Standard deviation of the Gaussian noise added to every voxel.
+
+    Edges are partial-volume blended over one voxel, as a scanner sees them.
+    """
+    origin = np.asarray(origin_mm, dtype=float)
+    spacing = np.asarray(spacing_mm, dtype=float)
+    axes = _axes_mm(origin, spacing, shape)
+    width = float(spacing[1:].mean())
+    z, y, x = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
+    a, b = phantom.body_axes_mm
+    fat = phantom.fat_mm
+    hu = np.full(tuple(int(n) for n in shape), -1000.0, dtype=np.float32)
+    outer = np.sqrt((x / (a + fat)) ** 2 + (y / (b + fat)) ** 2)
+    inner = np.sqrt((x / a) ** 2 + (y / b) ** 2)
+    _blend(hu, np.broadcast_to(_soft((outer - 1.0) * (a + fat), width), hu.shape), -100.0)
+    _blend(hu, np.broadcast_to(_soft((inner - 1.0) * a, width), hu.shape), 40.0)
+    lung_radius = lung_mask_mm(phantom, x, y, z)
+    lungs = _soft((lung_radius - 1.0) * phantom.lung_axes_mm[0], width)
+    _blend(hu, lungs, phantom.lung_hu)
+    for vessel in phantom.vessels:
+        _draw_vessel(hu, axes, vessel, width, lungs)
+    for nodule in phantom.nodules:
+        _draw_sphere(
+            hu,
+            axes,
+            nodule.center_mm,
+            nodule.diameter_mm,
+            nodule.ground_glass_hu if nodule.part_solid else nodule.hu,
+            width,
+        )
+        if nodule.solid_diameter_mm is not None:
+            _draw_sphere(hu, axes, nodule.center_mm, nodule.solid_diameter_mm, nodule.hu, width)
+    rng = np.random.default_rng(seed)
+    hu += np.float32(noise_hu) * rng.standard_normal(size=hu.shape, dtype=np.float32)
+    return hu
+
+
+def vessel_tree(
+    rng: np.random.Generator,
+    *,
+    center_z_mm: float = 0.0,
+    lung_offset_mm: float = 75.0,
+    trunks: int = 6,
+    depth: int = 3,
+) -> tuple[Vessel, ...]:
+    """Branching vessels from each hilum outwards, thinner at each generation."""
+    vessels: list[Vessel] = []
+    for side in (-1.0, 1.0):
+        hilum = np.array([side * (lung_offset_mm - 40.0), 0.0, center_z_mm])
+        for _ in range(trunks):
+            direction = rng.normal(size=3) * np.array([0.6, 1.0, 1.6])
+            direction[0] = side * abs(direction[0])
+            _branch(vessels, rng, hilum, direction, 3.0, 45.0, depth)
+    return tuple(vessels)
+
+
+def _branch(
+    out: list[Vessel],
+    rng: np.random.Generator,
+    start: np.ndarray,
+    direction: np.ndarray,
+    radius: float,
+    length: float,
+    depth: int,
+) -> None:
+    direction = direction / np.linalg.norm(direction)
+    end = start + direction * length * rng.uniform(0.7, 1.3)
+    out.append(Vessel(tuple(start), tuple(end), radius))
+    if depth <= 1:
+        return
+    for _ in range(2):
+        turn = direction + rng.normal(scale=0.6, size=3)
+        _branch(out, rng, end, turn, max(0.6, radius * 0.7), length * 0.75, depth - 1)
+
+
+@dataclass(frozen=True)
+class ChestStudy:
+    """A written synthetic chest CT and its truth."""
+
+    paths: list[Path]
+    study_instance_uid: str
+    series_instance_uid: str
+    nodules: tuple[Nodule, ...]
+    phantom: ChestPhantom
+
+
+def default_nodules(center_z_mm: float) -> tuple[Nodule, ...]:
+    """Four nodules in the lungs of the default phantom: solid 6, 10, 18 mm and part-solid 14 mm."""
+    return (
+        Nodule((-70.0, -30.0, center_z_mm - 20.0), 10.0),
+        Nodule((85.0, 20.0, center_z_mm + 12.0), 6.0),
+        Nodule((60.0, -40.0, center_z_mm - 35.0), 18.0, hu=30.0),
+        Nodule((-85.0, 35.0, center_z_mm + 30.0), 14.0, hu=20.0, solid_diameter_mm=6.0),
+    )
+
+
+def write_chest_ct_study(
+    directory: str | os.PathLike[str],
+    *,
+    n_slices: int = 80,
+    rows: int = 256,
+    columns: int = 256,
+    pixel_spacing: tuple[float, float] = (1.4, 1.4),
+    slice_thickness: float = 2.5,
+    nodules: Sequence[Nodule] | None = None,
+    seed: int = 0,
+    noise_hu: float = 20.0,
+    study_instance_uid: str | None = None,
+    patient_id: str = "SYNLUNG1",
+    series_description: str = "Synthetic chest CT",
+) -> ChestStudy:
+    """Write a synthetic chest CT with known nodules (one file per slice) to *directory*.
+
+    The volume is centred on x = y = 0 and on the lungs in z (which starts at
+    z = 0); by default four nodules (:func:`default_nodules`) sit in the lungs
+    among a seeded vessel tree. ``nodules=()`` writes a study without nodules.
+
+    Returns
+    -------
+    ChestStudy
+        The file paths in slice order, the UIDs, and the truth (nodules and phantom).
+    """
+    rng = np.random.default_rng(seed)
+    center_z = (n_slices - 1) * slice_thickness / 2.0
+    found = default_nodules(center_z) if nodules is None else tuple(nodules)
+    phantom = ChestPhantom(
+        center_z_mm=center_z, vessels=vessel_tree(rng, center_z_mm=center_z), nodules=found
+    )
+    row_mm, col_mm = pixel_spacing
+    origin = (-(columns - 1) * col_mm / 2.0, -(rows - 1) * row_mm / 2.0, 0.0)
+    hu = render_chest(
+        phantom,
+        origin,
+        (slice_thickness, row_mm, col_mm),
+        (n_slices, rows, columns),
+        noise_hu=noise_hu,
+        seed=seed,
+    )
+    common = _SeriesCommon(
+        study_instance_uid or generate_uid(),
+        generate_uid(),
+        generate_uid(),
+        patient_id,
+        "Synthetic^Chest",
+        "ACCLUNG1",
+        1,
+        series_description,
+        "CHEST",
+        datetime(2026, 1, 1, 12, 0, 0),
+    )
+    slices = []
+    for index in range(n_slices):
+        position = (origin[0], origin[1], index * slice_thickness)
+        ds = _ct_slice(index, position, pixel_spacing, slice_thickness, (rows, columns), common)
+        ds.PixelData = _hu_to_pixel_data(hu[index])
+        slices.append(ds)
+    paths = write_series(slices, directory)
+    return ChestStudy(paths, common.study_instance_uid, common.series_instance_uid, found, phantom)

@@ -1,0 +1,1 @@
+"""Lung nodule detector: synthetic chest phantoms, training and FROC evaluation."""
