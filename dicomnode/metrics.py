@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -33,6 +33,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     disable_created_metrics,
     generate_latest,
 )
@@ -100,8 +101,13 @@ class NodeMetrics:
             ["destination"],
             registry=r,
         )
+        self.active = Gauge("dicomnode_associations_active", "Associations open now.", registry=r)
         if sessions is not None:
             r.register(DatabaseCollector(sessions, storage_root))
+
+    def watch_associations(self, count: Callable[[], int]) -> None:
+        """Read the open associations from *count* at each scrape (nothing on the hot path)."""
+        self.active.set_function(count)
 
     def received(self, size: int) -> None:
         """One instance stored (the receiver's hot path: keep it to two additions)."""

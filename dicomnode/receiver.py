@@ -93,6 +93,8 @@ class Receiver:
         self.config = config
         self.store = store
         self.metrics = metrics
+        if metrics is not None:
+            metrics.watch_associations(self.open_associations)
         self.ae = make_ae(config)
         self.server: ThreadedAssociationServer | None = None
 
@@ -101,6 +103,11 @@ class Receiver:
         """The bound port (useful when configured as 0)."""
         assert self.server is not None, "receiver not started"
         return int(self.server.server_address[1])
+
+    def open_associations(self) -> int:
+        """Associations open now (0 when stopped)."""
+        server = self.server
+        return len(server.active_associations) if server is not None else 0
 
     def listening(self) -> bool:
         """Whether the DICOM port is open (for ``/readyz``)."""

@@ -644,6 +644,7 @@ def test_a_pushed_study_shows_in_api_and_metrics(make_settings, start_node, tmp_
     size = sum(p.stat().st_size for p in files)
     assert 0.9 * size < (sample(metrics, "dicomnode_received_bytes_total") or 0) <= size
     assert sample(metrics, "dicomnode_associations_total", outcome="accepted") == 1
+    assert sample(metrics, "dicomnode_associations_active") == 0
     assert sample(metrics, "dicomnode_jobs", pipeline="geometry_qa", status="done") == 1
     # Timeline durations reach the histogram once they are a couple of seconds old.
     wait_until(
