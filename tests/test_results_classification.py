@@ -24,6 +24,7 @@ from tests.peers import dciodvfy
 
 ALGORITHM = AlgorithmInfo("test-grader", "2.0", "Not for diagnostic use")
 REVIEW = Code("NEEDS_REVIEW", "99DICOMNODE", "Needs human review")
+SEVERITY = Code("71491-5", "LN", "Right eye Diabetic retinopathy severity level")
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,7 @@ def test_eye_group_covers_its_images_and_references_the_overlays(
         source_index=1,
         source_indices=(0, 1),
         finding=codes.SCT.Absent,
+        answer_concept=SEVERITY,
         probabilities={"none": 0.7, "mild": 0.3},
         label="Right eye",
         finding_type=Code("4855003", "SCT", "Diabetic retinopathy"),
@@ -115,6 +117,8 @@ def test_eye_group_covers_its_images_and_references_the_overlays(
     assert second.finding_type == codes.SCT.Retina
     assert first.finding_sites[0].laterality == codes.SCT.Right
     assert first.get_qualitative_evaluations(name=REVIEW)[0].value == codes.SCT.Yes
+    # The answer is readable by its concept, apart from the finding type.
+    assert first.get_qualitative_evaluations(name=SEVERITY)[0].value == codes.SCT.Absent
     assert [s.referenced_sop_instance_uid for s in first.source_images] == [
         photographs[1].SOPInstanceUID,
         photographs[0].SOPInstanceUID,

@@ -65,6 +65,10 @@ class ClassificationFinding:
     measurements: tuple[tuple[Code, float, Code], ...] = ()  # further (concept, value, unit)
     # Result images (e.g. Grad-CAM overlays) shown as "Illustration of ROI"; they join the evidence.
     illustrations: tuple[Dataset, ...] = ()
+    # The concept the answer is given for; default DCM "Finding". Set it when the group
+    # has a finding type: highdicom reads the finding type as "Finding" too, and two
+    # "Finding" items in one group make the answer unreadable by name.
+    answer_concept: Code | None = None
 
 
 def _observation_context(algorithm: AlgorithmInfo, uid_key: str) -> hd.sr.ObservationContext:
@@ -270,7 +274,11 @@ def _classification_group(
     uid_key: str,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """One TID 1501 group: the coded answer, probabilities, flags and illustrations."""
-    evaluations = [hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=result.finding)]
+    evaluations = [
+        hd.sr.QualitativeEvaluation(
+            name=result.answer_concept or codes.DCM.Finding, value=result.finding
+        )
+    ]
     evaluations += [
         hd.sr.QualitativeEvaluation(name=name, value=value) for name, value in result.evaluations
     ]
