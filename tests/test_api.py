@@ -232,6 +232,22 @@ def test_readyz_reports_a_closed_receiver_and_unwritable_storage(api: Api) -> No
     assert checks["storage"]["ok"] is False and "not writable" in checks["storage"]["message"]
 
 
+def test_database_outage_shows_in_readiness_and_metrics() -> None:
+    from dicomnode.api.health import database_check
+    from dicomnode.database import make_engine, session_factory
+    from tests.peers import free_port
+
+    engine = make_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none")
+    ok, message = database_check(session_factory(engine))()
+    assert not ok and message.startswith("the job database does not answer: OperationalError")
+    from dicomnode.metrics import NodeMetrics
+
+    scraped = NodeMetrics(session_factory(engine)).render()[0].decode()
+    assert sample(scraped, "dicomnode_database_up") == 0  # the scrape still answers
+    assert sample(scraped, "dicomnode_instances_received_total") == 0
+    engine.dispose()
+
+
 # -- listings and filters -----------------------------------------------------------------
 
 
