@@ -391,15 +391,17 @@ def mr_study_datasets(
     patient_name: str = "Synthetic^Brain",
     study_instance_uid: str | None = None,
     frames_of_reference: Mapping[str, str] | None = None,
+    geometries: Mapping[str, Geometry] | None = None,
 ) -> tuple[dict[str, list[Dataset]], HeadPhantom, dict[str, Geometry], dict[str, str]]:
     """The datasets of a four-series head MR study, plus the phantom and grids they came from.
 
     *roles* may repeat a role with a suffix (``"T1c#2"``: a second post-contrast
     series) or leave one out; *descriptions* overrides Series Descriptions by role;
-    *frames_of_reference* gives a role its own Frame of Reference UID.
+    *frames_of_reference* gives a role its own Frame of Reference UID;
+    *geometries* replaces :func:`default_geometries` (e.g. BraTS-sized grids).
     """
     phantom = HeadPhantom.random(seed, tumour=tumour)
-    grids = default_geometries(phantom.center_mm)
+    grids = dict(geometries or default_geometries(phantom.center_mm))
     study = study_instance_uid or generate_uid(entropy_srcs=["mr-study", str(seed)])
     common = {
         "study": study,

@@ -1,0 +1,1 @@
+"""Brain tumour SegResNet: synthetic head MR phantoms, training and evaluation."""

@@ -1,0 +1,84 @@
+"""Training cases: synthetic head MR phantoms put through the pipeline's own preprocessing.
+
+Each case is a random :class:`~dicomnode.synthetic.mr.HeadPhantom` sampled on four
+series grids of random spacing (as DICOM would deliver them), then resampled,
+masked and normalised by the same functions the ``brain_tumor`` pipeline uses,
+so the network is trained on exactly what it is fed at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dicomnode.pipelines.brain_tumor import (
+    intensity_brain_mask,
+    network_channels,
+    normalise_nonzero,
+    reference_grid,
+    region_targets,
+    to_network_layout,
+)
+from dicomnode.pipelines.volume import Volume
+from dicomnode.synthetic.mr import HeadPhantom, random_geometries, simulate_series
+
+
+@dataclass
+class Case:
+    """One preprocessed case in network layout ``(C, columns, rows, slices)``."""
+
+    image: np.ndarray  # (4, X, Y, Z) float16, normalised
+    target: np.ndarray  # (3, X, Y, Z) uint8: TC, WT, ET
+    seed: int
+
+
+def make_case(seed: int, tumour_probability: float = 0.9) -> Case:
+    """A random phantom (tumour with *tumour_probability*), preprocessed like the pipeline."""
+    rng = np.random.default_rng(seed)
+    phantom = HeadPhantom.random(seed, tumour=bool(rng.random() < tumour_probability))
+    series = simulate_series(phantom, random_geometries(rng), seed + 1)
+    volumes = {role: Volume(array, affine) for role, (array, affine) in series.items()}
+    affine, shape = reference_grid(volumes["T1c"], 1.0)
+    channels = network_channels(volumes, affine, shape)
+    mask = intensity_brain_mask(channels)
+    image = to_network_layout(normalise_nonzero(channels, mask))
+    labels = phantom.labels(affine, shape) * mask
+    target = to_network_layout(region_targets(labels))
+    return Case(image.astype(np.float16), target.astype(np.uint8), seed)
+
+
+def random_crop(
+    case: Case, size: int, rng: np.random.Generator, tumour_bias: float = 0.7
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size``-cube crop, centred near a tumour voxel with probability *tumour_bias*."""
+    spatial = np.array(case.image.shape[1:])
+    whole = case.target[1]
+    if whole.any() and rng.random() < tumour_bias:
+        voxels = np.argwhere(whole)
+        centre = voxels[rng.integers(len(voxels))] + rng.integers(-size // 4, size // 4 + 1, 3)
+    else:
+        centre = rng.integers(size // 2, np.maximum(spatial - size // 2, size // 2 + 1))
+    start = np.clip(centre - size // 2, 0, np.maximum(spatial - size, 0))
+    box = tuple(slice(int(s), int(s) + size) for s in start)
+    image = np.zeros((4, size, size, size), dtype=np.float32)
+    target = np.zeros((3, size, size, size), dtype=np.float32)
+    cut_image = case.image[(slice(None), *box)]
+    cut_target = case.target[(slice(None), *box)]
+    fit = tuple(slice(0, n) for n in cut_image.shape[1:])
+    image[(slice(None), *fit)] = cut_image
+    target[(slice(None), *fit)] = cut_target
+    return image, target
+
+
+def augment(
+    image: np.ndarray, target: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random flips and channel-wise intensity scale/shift (contrast varies between scanners)."""
+    for axis in (1, 2, 3):
+        if rng.random() < 0.5:
+            image, target = np.flip(image, axis), np.flip(target, axis)
+    scale = rng.uniform(0.9, 1.1, (4, 1, 1, 1)).astype(np.float32)
+    shift = rng.uniform(-0.1, 0.1, (4, 1, 1, 1)).astype(np.float32)
+    image = np.where(image != 0, image * scale + shift, 0.0).astype(np.float32)
+    return np.ascontiguousarray(image), np.ascontiguousarray(target)

@@ -1,0 +1,223 @@
+"""Evaluate a brain tumour bundle end to end on held-out synthetic DICOM studies.
+
+Run from the repository root::
+
+    python -m train.brain.evaluate --studies 8
+
+Each study (seeds 7000+, never used in training or validation) is written as
+DICOM by :func:`dicomnode.synthetic.mr.write_mr_study` and run through the
+``brain_tumor`` pipeline exactly as a worker runs it (series selection,
+resampling, brain mask, SegResNet, SEG and SR writing). The SEG read back
+from the written file is compared with the truth on the T1c grid (Dice of
+WT, TC, ET) and the SR volumes with the truth volumes. One extra study has
+no tumour (its result must be empty). Writes ``metrics.json`` and
+``dice.png`` / ``volumes.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import torch
+from pydicom.sr.codedict import codes
+from tqdm import tqdm
+
+from dicomnode.config import PipelineConfig
+from dicomnode.pipelines.base import JobContext, SeriesInput
+from dicomnode.pipelines.brain_tumor import BrainTumorPipeline
+from dicomnode.store import parse_header_from_dataset
+from dicomnode.synthetic.mr import ROLES, MRStudyTruth, write_mr_study
+
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+NAMES = {"Enhancing tumour": 1, "Necrotic core": 2, "Oedema": 3}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bundle", type=Path, default=Path("models/brain_tumor_mri"))
+    parser.add_argument("--studies", type=int, default=8, help="held-out studies with a tumour")
+    parser.add_argument("--first-seed", type=int, default=7000)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (shared machine: 1)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("train/brain/output"))
+    return parser.parse_args(argv)
+
+
+def series_inputs(truth: MRStudyTruth) -> list[SeriesInput]:
+    """The series as a worker hands them over (stored routing attributes)."""
+    out = []
+    for role in ROLES:
+        paths = truth.series[role]
+        header = parse_header_from_dataset(pydicom.dcmread(paths[0], stop_before_pixels=True))
+        out.append(
+            SeriesInput(
+                header.series_instance_uid,
+                "MR",
+                header.series.get("SeriesDescription"),
+                header.series,
+                tuple(paths),
+            )
+        )
+    return out
+
+
+def read_labels(seg_path: Path, source: list[Path]) -> np.ndarray:
+    """The written SEG as exclusive labels on the T1c slices."""
+    seg = hd.seg.segread(seg_path)
+    uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in source]
+    stack = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, ignore_spatial_locations=True, skip_overlap_checks=True
+    )
+    labels = np.zeros(stack.shape[:3], np.uint8)
+    for number in seg.segment_numbers:
+        label = NAMES[seg.get_segment_description(number).segment_label]
+        labels[stack[..., number - 1] > 0] = label
+    return labels
+
+
+def read_volumes(sr_path: Path) -> dict[str, float]:
+    """Volumes (mL) by tracking identifier from the written SR."""
+    content = hd.sr.srread(sr_path).content
+    groups = [
+        *content.get_volumetric_roi_measurement_groups(),
+        *content.get_image_measurement_groups(),
+    ]
+    out = {}
+    for group in groups:
+        measured = group.get_measurements(name=codes.SCT.Volume)
+        if measured:
+            out[group.tracking_identifier] = float(measured[0].value)
+    return out
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean arrays (1.0 when both are empty)."""
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+def evaluate_study(
+    pipeline: BrainTumorPipeline, seed: int, folder: Path, *, tumour: bool = True
+) -> dict[str, Any]:
+    """Write one study, run the pipeline, compare its SEG and SR with the truth."""
+    truth = write_mr_study(folder / "study", seed=seed, tumour=tumour)
+    work = folder / "work"
+    work.mkdir()
+    results = pipeline.run(JobContext(seed, truth.study_instance_uid, series_inputs(truth), work))
+    seg = next((r.path for r in results if r.sop_class_uid == SEG_CLASS), None)
+    sr = next(r.path for r in results if r.sop_class_uid != SEG_CLASS)
+    predicted = read_labels(seg, truth.series["T1c"]) if seg else np.zeros_like(truth.labels)
+    volumes = read_volumes(sr)
+    target = truth.labels
+    return {
+        "seed": seed,
+        "tumour": tumour,
+        "dice": {
+            "WT": dice(predicted > 0, target > 0),
+            "TC": dice(np.isin(predicted, (1, 2)), np.isin(target, (1, 2))),
+            "ET": dice(predicted == 1, target == 1),
+        },
+        "volume_ml": {
+            "whole tumour": [volumes.get("Whole tumour", 0.0), truth.volume_ml(1, 2, 3)],
+            "enhancing": [volumes.get("Enhancing tumour", 0.0), truth.volume_ml(1)],
+            "necrotic": [volumes.get("Necrotic core", 0.0), truth.volume_ml(2)],
+            "oedema": [volumes.get("Oedema", 0.0), truth.volume_ml(3)],
+        },
+        "outputs": len(results),
+    }
+
+
+def save_plots(rows: list[dict[str, Any]], out: Path) -> None:
+    """Dice per study and measured against true whole-tumour volume."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    tumours = [r for r in rows if r["tumour"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for region in ("WT", "TC", "ET"):
+        ax.plot(
+            [r["seed"] for r in tumours], [r["dice"][region] for r in tumours], "o-", label=region
+        )
+    ax.set_xlabel("study seed")
+    ax.set_ylabel("Dice")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "dice.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for key in ("whole tumour", "enhancing", "necrotic", "oedema"):
+        pairs = np.array([r["volume_ml"][key] for r in tumours])
+        ax.scatter(pairs[:, 1], pairs[:, 0], label=key)
+    top = max(max(r["volume_ml"]["whole tumour"]) for r in tumours) * 1.1
+    ax.plot([0, top], [0, top], "k--", lw=1)
+    ax.set_xlabel("true volume (mL)")
+    ax.set_ylabel("SR volume (mL)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "volumes.png", dpi=100)
+    plt.close(fig)
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean Dice per region and the largest relative whole-tumour volume error."""
+    tumours = [r for r in rows if r["tumour"]]
+    errors = [
+        abs(r["volume_ml"]["whole tumour"][0] / r["volume_ml"]["whole tumour"][1] - 1)
+        for r in tumours
+    ]
+    empty = [r for r in rows if not r["tumour"]]
+    return {
+        "studies_with_tumour": len(tumours),
+        "mean_dice": {
+            k: float(np.mean([r["dice"][k] for r in tumours])) for k in ("WT", "TC", "ET")
+        },
+        "min_dice": {k: float(np.min([r["dice"][k] for r in tumours])) for k in ("WT", "TC", "ET")},
+        "max_whole_tumour_volume_error": float(max(errors)),
+        "mean_whole_tumour_volume_error": float(np.mean(errors)),
+        "tumour_free_studies_with_empty_result": sum(
+            r["volume_ml"]["whole tumour"][0] == 0.0 for r in empty
+        ),
+        "tumour_free_studies": len(empty),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pipeline = BrainTumorPipeline(
+        "brain_tumor", PipelineConfig(bundle=args.bundle.resolve(), device="cpu")
+    )
+    plan = [(args.first_seed + i, True) for i in range(args.studies)]
+    plan.append((args.first_seed + args.studies, False))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed, tumour in tqdm(plan, desc="held-out studies", unit="study"):
+            folder = Path(tmp) / str(seed)
+            rows.append(evaluate_study(pipeline, seed, folder, tumour=tumour))
+            tqdm.write(json.dumps({"seed": seed, **rows[-1]["dice"]}))
+    summary = summarise(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "evaluation.json").write_text(
+        json.dumps({"summary": summary, "studies": rows}, indent=2)
+    )
+    save_plots(rows, args.out)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
