@@ -22,7 +22,7 @@ Options (``[pipelines.lung_nodule]``): ``patch_size`` (sliding-window size,
 default the bundle's ``infer_patch_size``), ``report_threshold`` (lowest
 score reported; default the bundle's ``report_threshold`` key, else 0.5),
 ``max_nodules`` (default 20), ``max_slice_thickness`` (mm),
-``mask_threshold_hu`` (default -600), ``sw_batch_size`` (default 1).
+``mask_threshold_hu`` (default -650), ``sw_batch_size`` (default 1).
 """
 
 from __future__ import annotations
@@ -245,8 +245,9 @@ def grow_mask(
 ) -> tuple[tuple[slice, slice, slice], np.ndarray, bool]:
     """A nodule mask on *hu* from a fractional (k, j, i) box [*low*, *high*].
 
-    Voxels above *threshold* HU inside the ellipsoid of the box enlarged by a
-    tenth (so the chest wall and vessels beyond cannot leak in), opened once
+    Voxels above *threshold* HU inside the ellipsoid of the box enlarged by 30 %
+    (detector boxes of faint part-solid nodules run small; the chest wall and
+    vessels farther out cannot leak in), opened once
     to cut thin attached vessels, the connected part nearest the box centre,
     holes filled. If that is empty or implausible for the box (under a fifth
     or over three times the inscribed ellipsoid), the inscribed ellipsoid
@@ -256,13 +257,13 @@ def grow_mask(
 
     center = (low + high) / 2.0
     radii = np.maximum((high - low) / 2.0, 0.5)
-    outer_low = np.clip(np.floor(center - 1.1 * radii - 1).astype(int), 0, np.array(hu.shape))
-    outer_high = np.clip(np.ceil(center + 1.1 * radii + 2).astype(int), 0, np.array(hu.shape))
+    outer_low = np.clip(np.floor(center - 1.3 * radii - 1).astype(int), 0, np.array(hu.shape))
+    outer_high = np.clip(np.ceil(center + 1.3 * radii + 2).astype(int), 0, np.array(hu.shape))
     index = tuple(slice(int(a), int(b)) for a, b in zip(outer_low, outer_high, strict=True))
     local = hu[index]
     c = center - outer_low
     inscribed = _ellipsoid(local.shape, c, radii)
-    candidate = (local > threshold) & _ellipsoid(local.shape, c, 1.1 * radii + 0.5)
+    candidate = (local > threshold) & _ellipsoid(local.shape, c, 1.3 * radii + 0.5)
     opened = ndimage.binary_opening(candidate)
     # Opening also erases nodules of a few voxels: keep the unopened mask for those.
     if opened.sum() >= 0.5 * candidate.sum():
@@ -280,7 +281,11 @@ def grow_mask(
 
 
 def long_axis_mm(points_mm: np.ndarray, voxel_mm: float) -> float:
-    """Largest distance between mask voxel centres, plus one voxel (their extent)."""
+    """Largest distance between mask voxel centres (at least one voxel).
+
+    No voxel extent is added: with the default threshold, partial-volume voxels
+    at the edge already count, which makes up for it (measured on the phantoms).
+    """
     from scipy.spatial import ConvexHull, QhullError
 
     if len(points_mm) < 2:
@@ -290,7 +295,7 @@ def long_axis_mm(points_mm: np.ndarray, voxel_mm: float) -> float:
     if len(points_mm) > 4000:
         points_mm = points_mm[:: len(points_mm) // 4000 + 1]
     diff = points_mm[:, None, :] - points_mm[None, :, :]
-    return float(np.sqrt((diff**2).sum(-1)).max()) + voxel_mm
+    return max(float(np.sqrt((diff**2).sum(-1)).max()), voxel_mm)
 
 
 def measure(
@@ -337,7 +342,7 @@ class LungNodulePipeline(ModelPipeline):
             self.option("report_threshold", self.settings.report_threshold)
         )
         self.max_nodules = int(self.option("max_nodules", 20))
-        self.mask_threshold = float(self.option("mask_threshold_hu", -600.0))
+        self.mask_threshold = float(self.option("mask_threshold_hu", -650.0))
 
     # -- select and load --------------------------------------------------------------
 
@@ -441,12 +446,17 @@ class LungNodulePipeline(ModelPipeline):
         )
         _, corners = boxes_to_lps(raw["box"][keep], prepared.grid_affine)
         detections = []
+        claimed = np.zeros(loaded.shape, dtype=bool)
         for score, corner in zip(raw["score"][keep], corners, strict=True):
             ends = loaded.lps_to_index(np.array([corner[:3], corner[3:]]))
             low, high = ends.min(axis=0), ends.max(axis=0)
             index, mask, grown = grow_mask(loaded.array, low, high, self.mask_threshold)
             if not mask.any():
                 continue  # the box lies outside the scanned volume
+            # Boxes of different sizes on one nodule survive NMS (low IoU); keep the best one.
+            if np.count_nonzero(claimed[index] & mask) > 0.3 * np.count_nonzero(mask):
+                continue
+            claimed[index] |= mask
             center, long_axis, volume_mm3 = measure(loaded, index, mask)
             detections.append(
                 Detection(
@@ -518,6 +528,8 @@ class LungNodulePipeline(ModelPipeline):
             )
             for number, found in enumerate(findings, start=1)
         ]
+        if findings and self.config.key_images:
+            outputs.append(self._key_image(findings, nodules, source, key))
         outputs.append(
             write_measurement_report(
                 source,
@@ -529,3 +541,28 @@ class LungNodulePipeline(ModelPipeline):
             )
         )
         return outputs
+
+    def _key_image(
+        self, findings: list[Detection], nodules: list[Any], source: list[Dataset], key: str
+    ) -> Dataset:
+        """A Secondary Capture of the top nodule's slice, every nodule on it circled."""
+        from dicomnode.results import KeyImageMark, write_key_image
+
+        key_slice = nodules[0].key_slice
+        marks = []
+        for found, nodule in zip(findings, nodules, strict=True):
+            if nodule.key_slice != key_slice:
+                continue
+            offset = np.array([s.start for s in found.box_index])
+            _, row, column = np.argwhere(found.mask).mean(axis=0) + offset
+            pixel = float(source[key_slice].PixelSpacing[1])
+            marks.append(
+                KeyImageMark(float(row), float(column), found.long_axis_mm / pixel / 2 + 3)
+            )
+        return write_key_image(
+            source[key_slice],
+            marks,
+            algorithm=self.algorithm,
+            series=self.series_spec("sc"),
+            uid_key=key,
+        )

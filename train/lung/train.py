@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/dicomnode-lung-cache"))
     parser.add_argument("--out", type=Path, default=None, help="weights (default: bundle)")
+    parser.add_argument("--init", type=Path, default=None, help="start from these weights")
     parser.add_argument(
         "--plots", type=Path, default=None, help="PNG folder (default: bundle docs)"
     )
@@ -145,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.cache / f"val-{args.validation}-{tag}.npz",
     )
     network = bundle.parsed("network_def")
+    if args.init is not None:
+        network.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
     detector = make_detector(network, bundle.parsed("anchor_generator"), settings)
     # As the Model Zoo's train.json: ATSS matching and hard negative sampling.
     detector.set_atss_matcher(num_candidates=4, center_in_gt=False)
@@ -187,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "pool": args.pool,
         "best_validation_loss": best,
         "minutes": (time.perf_counter() - start) / 60,
-        "weights": str(out),
+        "weights": os.path.relpath(out),
     }
     (plots / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
