@@ -153,6 +153,10 @@ def report(job: dict[str, Any], push_start: float, received: float, sent: float,
     finished = datetime.fromisoformat(job["finished_at"])
     total = sent - received
     print(f"push ({args.slices} slices, one association): {received - push_start:.1f} s")
+    print("job timeline:")
+    for event in job["events"]:
+        took = f"{event['duration_s']:6.2f} s" if event["duration_s"] is not None else " " * 8
+        print(f"  {event['stage']:<12} {took}  {event['message']}")
     for stage in STAGES:
         print(f"  {stage:<12} {stages.get(stage, 0.0):6.2f} s")
     print(
