@@ -91,6 +91,7 @@ class Worker:
     def run_forever(self) -> None:
         """Claim and run jobs until :attr:`stop_event` is set."""
         log.info("worker started", extra={"worker": self.worker_id})
+        self.preload()
         while not self.stop_event.is_set():
             try:
                 ran = self.run_once()
@@ -102,6 +103,24 @@ class Worker:
         for pipeline in self._loaded.values():
             pipeline.close()
         log.info("worker stopped", extra={"worker": self.worker_id})
+
+    def preload(self) -> None:
+        """Build the pipelines this worker may run before the first job arrives.
+
+        Loading a model (torch, MONAI, weights) takes seconds; paying it at start-up
+        keeps it out of the first study's turnaround. A pipeline that cannot be
+        built is left for its first job, which then fails with the reason.
+        """
+        names = self.pipelines or list(dict.fromkeys(r.pipeline for r in self.settings.routes))
+        for name in names:
+            if self.stop_event.is_set():
+                return
+            try:
+                self._pipeline(name)
+            except Exception as exc:
+                log.warning(
+                    "pipeline not preloaded", extra={"pipeline": name, "reason": str(exc)[:300]}
+                )
 
     def run_once(self) -> bool:
         """Claim one job and run it; False when there was nothing to do."""
