@@ -29,7 +29,7 @@ from dicomnode.synthetic.ct import Nodule, nodule_labels, write_chest_ct_study
 from tests.peers import dciodvfy
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_ZOO = ROOT.parent / "shared" / "model-zoo" / "lung_nodule_ct_detection"
+MODEL_ZOO = ROOT / "tests" / "data" / "model_zoo" / "lung_nodule_ct_detection"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
@@ -229,6 +229,22 @@ def test_no_usable_ct_series_is_a_sentence(shipped: LungNodulePipeline, tmp_path
     context = JobContext(1, "1.2.3", [SeriesInput("1.2.3.4", "MR", "brain", {}, ())], tmp_path)
     with pytest.raises(PipelineError, match="no CT series with plane geometry"):
         shipped.run(context)
+
+
+def test_enhanced_multi_frame_ct_is_named_as_unsupported(
+    shipped: LungNodulePipeline, tmp_path: Path
+) -> None:
+    from dicomnode.synthetic import ct_series
+    from tests.test_volume import enhanced_ct
+
+    ds = enhanced_ct(ct_series(n_slices=4, rows=32, columns=32, seed=1))
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    path = tmp_path / "enhanced.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    series = SeriesInput("1.2.3.4", "CT", "enhanced", {}, (path,))
+    with pytest.raises(PipelineError, match="enhanced multi-frame CT results are not supported"):
+        shipped.run(JobContext(1, "1.2.3", [series], tmp_path))
 
 
 # -- a Model Zoo bundle through `bundle =` ----------------------------------------------

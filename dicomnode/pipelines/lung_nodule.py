@@ -352,9 +352,12 @@ class LungNodulePipeline(ModelPipeline):
         thickest = self.option("max_slice_thickness", None)
         candidates = []
         for series in context.series:
-            if (series.modality or "").upper() != "CT" or len(series.paths) < 2:
+            if (series.modality or "").upper() != "CT":
                 continue
             header = dcmread(series.paths[0], stop_before_pixels=True)
+            # One enhanced multi-frame instance is a whole volume; one plain slice is not.
+            if len(series.paths) < 2 and int(header.get("NumberOfFrames", 1) or 1) < 2:
+                continue
             if (
                 "ImagePositionPatient" not in header
                 and "PerFrameFunctionalGroupsSequence" not in header
