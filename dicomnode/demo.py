@@ -21,6 +21,7 @@ from typing import Any
 from dicomnode.config import Settings
 from dicomnode.jobs import JobQueue, job_to_dict
 from dicomnode.models import FINAL_JOB_STATES
+from dicomnode.pipelines.mr_sequences import complete_when
 from dicomnode.scu import send
 from dicomnode.service import Node
 
@@ -98,6 +99,8 @@ def demo_settings(workdir: Path, port: int, pacs_port: int | None = None) -> Set
                     "pipeline": pipeline,
                     "match": match,
                     "send_to": ["pacs"] if pacs_port else [],
+                    # The MR study is complete once its four sequences are in.
+                    "complete_when": complete_when() if pipeline == "brain_tumor" else [],
                 }
                 for name, pipeline, match in DEMO_ROUTES
             ],
