@@ -1,0 +1,271 @@
+"""Brain tumour pipeline: selection errors, Frame of Reference, Model Zoo bundle, end to end.
+
+The study is a synthetic head MR (dicomnode.synthetic.mr) with a seed none of
+the training or validation phantoms of train/brain uses.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+
+from dicomnode.config import PipelineConfig
+from dicomnode.pipelines.base import JobContext, PipelineError, SeriesInput
+from dicomnode.pipelines.brain_tumor import (
+    ENHANCING,
+    NECROSIS,
+    OEDEMA,
+    BrainTumorPipeline,
+    exclusive_labels,
+    region_targets,
+)
+from dicomnode.pipelines.mr_sequences import brain_route
+from dicomnode.pipelines.volume import Volume
+from dicomnode.store import parse_header_from_dataset
+from dicomnode.synthetic.mr import ROLES, Geometry, MRStudyTruth, write_mr_study
+from tests.peers import dciodvfy
+
+SEED = 21  # held out: train/brain uses seeds 1000+ (training) and 5000+ (validation)
+MODEL_ZOO = Path(__file__).parent / "data" / "model_zoo" / "brats_mri_segmentation"
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> MRStudyTruth:
+    return write_mr_study(tmp_path_factory.mktemp("mr"), seed=SEED)
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> BrainTumorPipeline:
+    return BrainTumorPipeline("brain_tumor", PipelineConfig(device="cpu"))
+
+
+def series_input(paths: list[Path], **override: Any) -> SeriesInput:
+    """What a worker hands the pipeline: the stored routing attributes of the series."""
+    header = parse_header_from_dataset(pydicom.dcmread(paths[0], stop_before_pixels=True))
+    attributes = {**header.series, **override}
+    return SeriesInput(
+        override.get("SeriesInstanceUID", header.series_instance_uid),
+        "MR",
+        attributes.get("SeriesDescription"),
+        attributes,
+        tuple(paths),
+    )
+
+
+def context(series: list[SeriesInput], work: Path, events: list[tuple[str, str]]) -> JobContext:
+    work.mkdir(parents=True, exist_ok=True)
+    return JobContext(
+        job_id=1,
+        study_instance_uid="1.2.3",
+        series=series,
+        work_dir=work,
+        event_sink=lambda stage, message, _duration, _level: events.append((stage, message)),
+    )
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+
+
+def seg_labels(path: Path, source: list[Path]) -> np.ndarray:
+    """The SEG as an exclusive label map (1 ET, 2 necrosis, 3 oedema) on the T1c slices."""
+    seg = hd.seg.segread(path)
+    uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in source]
+    by_name = {seg.get_segment_description(n).segment_label: n for n in seg.segment_numbers}
+    stack = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, ignore_spatial_locations=True, skip_overlap_checks=True
+    )
+    labels = np.zeros(stack.shape[:3], np.uint8)
+    for label, name in (
+        (OEDEMA, "Oedema"),
+        (NECROSIS, "Necrotic core"),
+        (ENHANCING, "Enhancing tumour"),
+    ):
+        if name in by_name:
+            labels[stack[..., by_name[name] - 1] > 0] = label
+    return labels
+
+
+def test_label_conversions_round_trip() -> None:
+    labels = np.array([0, 1, 2, 3, 1], np.uint8)
+    regions = region_targets(labels)
+    assert regions.tolist() == [[0, 1, 1, 0, 1], [0, 1, 1, 1, 1], [0, 1, 0, 0, 1]]
+    assert exclusive_labels(regions).tolist() == labels.tolist()
+
+
+def test_missing_flair_fails_with_a_sentence(
+    study: MRStudyTruth, pipeline: BrainTumorPipeline, tmp_path: Path
+) -> None:
+    series = [series_input(study.series[r]) for r in ("T1", "T1c", "T2")]
+    with pytest.raises(PipelineError, match="the study has no FLAIR series"):
+        pipeline.run(context(series, tmp_path, []))
+
+
+def test_two_post_contrast_series_fail_as_ambiguous(
+    study: MRStudyTruth, pipeline: BrainTumorPipeline, tmp_path: Path
+) -> None:
+    series = [series_input(study.series[r]) for r in ("T1", "T1c", "T2", "FLAIR")]
+    series.append(
+        series_input(
+            study.series["T1c"],
+            SeriesInstanceUID="1.2.3.4.5",
+            SeriesDescription="AX T1 POST GD",
+            SeriesNumber=12,
+        )
+    )
+    with pytest.raises(PipelineError) as error:
+        pipeline.run(context(series, tmp_path, []))
+    assert (
+        "2 candidate T1c series ('T1 MPRAGE AX POST GD' (series 2) and 'AX T1 POST GD' (series 12))"
+        in str(error.value)
+    )
+
+
+def test_other_frame_of_reference_is_an_error_unless_registered(
+    study: MRStudyTruth, pipeline: BrainTumorPipeline, tmp_path: Path
+) -> None:
+    other = write_mr_study(
+        tmp_path / "other", seed=SEED, roles=("FLAIR",), frames_of_reference={"FLAIR": "1.2.3.99"}
+    )
+    series = [series_input(study.series[r]) for r in ("T1", "T1c", "T2")]
+    series.append(series_input(other.series["FLAIR"]))
+    with pytest.raises(PipelineError, match="FLAIR series is in a different Frame of Reference"):
+        pipeline.run(context(series, tmp_path / "work", []))
+    # A configured registration step aligns it (here: trust the scanner coordinates).
+    registered = BrainTumorPipeline(
+        "brain_tumor",
+        PipelineConfig(device="cpu", registration="tests.test_brain_tumor:same_scanner_space"),
+    )
+    selected = registered.select(context(series, tmp_path / "work", []))
+    volumes = registered.load(selected, context(series, tmp_path / "work", []))
+    assert {v.frame_of_reference_uid for v in volumes.values()} == {study.frame_of_reference_uid}
+
+
+def same_scanner_space(moving: Volume, fixed: Volume) -> Volume:
+    """A registration plug-in for the test: the series shared the scanner's coordinates."""
+    return Volume(moving.array, moving.affine, moving.source, fixed.frame_of_reference_uid)
+
+
+def test_model_zoo_bundle_with_random_weights_runs(tmp_path: Path) -> None:
+    import torch
+
+    from dicomnode.pipelines.bundle import Bundle
+
+    bundle = tmp_path / "brats_mri_segmentation"
+    shutil.copytree(MODEL_ZOO, bundle)
+    (bundle / "models").mkdir()
+    torch.manual_seed(0)
+    network = Bundle(bundle).parsed("network_def")
+    torch.save(network.state_dict(), bundle / "models" / "model.pt")
+    # A small study (64x64x48 mm at 2 mm: one 64x64x48 window) keeps the full-width network fast.
+    grid = Geometry.covering((0.0, 0.0, 0.0), (64, 64, 48), (2.0, 2.0), 2.0)
+    small = write_mr_study(tmp_path / "small", seed=SEED, geometries=dict.fromkeys(ROLES, grid))
+    config = PipelineConfig(bundle=bundle, device="cpu", roi_size=[64, 64, 64], overlap=0.0)
+    zoo = BrainTumorPipeline("brain_tumor", config)
+    assert zoo.roi_size == [64, 64, 64]
+    assert sum(p.numel() for p in zoo.network.parameters()) > 4_000_000  # init_filters 16
+    events: list[tuple[str, str]] = []
+    series = [series_input(small.series[r]) for r in ROLES]
+    results = zoo.run(context(series, tmp_path / "work", events))
+    assert ("infer", "BraTS MRI segmentation 0.5.2 on cpu") in events
+    assert "1.2.840.10008.5.1.4.1.1.88.34" in [r.sop_class_uid for r in results]
+    for result in results:
+        assert dciodvfy(result.path) == []
+
+
+def check_results(paths: dict[str, Path], study: MRStudyTruth) -> dict[str, float]:
+    """Dice of the SEG against the truth, SR volumes relative to the truth volumes (-1: none)."""
+    labels = seg_labels(paths["seg"], study.series["T1c"])
+    truth = study.labels
+    content = hd.sr.srread(paths["sr"]).content
+    volumes = {
+        g.tracking_identifier: g.get_measurements(name=codes.SCT.Volume)[0].value
+        for g in [
+            *content.get_volumetric_roi_measurement_groups(),
+            *content.get_image_measurement_groups(),
+        ]
+    }
+    # The whole-tumour group is the sum of the segment groups.
+    assert sum(v for k, v in volumes.items() if k != "Whole tumour") == pytest.approx(
+        volumes["Whole tumour"], abs=0.01
+    )
+    return {
+        "WT": dice(labels > 0, truth > 0),
+        "TC": dice(np.isin(labels, (1, 2)), np.isin(truth, (1, 2))),
+        "ET": dice(labels == 1, truth == 1),
+        "WT volume": volumes["Whole tumour"] / study.volume_ml(1, 2, 3) - 1,
+        "ET volume": volumes["Enhancing tumour"] / study.volume_ml(1) - 1,
+    }
+
+
+@pytest.mark.slow
+def test_storescu_to_node_to_orthanc(
+    study: MRStudyTruth,
+    make_settings: Callable[..., Any],
+    start_node: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    from tests.peers import Orthanc, storescu
+    from tests.test_flow import wait_for_jobs
+
+    with Orthanc(tmp_path / "orthanc") as orthanc:
+        settings = make_settings(
+            # Only the four-series rule can complete the study within the test's time.
+            assembly={"quiet_seconds": 600, "early_quiet_seconds": 2.0},
+            destinations=[orthanc.destination()],
+            routes=[brain_route(["pacs"])],
+            pipelines={"brain_tumor": {"device": "cpu"}},
+        )
+        node = start_node(settings, workers=1)
+        start = time.monotonic()
+        folders = [study.series[r][0].parent for r in ("T1", "T1c", "T2", "FLAIR")]
+        result = storescu(folders, host="127.0.0.1", port=node.receiver.port, called_aet="TESTNODE")
+        assert result.returncode == 0, result.stderr
+        (job,) = wait_for_jobs(node, timeout=240)
+        assert job["status"] == "done", job["error"]
+        assert time.monotonic() - start < 240
+        queued = next(e for e in job["events"] if e["stage"] == "queued")
+        assert "required series present" in queued["message"]
+        assert [o["status"] for o in job["outputs"]] == ["sent", "sent"]
+        paths = {}
+        for output in job["outputs"]:
+            path = node.store.root / output["path"]
+            assert dciodvfy(path) == []
+            paths["seg" if output["sop_class_uid"] == SEG_CLASS else "sr"] = path
+        orthanc_study = orthanc.find_study(study.study_instance_uid)
+        assert orthanc_study is not None
+        modalities = sorted(
+            s["MainDicomTags"]["Modality"] for s in orthanc.series_of_study(orthanc_study)
+        )
+        assert modalities == ["SEG", "SR"]  # results in the source study (sources not pushed)
+        scores = check_results(paths, study)
+        print(scores)
+        # This study's tumour is small (14 mL, 4 mm oedema rim): the shipped model
+        # overestimates thin oedema here; see the model card for the held-out figures.
+        assert scores["WT"] >= 0.9 and scores["TC"] >= 0.85 and scores["ET"] >= 0.8, scores
+        assert abs(scores["WT volume"]) <= 0.25 and abs(scores["ET volume"]) <= 0.3, scores
+
+
+@pytest.mark.slow
+def test_no_tumour_gives_an_empty_report_and_no_seg(
+    pipeline: BrainTumorPipeline, tmp_path: Path
+) -> None:
+    normal = write_mr_study(tmp_path / "normal", seed=SEED + 1, tumour=False)
+    events: list[tuple[str, str]] = []
+    series = [series_input(normal.series[r]) for r in ROLES]
+    (report,) = pipeline.run(context(series, tmp_path / "work", events))
+    assert report.sop_class_uid == "1.2.840.10008.5.1.4.1.1.88.34"
+    assert dciodvfy(report.path) == []
+    (group,) = hd.sr.srread(report.path).content.get_image_measurement_groups()
+    evaluation = group.get_qualitative_evaluations(name=codes.SCT.Neoplasm)[0]
+    assert evaluation.value == codes.SCT.Absent
