@@ -50,6 +50,9 @@ def setup_logging(level: str = "INFO") -> None:
     # pynetdicom logs every PDU at INFO; keep its warnings only.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # highdicom narrates every module it copies (a dozen lines per result object);
+    # the job's timeline already says what was written.
+    logging.getLogger("highdicom").setLevel(max(logging.WARNING, root.level))
     # Even at DEBUG: SQLAlchemy would log SQL parameters (patient names on their way
     # into the index), pydicom element values, httpx request headers (bearer tokens).
     for name in ("sqlalchemy", "pydicom", "httpx", "httpcore"):
