@@ -25,6 +25,7 @@ from dicomnode.pipelines.brain_tumor import (
     NECROSIS,
     OEDEMA,
     BrainTumorPipeline,
+    drop_regions_without_core,
     exclusive_labels,
     region_targets,
 )
@@ -101,6 +102,14 @@ def test_label_conversions_round_trip() -> None:
     regions = region_targets(labels)
     assert regions.tolist() == [[0, 1, 1, 0, 1], [0, 1, 1, 1, 1], [0, 1, 0, 0, 1]]
     assert exclusive_labels(regions).tolist() == labels.tolist()
+
+
+def test_oedema_only_regions_are_dropped() -> None:
+    labels = np.zeros((1, 1, 9), np.uint8)
+    labels[0, 0, :4] = [OEDEMA, ENHANCING, NECROSIS, OEDEMA]  # a tumour with its oedema
+    labels[0, 0, 6:] = OEDEMA  # oedema alone, apart
+    kept = drop_regions_without_core(labels)
+    assert kept[0, 0].tolist() == [3, 1, 2, 3, 0, 0, 0, 0, 0]
 
 
 def test_missing_flair_fails_with_a_sentence(

@@ -16,7 +16,8 @@ Stages:
 - infer: sliding window (bundle ``inferer`` roi/overlap, or the ``roi_size``
   and ``overlap`` options) with the GPU out-of-memory fallback;
 - postprocess: probabilities back onto the T1c series' own grid, TC/WT/ET to
-  exclusive labels (enhancing tumour, necrotic core, oedema), volumes;
+  exclusive labels (enhancing tumour, necrotic core, oedema), regions under
+  ``min_component_ml`` and oedema-only regions dropped, volumes;
 - write: SEG with one segment per present label on the T1c series, TID 1500
   SR with each volume (mL) and the whole tumour's; an explicit "absent"
   report and no SEG when there is no tumour.
@@ -154,6 +155,23 @@ def remove_small_components(labels: np.ndarray, min_voxels: int) -> np.ndarray:
     return out
 
 
+def drop_regions_without_core(labels: np.ndarray) -> np.ndarray:
+    """Drop connected tumour regions with no tumour core (enhancing or necrotic voxel).
+
+    Oedema is the reaction around a tumour; an oedema-only region is, for this
+    model, a false positive (seen at CSF borders on thick-slice FLAIR).
+    """
+    from scipy import ndimage
+
+    components, count = ndimage.label(labels > 0)
+    if count == 0:
+        return labels
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[np.unique(components[(labels == ENHANCING) | (labels == NECROSIS)])] = True
+    keep[0] = False
+    return np.where(keep[components], labels, 0).astype(labels.dtype)
+
+
 def _import(target: str, what: str) -> Any:
     module_name, _, attr = target.partition(":")
     try:
@@ -197,7 +215,7 @@ class BrainTumorPipeline(ModelPipeline):
     ``threshold`` (0.5), ``brain_mask`` ("intensity", "none" or
     "module:function"), ``registration`` ("module:function" taking
     (moving, fixed) volumes, for series in other Frames of Reference),
-    ``min_component_ml`` (0.1).
+    ``min_component_ml`` (0.1), ``require_core`` (true: drop oedema-only regions).
     """
 
     default_bundle = "brain_tumor_mri"
@@ -218,6 +236,7 @@ class BrainTumorPipeline(ModelPipeline):
         self.sw_batch_size = int(self.option("sw_batch_size", inferer.get("sw_batch_size", 1)))
         self.threshold = float(self.option("threshold", 0.5))
         self.min_component_ml = float(self.option("min_component_ml", 0.1))
+        self.require_core = bool(self.option("require_core", True))
         self.mask_function = self._mask_function(str(self.option("brain_mask", "intensity")))
         registration = self.option("registration", None)
         self.registration: Registration | None = (
@@ -323,6 +342,8 @@ class BrainTumorPipeline(ModelPipeline):
         labels = exclusive_labels(on_t1c > self.threshold)
         voxel_mm3 = float(np.prod(t1c.spacing))
         labels = remove_small_components(labels, int(self.min_component_ml * 1000 / voxel_mm3))
+        if self.require_core:
+            labels = drop_regions_without_core(labels)
         volumes = {
             label: float((labels == label).sum() * voxel_mm3 / 1000.0) for label in LABEL_NAMES
         }

@@ -9,8 +9,8 @@ DICOM by :func:`dicomnode.synthetic.mr.write_mr_study` and run through the
 ``brain_tumor`` pipeline exactly as a worker runs it (series selection,
 resampling, brain mask, SegResNet, SEG and SR writing). The SEG read back
 from the written file is compared with the truth on the T1c grid (Dice of
-WT, TC, ET) and the SR volumes with the truth volumes. One extra study has
-no tumour (its result must be empty). Writes ``metrics.json`` and
+WT, TC, ET) and the SR volumes with the truth volumes. ``--normal-studies``
+more have no tumour (their result should be empty). Writes ``metrics.json`` and
 ``dice.png`` / ``volumes.png`` to ``--out``.
 """
 
@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--bundle", type=Path, default=Path("models/brain_tumor_mri"))
     parser.add_argument("--studies", type=int, default=8, help="held-out studies with a tumour")
+    parser.add_argument("--normal-studies", type=int, default=3, help="held-out studies without")
     parser.add_argument("--first-seed", type=int, default=7000)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (shared machine: 1)"
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         "brain_tumor", PipelineConfig(bundle=args.bundle.resolve(), device="cpu")
     )
     plan = [(args.first_seed + i, True) for i in range(args.studies)]
-    plan.append((args.first_seed + args.studies, False))
+    plan += [(args.first_seed + args.studies + i, False) for i in range(args.normal_studies)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed, tumour in tqdm(plan, desc="held-out studies", unit="study"):
