@@ -52,6 +52,9 @@ bench: install system-deps
 	$(PY) bench/ingest.py
 	$(PY) bench/results.py
 	$(PY) bench/queue.py
+	$(PY) bench/lung_nodule.py
+	$(PY) bench/brain_tumor.py
+	$(PY) bench/fundus.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
