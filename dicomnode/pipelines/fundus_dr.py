@@ -459,7 +459,12 @@ class FundusDR(ModelPipeline):
                 continue
             photo.overlay = write_overlay_image(
                 photo.dataset,
-                heat_map_overlay(photo.rgb, photo.cam, photo.prepared.box),
+                heat_map_overlay(
+                    # Only the field of view: the camera's black surround stays black.
+                    photo.rgb,
+                    photo.cam * photo.prepared.mask,
+                    photo.prepared.box,
+                ),
                 algorithm=self.algorithm,
                 series=self.series_spec("sc"),
                 uid_key=key,

@@ -212,7 +212,8 @@ def _neovascularisation(
     draw: ImageDraw.ImageDraw, field: _Field, tufts: int, rng: np.random.Generator
 ) -> None:
     """Tufts of fine tortuous vessels at the disc (NVD) or elsewhere (NVE)."""
-    width = max(1, round(field.radius * 0.008))
+    # Wide enough to survive the 160-pixel network input (about one pixel there).
+    width = max(1, round(field.radius * 0.012))
     for n in range(tufts):
         at_disc = n == 0 and rng.uniform() < 0.5
         centre = field.disc if at_disc else _random_point(field, rng)
@@ -222,7 +223,7 @@ def _neovascularisation(
                 centre[1] + field.radius * rng.normal(0.0, 0.05),
             )
             loop = _walk(start, rng.uniform(0, 2 * math.pi), 8, 0.018 * field.radius, 0.9, rng)
-            draw.line(loop, fill=(175, 25, 30), width=width, joint="curve")
+            draw.line(loop, fill=(140, 10, 25), width=width, joint="curve")
 
 
 def _preretinal_haemorrhage(
