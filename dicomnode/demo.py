@@ -148,7 +148,10 @@ def run_demo(workdir: Path, *, keep: bool = False, timeout: float = 300.0) -> in
             studies = _generate(Path(tmp))
             for label, files in studies.items():
                 started = time.perf_counter()
-                report = send(files, DEMO_AE, "127.0.0.1", port, calling_aet="DEMOSCANNER")
+                # Generous timeouts: the first worker is loading three models on the same CPU meanwhile.
+                report = send(
+                    files, DEMO_AE, "127.0.0.1", port, calling_aet="DEMOSCANNER", timeout=120
+                )
                 print(
                     f"demo: pushed {label}: {report.summary()} in {time.perf_counter() - started:.2f} s"
                 )

@@ -107,6 +107,10 @@ def send(
         return report
     try:
         for path, ds in datasets:
+            if not assoc.is_established:
+                # The peer aborted or a timeout closed the association: the rest was not sent.
+                report.failures[path] = f"{aet}@{host}:{port}: association closed before this file"
+                continue
             try:
                 status = assoc.send_c_store(ds)
             except ValueError as exc:
