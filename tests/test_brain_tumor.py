@@ -27,6 +27,7 @@ from dicomnode.pipelines.brain_tumor import (
     BrainTumorPipeline,
     drop_regions_without_core,
     exclusive_labels,
+    labels_from_probabilities,
     region_targets,
 )
 from dicomnode.pipelines.mr_sequences import brain_route
@@ -110,6 +111,40 @@ def test_oedema_only_regions_are_dropped() -> None:
     labels[0, 0, 6:] = OEDEMA  # oedema alone, apart
     kept = drop_regions_without_core(labels)
     assert kept[0, 0].tolist() == [3, 1, 2, 3, 0, 0, 0, 0, 0]
+
+
+def test_thresholds_per_region() -> None:
+    # One voxel: TC 0.4, WT 0.6, ET 0.3.
+    probabilities = np.array([0.4, 0.6, 0.3], np.float32).reshape(3, 1, 1, 1)
+
+    def label(thresholds: tuple[float, float, float]) -> int:
+        return int(
+            labels_from_probabilities(
+                probabilities, thresholds, voxel_mm3=1.0, min_component_ml=0.0, require_core=False
+            )[0, 0, 0]
+        )
+
+    assert label((0.5, 0.5, 0.5)) == OEDEMA
+    assert label((0.35, 0.5, 0.5)) == NECROSIS
+    assert label((0.35, 0.5, 0.25)) == ENHANCING
+    assert label((0.5, 0.7, 0.5)) == 0
+
+
+def test_thresholds_come_from_the_bundle_unless_configured(pipeline: BrainTumorPipeline) -> None:
+    bundle = pipeline.bundle.raw("thresholds")
+    assert pipeline.thresholds == (bundle["TC"], bundle["WT"], bundle["ET"])
+    assert all(0.0 < t < 1.0 for t in pipeline.thresholds)
+    for option, expected in (
+        (0.4, (0.4, 0.4, 0.4)),
+        ([0.3, 0.6, 0.5], (0.3, 0.6, 0.5)),
+        ({"TC": 0.3, "WT": 0.6, "ET": 0.5}, (0.3, 0.6, 0.5)),
+    ):
+        configured = BrainTumorPipeline(
+            "brain_tumor", PipelineConfig(device="cpu", threshold=option)
+        )
+        assert configured.thresholds == expected
+    with pytest.raises(PipelineError, match="threshold option"):
+        BrainTumorPipeline("brain_tumor", PipelineConfig(device="cpu", threshold=[0.5, 0.5]))
 
 
 def test_missing_flair_fails_with_a_sentence(
@@ -259,10 +294,13 @@ def test_storescu_to_node_to_orthanc(
         assert modalities == ["SEG", "SR"]  # results in the source study (sources not pushed)
         scores = check_results(paths, study)
         print(scores)
-        # This study's tumour is small (14 mL, 4 mm oedema rim): the shipped model
-        # overestimates thin oedema here; see the model card for the held-out figures.
         assert scores["WT"] >= 0.9 and scores["TC"] >= 0.85 and scores["ET"] >= 0.8, scores
-        assert abs(scores["WT volume"]) <= 0.25 and abs(scores["ET volume"]) <= 0.3, scores
+        # No regression beyond what the shipped model measures on this study ...
+        assert abs(scores["WT volume"]) <= 0.25 and abs(scores["ET volume"]) <= 0.25, scores
+        # ... but the target is 10 %. This study's tumour is small (14 mL, 4 mm
+        # oedema): the model still draws its thin oedema ~1.5 mm too wide (model card).
+        if abs(scores["WT volume"]) > 0.10 or abs(scores["ET volume"]) > 0.10:
+            pytest.xfail(f"SR volumes not yet within 10 % on the small test tumour: {scores}")
 
 
 @pytest.mark.slow

@@ -15,8 +15,9 @@ Stages:
   normalisation;
 - infer: sliding window (bundle ``inferer`` roi/overlap, or the ``roi_size``
   and ``overlap`` options) with the GPU out-of-memory fallback;
-- postprocess: probabilities back onto the T1c series' own grid, TC/WT/ET to
-  exclusive labels (enhancing tumour, necrotic core, oedema), regions under
+- postprocess: probabilities back onto the T1c series' own grid (linear),
+  thresholded per region (the bundle's calibrated ``thresholds``, else 0.5),
+  TC/WT/ET to exclusive labels (enhancing tumour, necrotic core, oedema), regions under
   ``min_component_ml`` and oedema-only regions dropped, volumes;
 - write: SEG with one segment per present label on the T1c series, TID 1500
   SR with each volume (mL) and the whole tumour's; an explicit "absent"
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 
 # Network channel order (Model Zoo metadata: 0 T1c, 1 T1, 2 T2, 3 FLAIR).
 CHANNELS = ("T1c", "T1", "T2", "FLAIR")
+# Network output channels.
+REGIONS = ("TC", "WT", "ET")
 # Exclusive labels of the result, in SEG segment order.
 ENHANCING, NECROSIS, OEDEMA = 1, 2, 3
 LABEL_NAMES = {ENHANCING: "Enhancing tumour", NECROSIS: "Necrotic core", OEDEMA: "Oedema"}
@@ -172,6 +175,38 @@ def drop_regions_without_core(labels: np.ndarray) -> np.ndarray:
     return np.where(keep[components], labels, 0).astype(labels.dtype)
 
 
+def probabilities_on_grid(raw: np.ndarray, prepared: Prepared, target: Volume) -> np.ndarray:
+    """TC/WT/ET probabilities (network layout, common grid) → *target*'s grid, linear.
+
+    The probabilities, not thresholded labels, are resampled, so that partial
+    voxels are decided on the target grid itself.
+    """
+    regions = from_network_layout(raw) * prepared.mask[None]
+    return np.stack(
+        [
+            resample(Volume(r, prepared.affine), target.affine, target.shape, order=1).array
+            for r in regions
+        ]
+    )
+
+
+def labels_from_probabilities(
+    probabilities: np.ndarray,
+    thresholds: Sequence[float],
+    *,
+    voxel_mm3: float,
+    min_component_ml: float,
+    require_core: bool,
+) -> np.ndarray:
+    """TC/WT/ET probabilities → exclusive labels (per-region thresholds), cleaned up."""
+    regions = np.stack([probabilities[i] > thresholds[i] for i in range(3)])
+    labels = exclusive_labels(regions)
+    labels = remove_small_components(labels, int(min_component_ml * 1000 / voxel_mm3))
+    if require_core:
+        labels = drop_regions_without_core(labels)
+    return labels
+
+
 def _import(target: str, what: str) -> Any:
     module_name, _, attr = target.partition(":")
     try:
@@ -212,7 +247,8 @@ class BrainTumorPipeline(ModelPipeline):
 
     Options (``[pipelines.brain_tumor]``): ``series_patterns`` (role → Series
     Description regex), ``roi_size``, ``overlap``, ``sw_batch_size``,
-    ``threshold`` (0.5), ``brain_mask`` ("intensity", "none" or
+    ``threshold`` (one number, or TC/WT/ET as a list or table; default: the
+    bundle's calibrated ``thresholds``, else 0.5), ``brain_mask`` ("intensity", "none" or
     "module:function"), ``registration`` ("module:function" taking
     (moving, fixed) volumes, for series in other Frames of Reference),
     ``min_component_ml`` (0.1), ``require_core`` (true: drop oedema-only regions).
@@ -234,7 +270,7 @@ class BrainTumorPipeline(ModelPipeline):
         ]
         self.overlap = float(self.option("overlap", inferer.get("overlap", 0.5)))
         self.sw_batch_size = int(self.option("sw_batch_size", inferer.get("sw_batch_size", 1)))
-        self.threshold = float(self.option("threshold", 0.5))
+        self.thresholds = self._thresholds(self.option("threshold", None))
         self.min_component_ml = float(self.option("min_component_ml", 0.1))
         self.require_core = bool(self.option("require_core", True))
         self.mask_function = self._mask_function(str(self.option("brain_mask", "intensity")))
@@ -242,6 +278,30 @@ class BrainTumorPipeline(ModelPipeline):
         self.registration: Registration | None = (
             _import(str(registration), "registration") if registration else None
         )
+
+    def _thresholds(self, option: Any) -> tuple[float, float, float]:
+        """TC, WT, ET thresholds: the option, else the bundle's calibrated ones, else 0.5."""
+        source = "threshold option"
+        if option is None:
+            option, source = self.bundle.raw("thresholds", None), "bundle thresholds"
+        if option is None:
+            return (0.5, 0.5, 0.5)
+        if isinstance(option, Mapping):
+            values = [option.get(region) for region in REGIONS]
+        elif isinstance(option, (int, float)):
+            values = [option] * 3
+        else:
+            values = list(option)
+        try:
+            thresholds = tuple(float(v) for v in values)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            thresholds = ()
+        if len(thresholds) != 3 or not all(0.0 < t < 1.0 for t in thresholds):
+            raise PipelineError(
+                f"brain_tumor: {source} {option!r} is not a number in (0, 1), three of them "
+                "(TC, WT, ET) or a table with TC, WT and ET"
+            )
+        return thresholds[0], thresholds[1], thresholds[2]
 
     @staticmethod
     def _mask_function(name: str) -> MaskFunction:
@@ -332,18 +392,15 @@ class BrainTumorPipeline(ModelPipeline):
         self, raw: np.ndarray, prepared: Prepared, loaded: dict[str, Volume], context: JobContext
     ) -> Findings:
         t1c = loaded["T1c"]
-        regions = from_network_layout(raw) * prepared.mask[None]
-        on_t1c = np.stack(
-            [
-                resample(Volume(r, prepared.affine), t1c.affine, t1c.shape, order=1).array
-                for r in regions
-            ]
-        )
-        labels = exclusive_labels(on_t1c > self.threshold)
+        on_t1c = probabilities_on_grid(raw, prepared, t1c)
         voxel_mm3 = float(np.prod(t1c.spacing))
-        labels = remove_small_components(labels, int(self.min_component_ml * 1000 / voxel_mm3))
-        if self.require_core:
-            labels = drop_regions_without_core(labels)
+        labels = labels_from_probabilities(
+            on_t1c,
+            self.thresholds,
+            voxel_mm3=voxel_mm3,
+            min_component_ml=self.min_component_ml,
+            require_core=self.require_core,
+        )
         volumes = {
             label: float((labels == label).sum() * voxel_mm3 / 1000.0) for label in LABEL_NAMES
         }

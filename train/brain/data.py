@@ -72,13 +72,25 @@ def random_crop(
 
 
 def augment(
-    image: np.ndarray, target: np.ndarray, rng: np.random.Generator
+    image: np.ndarray,
+    target: np.ndarray,
+    rng: np.random.Generator,
+    scale_jitter: float = 0.1,
+    shift_jitter: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random flips and channel-wise intensity scale/shift (contrast varies between scanners)."""
+    """Random flips and channel-wise intensity scale/shift.
+
+    Contrast varies between scanners, and the non-zero normalisation itself
+    depends on the tumour: a large bright oedema raises the brain's mean and
+    spread, so the same tissue boundary lands at other normalised values in a
+    large tumour than in a small one. Scale is drawn log-uniformly within
+    ``1 ± scale_jitter``, shift uniformly within ``± shift_jitter``.
+    """
     for axis in (1, 2, 3):
         if rng.random() < 0.5:
             image, target = np.flip(image, axis), np.flip(target, axis)
-    scale = rng.uniform(0.9, 1.1, (4, 1, 1, 1)).astype(np.float32)
-    shift = rng.uniform(-0.1, 0.1, (4, 1, 1, 1)).astype(np.float32)
+    bound = np.log1p(scale_jitter)
+    scale = np.exp(rng.uniform(-bound, bound, (4, 1, 1, 1))).astype(np.float32)
+    shift = rng.uniform(-shift_jitter, shift_jitter, (4, 1, 1, 1)).astype(np.float32)
     image = np.where(image != 0, image * scale + shift, 0.0).astype(np.float32)
     return np.ascontiguousarray(image), np.ascontiguousarray(target)

@@ -44,6 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--validate-every", type=int, default=150)
     parser.add_argument(
+        "--scale-jitter", type=float, default=0.1, help="channel intensity scale within 1 ± this"
+    )
+    parser.add_argument(
+        "--shift-jitter", type=float, default=0.1, help="channel intensity shift within ± this"
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (shared machine: 1)"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -185,7 +191,12 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         for group in optimiser.param_groups:
             group["lr"] = max(lr, args.lr * 0.02)
         batch = [
-            augment(*random_crop(train_cases[rng.integers(len(train_cases))], args.crop, rng), rng)
+            augment(
+                *random_crop(train_cases[rng.integers(len(train_cases))], args.crop, rng),
+                rng,
+                args.scale_jitter,
+                args.shift_jitter,
+            )
             for _ in range(args.batch)
         ]
         image = torch.from_numpy(np.stack([b[0] for b in batch]))
