@@ -4,7 +4,7 @@
 serves it with :class:`dicomnode.api.server.APIServer`. Routes:
 
 - ``/api/v1/...`` REST (see :mod:`dicomnode.api.rest`), OpenAPI at ``/docs``
-  and ``/openapi.json``;
+  (Swagger UI served from the package, no CDN) and ``/openapi.json``;
 - ``/dashboard`` the web page (see :mod:`dicomnode.api.dashboard`);
 - ``/healthz`` (the process answers), ``/readyz`` (database reachable,
   storage writable, receiver listening), ``/metrics`` — these three need no
@@ -59,6 +59,7 @@ def create_app(
         Readiness checks beside the database one (storage, receiver).
     """
     app = FastAPI(
+        docs_url=None,  # served by _install_docs from files in the package, not a CDN
         title="dicomnode admin API",
         version=__version__,
         description=(
@@ -78,7 +79,27 @@ def create_app(
     app.include_router(rest.router)
     app.include_router(dashboard.router)
     _install_probes(app)
+    _install_docs(app)
     return app
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI at ``/docs`` from the swagger-ui-bundle package: hospital networks are often offline."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-static", StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - docs",
+            swagger_js_url="/docs-static/swagger-ui-bundle.js",
+            swagger_css_url="/docs-static/swagger-ui.css",
+            swagger_favicon_url="/docs-static/favicon-32x32.png",
+        )
 
 
 def _install_guards(app: FastAPI) -> None:
