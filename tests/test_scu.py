@@ -36,5 +36,7 @@ def test_peer_abort_marks_the_rest_as_failed(tmp_path: Path) -> None:
     assert len(report.failures) == 3
     reasons = [report.failures[path] for path in files[1:]]
     assert reasons[0] == "status None no response"
-    # Once the abort has reached the sender, the rest is not even tried.
-    assert "association closed before this file" in reasons[-1]
+    # Once the abort has reached the sender the rest is not even tried; until then
+    # (timing) a file just gets no response. Either way: reported, never raised.
+    for why in reasons[1:]:
+        assert why == "status None no response" or "association closed before this file" in why
