@@ -83,6 +83,26 @@ def _check_id(job_id: int) -> None:
         raise UnknownJob(f"no job with id {job_id}")
 
 
+def check_listing(listing: Any, text_fields: Sequence[str]) -> None:
+    """Checks every listing filter shares: its text fields, ``since``/``until``, paging.
+
+    *listing* is a frozen dataclass with ``since``, ``until``, ``limit`` and
+    ``offset``; a naive ``since``/``until`` is made UTC in place.
+    """
+    for name in text_fields:
+        _check_text(name, getattr(listing, name))
+    for name in ("since", "until"):
+        value = getattr(listing, name)
+        if value is not None and value.tzinfo is None:
+            object.__setattr__(listing, name, value.replace(tzinfo=UTC))
+    if listing.since is not None and listing.until is not None and listing.since > listing.until:
+        raise FilterError("since: later than until")
+    if not 1 <= listing.limit <= MAX_PAGE:
+        raise FilterError(f"limit: must be between 1 and {MAX_PAGE}")
+    if not 0 <= listing.offset <= MAX_ID:
+        raise FilterError(f"offset: must be between 0 and {MAX_ID}")
+
+
 def _check_text(name: str, value: str | None, limit: int = 64) -> None:
     if value is None:
         return
@@ -122,18 +142,7 @@ class JobFilter:
             raise FilterError(
                 f"status: {self.status!r} is not one of {', '.join(s.value for s in JobStatus)}"
             )
-        for name in ("pipeline", "study_instance_uid", "accession_number", "calling_aet"):
-            _check_text(name, getattr(self, name))
-        for name in ("since", "until"):
-            value = getattr(self, name)
-            if value is not None and value.tzinfo is None:
-                object.__setattr__(self, name, value.replace(tzinfo=UTC))
-        if self.since is not None and self.until is not None and self.since > self.until:
-            raise FilterError("since: later than until")
-        if not 1 <= self.limit <= MAX_PAGE:
-            raise FilterError(f"limit: must be between 1 and {MAX_PAGE}")
-        if not 0 <= self.offset <= MAX_ID:
-            raise FilterError(f"offset: must be between 0 and {MAX_ID}")
+        check_listing(self, ("pipeline", "study_instance_uid", "accession_number", "calling_aet"))
 
     @property
     def needs_study(self) -> bool:

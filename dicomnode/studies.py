@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.jobs import MAX_ID, MAX_PAGE, FilterError
+from dicomnode.jobs import FilterError, check_listing
 from dicomnode.models import Job, Series, Study, StudyStatus
 
 
@@ -51,20 +51,7 @@ class StudyFilter:
             raise FilterError(
                 f"status: {self.status!r} is not one of {', '.join(s.value for s in StudyStatus)}"
             )
-        for name in ("study_instance_uid", "accession_number", "calling_aet"):
-            value = getattr(self, name)
-            if value is not None and (len(value) > 64 or any(ord(c) < 0x20 for c in value)):
-                raise FilterError(f"{name}: not a valid value")
-        for name in ("since", "until"):
-            value = getattr(self, name)
-            if value is not None and value.tzinfo is None:
-                object.__setattr__(self, name, value.replace(tzinfo=UTC))
-        if self.since is not None and self.until is not None and self.since > self.until:
-            raise FilterError("since: later than until")
-        if not 1 <= self.limit <= MAX_PAGE:
-            raise FilterError(f"limit: must be between 1 and {MAX_PAGE}")
-        if not 0 <= self.offset <= MAX_ID:
-            raise FilterError(f"offset: must be between 0 and {MAX_ID}")
+        check_listing(self, ("study_instance_uid", "accession_number", "calling_aet"))
 
     def conditions(self) -> list[ColumnElement[bool]]:
         """SQL conditions on :class:`Study`."""
