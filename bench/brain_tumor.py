@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-import pydicom  # noqa: E402
 import torch  # noqa: E402
 
 from dicomnode.config import PipelineConfig  # noqa: E402
@@ -35,8 +34,8 @@ from dicomnode.pipelines.base import JobContext, SeriesInput  # noqa: E402
 from dicomnode.pipelines.brain_tumor import BrainTumorPipeline  # noqa: E402
 from dicomnode.pipelines.bundle import Bundle  # noqa: E402
 from dicomnode.pipelines.model import STAGES  # noqa: E402
-from dicomnode.store import parse_header_from_dataset  # noqa: E402
 from dicomnode.synthetic.mr import ROLES, Geometry, write_mr_study  # noqa: E402
+from train.brain.evaluate import series_inputs  # noqa: E402
 
 CPU_REFERENCE_S = 18.7  # SPEC: SegResNet, BraTS bundle shape, one 4x240x240x155 volume, CPU
 GPU_REFERENCE_S = 0.435  # Model Zoo brats_mri_segmentation: A100, AMP
@@ -47,20 +46,7 @@ def brats_study(folder: Path) -> list[SeriesInput]:
     """Four 240x240x155 series at 1 mm, one Frame of Reference; as a worker sees them."""
     grid = Geometry.covering((0.0, 0.0, 0.0), (240, 240, 155), (1.0, 1.0), 1.0)
     truth = write_mr_study(folder, seed=3, geometries={role: grid for role in ROLES})
-    inputs = []
-    for role in ROLES:
-        paths = truth.series[role]
-        header = parse_header_from_dataset(pydicom.dcmread(paths[0], stop_before_pixels=True))
-        inputs.append(
-            SeriesInput(
-                header.series_instance_uid,
-                "MR",
-                header.series.get("SeriesDescription"),
-                header.series,
-                tuple(paths),
-            )
-        )
-    return inputs
+    return series_inputs(truth)
 
 
 def model_zoo_bundle(folder: Path) -> Path:
