@@ -177,6 +177,35 @@ def _finding_groups(
     return [planar, centre, volumetric]
 
 
+def _absent_group(
+    empty_finding: Code,
+    image: Dataset,
+    identification: hd.sr.AlgorithmIdentification,
+    uid_key: str,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """ "Nothing found" is a result: a coded group saying so (e.g. "Nodule: Absent"), not silence."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=result_uid(uid_key, "finding-none"), identifier="No findings"
+        ),
+        algorithm_id=identification,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=empty_finding, value=codes.SCT.Absent)
+        ],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(image)],
+    )
+
+
+def _evidence(
+    source_images: Sequence[Dataset], key_slices: Sequence[int], segmentation: Dataset | None
+) -> list[Dataset]:
+    """The key slices (the first slice when there are none) and the SEG, if any."""
+    evidence = [source_images[i] for i in sorted(set(key_slices)) or [0]]
+    if segmentation is not None:
+        evidence.append(segmentation)
+    return evidence
+
+
 def _report(
     source_images: Sequence[Dataset],
     groups: Sequence[object],
@@ -233,26 +262,8 @@ def write_measurement_report(
             _finding_groups(finding, index, source_images, segmentation, identification, uid_key)
         )
     if not findings:
-        # "Nothing found" is a result: say so in a coded group, not by silence.
-        groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=result_uid(uid_key, "finding-none"), identifier="No findings"
-                ),
-                algorithm_id=identification,
-                # Read as "Nodule: Absent".
-                qualitative_evaluations=[
-                    hd.sr.QualitativeEvaluation(name=empty_finding, value=codes.SCT.Absent)
-                ],
-                source_images=[
-                    hd.sr.SourceImageForMeasurementGroup.from_source_image(source_images[0])
-                ],
-            )
-        )
-    key_slices = sorted({f.key_slice for f in findings}) or [0]
-    evidence = [source_images[i] for i in key_slices]
-    if segmentation is not None:
-        evidence.append(segmentation)
+        groups.append(_absent_group(empty_finding, source_images[0], identification, uid_key))
+    evidence = _evidence(source_images, [f.key_slice for f in findings], segmentation)
     return _report(
         source_images,
         groups,
@@ -466,25 +477,8 @@ def write_volume_report(
         _volume_group(f, source_images, segmentation, identification, uid_key) for f in findings
     ]
     if not findings:
-        # "No tumour" is a result: say so in a coded group, not by silence.
-        groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=result_uid(uid_key, "finding-none"), identifier="No findings"
-                ),
-                algorithm_id=identification,
-                qualitative_evaluations=[
-                    hd.sr.QualitativeEvaluation(name=empty_finding, value=codes.SCT.Absent)
-                ],
-                source_images=[
-                    hd.sr.SourceImageForMeasurementGroup.from_source_image(source_images[0])
-                ],
-            )
-        )
-    key_slices = sorted({f.key_slice for f in findings}) or [0]
-    evidence = [source_images[i] for i in key_slices]
-    if segmentation is not None:
-        evidence.append(segmentation)
+        groups.append(_absent_group(empty_finding, source_images[0], identification, uid_key))
+    evidence = _evidence(source_images, [f.key_slice for f in findings], segmentation)
     return _report(
         source_images,
         groups,
