@@ -149,14 +149,19 @@ class HeadPhantom:
     bias: dict[str, np.ndarray] = field(repr=False)  # per contrast: wave vectors and amplitude
 
     @classmethod
-    def random(cls, seed: int, *, tumour: bool = True) -> HeadPhantom:
-        """A head of random size and position with (or without) a random tumour."""
+    def random(
+        cls, seed: int, *, tumour: bool = True, radius_mm: tuple[float, float] = (8.0, 20.0)
+    ) -> HeadPhantom:
+        """A head of random size and position with (or without) a random tumour.
+
+        *radius_mm* bounds the tumour's mean rim radius (uniform within it).
+        """
         rng = np.random.default_rng(seed)
         center = tuple(rng.uniform(-4.0, 4.0, 3))
         semi = (rng.uniform(50, 55), rng.uniform(56, 61), rng.uniform(42, 46))
         jitter = {c: rng.uniform(0.92, 1.08, len(_SIGNAL[c])) for c in ROLES}
         bias = {c: rng.normal(0.0, 0.012, (3, 3)) for c in ROLES}
-        found = _random_tumour(rng, np.array(center), np.array(semi)) if tumour else None
+        found = _random_tumour(rng, np.array(center), np.array(semi), radius_mm) if tumour else None
         return cls(center, semi, found, jitter, bias)
 
     def tissues(self, points: np.ndarray) -> np.ndarray:
@@ -220,8 +225,13 @@ class HeadPhantom:
         return field_.astype(np.float32)
 
 
-def _random_tumour(rng: np.random.Generator, head: np.ndarray, semi: np.ndarray) -> Tumour:
-    radius = float(rng.uniform(8.0, 20.0))
+def _random_tumour(
+    rng: np.random.Generator,
+    head: np.ndarray,
+    semi: np.ndarray,
+    radius_mm: tuple[float, float] = (8.0, 20.0),
+) -> Tumour:
+    radius = float(rng.uniform(*radius_mm))
     # Keep the tumour inside the brain: centre within the white matter minus its radius.
     limit = np.maximum(semi * 0.76 - radius - 2.0, 3.0)
     direction = rng.normal(size=3)

@@ -33,10 +33,15 @@ class Case:
     seed: int
 
 
-def make_case(seed: int, tumour_probability: float = 0.9) -> Case:
-    """A random phantom (tumour with *tumour_probability*), preprocessed like the pipeline."""
+def make_case(
+    seed: int, tumour_probability: float = 0.9, radius_mm: tuple[float, float] = (8.0, 20.0)
+) -> Case:
+    """A random phantom (tumour with *tumour_probability*, rim radius within *radius_mm*),
+    preprocessed like the pipeline."""
     rng = np.random.default_rng(seed)
-    phantom = HeadPhantom.random(seed, tumour=bool(rng.random() < tumour_probability))
+    phantom = HeadPhantom.random(
+        seed, tumour=bool(rng.random() < tumour_probability), radius_mm=radius_mm
+    )
     series = simulate_series(phantom, random_geometries(rng), seed + 1)
     volumes = {role: Volume(array, affine) for role, (array, affine) in series.items()}
     affine, shape = reference_grid(volumes["T1c"], 1.0)

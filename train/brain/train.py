@@ -18,6 +18,7 @@ import json
 import pickle
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--bundle", type=Path, default=Path("models/brain_tumor_mri"))
     parser.add_argument("--cases", type=int, default=48, help="training phantoms")
+    parser.add_argument(
+        "--small-cases",
+        type=int,
+        default=0,
+        help="extra training phantoms with a small tumour (rim radius 6-12 mm, seeds 3000+)",
+    )
     parser.add_argument("--val-cases", type=int, default=6, help="validation phantoms")
     parser.add_argument("--iterations", type=int, default=3000, help="upper bound on steps")
     parser.add_argument(
@@ -69,14 +76,14 @@ def build_network(bundle: Path) -> torch.nn.Module:
     return network
 
 
-def load_cases(seeds: list[int], cache: Path, what: str) -> list[Case]:
-    """Generate the phantoms of *seeds* (or read them from *cache*)."""
+def load_cases(seeds: list[int], cache: Path, what: str, **options: Any) -> list[Case]:
+    """Generate the phantoms of *seeds* (or read them from *cache*); *options* go to make_case."""
     path = cache.with_name(f"{cache.stem}-{what}-{len(seeds)}-{seeds[0]}{cache.suffix}")
     if path.is_file():
         with path.open("rb") as f:
             cases: list[Case] = pickle.load(f)
         return cases
-    cases = [make_case(s) for s in tqdm(seeds, desc=f"{what} phantoms", unit="case")]
+    cases = [make_case(s, **options) for s in tqdm(seeds, desc=f"{what} phantoms", unit="case")]
     with path.open("wb") as f:
         pickle.dump(cases, f)
     return cases
@@ -158,6 +165,15 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     train_cases = load_cases([1000 + i for i in range(args.cases)], args.cache, "train")
+    if args.small_cases:
+        # Small tumours: a 1 mm boundary error is a large share of their volume.
+        train_cases += load_cases(
+            [3000 + i for i in range(args.small_cases)],
+            args.cache,
+            "small",
+            tumour_probability=1.0,
+            radius_mm=(6.0, 12.0),
+        )
     val_cases = load_cases([5000 + i for i in range(args.val_cases)], args.cache, "val")
     network = build_network(args.bundle)
     if args.resume:
