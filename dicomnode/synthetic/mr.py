@@ -150,18 +150,29 @@ class HeadPhantom:
 
     @classmethod
     def random(
-        cls, seed: int, *, tumour: bool = True, radius_mm: tuple[float, float] = (8.0, 20.0)
+        cls,
+        seed: int,
+        *,
+        tumour: bool = True,
+        radius_mm: tuple[float, float] = (8.0, 20.0),
+        core_fraction: tuple[float, float] | None = None,
     ) -> HeadPhantom:
         """A head of random size and position with (or without) a random tumour.
 
-        *radius_mm* bounds the tumour's mean rim radius (uniform within it).
+        *radius_mm* bounds the tumour's mean rim radius (uniform within it);
+        *core_fraction*, when given, the necrotic core's radius relative to the
+        rim's (default: none in 20 % of tumours, else up to 0.65).
         """
         rng = np.random.default_rng(seed)
         center = tuple(rng.uniform(-4.0, 4.0, 3))
         semi = (rng.uniform(50, 55), rng.uniform(56, 61), rng.uniform(42, 46))
         jitter = {c: rng.uniform(0.92, 1.08, len(_SIGNAL[c])) for c in ROLES}
         bias = {c: rng.normal(0.0, 0.012, (3, 3)) for c in ROLES}
-        found = _random_tumour(rng, np.array(center), np.array(semi), radius_mm) if tumour else None
+        found = (
+            _random_tumour(rng, np.array(center), np.array(semi), radius_mm, core_fraction)
+            if tumour
+            else None
+        )
         return cls(center, semi, found, jitter, bias)
 
     def tissues(self, points: np.ndarray) -> np.ndarray:
@@ -230,6 +241,7 @@ def _random_tumour(
     head: np.ndarray,
     semi: np.ndarray,
     radius_mm: tuple[float, float] = (8.0, 20.0),
+    core_fraction: tuple[float, float] | None = None,
 ) -> Tumour:
     radius = float(rng.uniform(*radius_mm))
     # Keep the tumour inside the brain: centre within the white matter minus its radius.
@@ -237,7 +249,10 @@ def _random_tumour(
     direction = rng.normal(size=3)
     direction /= np.linalg.norm(direction)
     center = head + direction * limit * rng.uniform(0.0, 0.9)
-    core = float(rng.uniform(0.0, 0.65)) if rng.random() < 0.8 else 0.0
+    if core_fraction is None:
+        core = float(rng.uniform(0.0, 0.65)) if rng.random() < 0.8 else 0.0
+    else:
+        core = float(rng.uniform(*core_fraction))
     core = min(core, max(0.0, 1.0 - 4.0 / radius))  # the rim stays at least ~4 mm thick
     q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
     axes = q / rng.uniform(0.8, 1.2, 3)[:, None]

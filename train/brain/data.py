@@ -34,13 +34,22 @@ class Case:
 
 
 def make_case(
-    seed: int, tumour_probability: float = 0.9, radius_mm: tuple[float, float] = (8.0, 20.0)
+    seed: int,
+    tumour_probability: float = 0.9,
+    radius_mm: tuple[float, float] = (8.0, 20.0),
+    core_fraction: tuple[float, float] | None = None,
 ) -> Case:
-    """A random phantom (tumour with *tumour_probability*, rim radius within *radius_mm*),
-    preprocessed like the pipeline."""
+    """A random phantom, preprocessed like the pipeline.
+
+    It has a tumour with *tumour_probability*; *radius_mm* and *core_fraction*
+    go to :meth:`HeadPhantom.random`.
+    """
     rng = np.random.default_rng(seed)
     phantom = HeadPhantom.random(
-        seed, tumour=bool(rng.random() < tumour_probability), radius_mm=radius_mm
+        seed,
+        tumour=bool(rng.random() < tumour_probability),
+        radius_mm=radius_mm,
+        core_fraction=core_fraction,
     )
     series = simulate_series(phantom, random_geometries(rng), seed + 1)
     volumes = {role: Volume(array, affine) for role, (array, affine) in series.items()}
@@ -54,13 +63,24 @@ def make_case(
 
 
 def random_crop(
-    case: Case, size: int, rng: np.random.Generator, tumour_bias: float = 0.7
+    case: Case,
+    size: int,
+    rng: np.random.Generator,
+    tumour_bias: float = 0.7,
+    core_bias: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A ``size``-cube crop, centred near a tumour voxel with probability *tumour_bias*."""
+    """A ``size``-cube crop, centred near a tumour voxel with probability *tumour_bias*.
+
+    With probability *core_bias* such a crop is centred near a necrotic voxel
+    instead, where the case has any: necrosis is a few percent of the tumour
+    voxels, too rare to be learnt from tumour-centred crops alone.
+    """
     spatial = np.array(case.image.shape[1:])
     whole = case.target[1]
+    necrotic = (case.target[0] > 0) & (case.target[2] == 0)
     if whole.any() and rng.random() < tumour_bias:
-        voxels = np.argwhere(whole)
+        use_core = core_bias > 0 and necrotic.any() and rng.random() < core_bias
+        voxels = np.argwhere(necrotic if use_core else whole)
         centre = voxels[rng.integers(len(voxels))] + rng.integers(-size // 4, size // 4 + 1, 3)
     else:
         centre = rng.integers(size // 2, np.maximum(spatial - size // 2, size // 2 + 1))

@@ -41,6 +41,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="extra training phantoms with a small tumour (rim radius 6-12 mm, seeds 3000+)",
     )
+    parser.add_argument(
+        "--core-cases",
+        type=int,
+        default=0,
+        help="extra training phantoms with a large necrotic core (0.4-0.65 of the rim radius, "
+        "seeds 4000+)",
+    )
+    parser.add_argument(
+        "--core-bias",
+        type=float,
+        default=0.0,
+        help="share of tumour-centred crops centred on necrosis instead",
+    )
     parser.add_argument("--val-cases", type=int, default=6, help="validation phantoms")
     parser.add_argument("--iterations", type=int, default=3000, help="upper bound on steps")
     parser.add_argument(
@@ -174,6 +187,14 @@ def train(args: argparse.Namespace) -> dict[str, float]:
             tumour_probability=1.0,
             radius_mm=(6.0, 12.0),
         )
+    if args.core_cases:
+        train_cases += load_cases(
+            [4000 + i for i in range(args.core_cases)],
+            args.cache,
+            "core",
+            tumour_probability=1.0,
+            core_fraction=(0.4, 0.65),
+        )
     val_cases = load_cases([5000 + i for i in range(args.val_cases)], args.cache, "val")
     network = build_network(args.bundle)
     if args.resume:
@@ -208,7 +229,12 @@ def train(args: argparse.Namespace) -> dict[str, float]:
             group["lr"] = max(lr, args.lr * 0.02)
         batch = [
             augment(
-                *random_crop(train_cases[rng.integers(len(train_cases))], args.crop, rng),
+                *random_crop(
+                    train_cases[rng.integers(len(train_cases))],
+                    args.crop,
+                    rng,
+                    core_bias=args.core_bias,
+                ),
                 rng,
                 args.scale_jitter,
                 args.shift_jitter,
