@@ -6,6 +6,7 @@ the training or validation phantoms of train/brain uses.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from dicomnode.pipelines.brain_tumor import (
     drop_regions_without_core,
     exclusive_labels,
     labels_from_probabilities,
+    normalise_nonzero,
+    normalise_robust,
     region_targets,
 )
 from dicomnode.pipelines.mr_sequences import brain_route
@@ -38,6 +41,7 @@ from tests.peers import dciodvfy
 
 SEED = 21  # held out: train/brain uses seeds 1000+ (training) and 5000+ (validation)
 MODEL_ZOO = Path(__file__).parent / "data" / "model_zoo" / "brats_mri_segmentation"
+SHIPPED_BUNDLE = Path(__file__).parents[1] / "models" / "brain_tumor_mri"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
@@ -130,6 +134,35 @@ def test_thresholds_per_region() -> None:
     assert label((0.5, 0.7, 0.5)) == 0
 
 
+def test_robust_normalisation_hardly_moves_with_a_large_tumour() -> None:
+    """The same brain voxel keeps its input value whether or not a bright oedema is present."""
+    rng = np.random.default_rng(0)
+    brain = rng.normal(100.0, 10.0, 20_000).astype(np.float32)
+    with_tumour = brain.copy()
+    with_tumour[:3_000] = rng.normal(180.0, 10.0, 3_000)  # 15 % of the brain: oedema
+    mask = np.ones((1, 1, 20_000), dtype=bool)
+    probe = 20_000 - 1  # a brain voxel in both
+    for normalise, limit in ((normalise_nonzero, None), (normalise_robust, 0.25)):
+        values = [
+            float(normalise(channel[None, None, None], mask)[0, 0, 0, probe])
+            for channel in (brain, with_tumour)
+        ]
+        shift = abs(values[0] - values[1])
+        if limit is None:
+            assert shift > 0.5  # mean/std: the tumour moves every other voxel
+        else:
+            assert shift < limit, values
+
+
+def test_bundle_normalisation_is_checked(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(SHIPPED_BUNDLE, bundle)
+    config = bundle / "configs" / "inference.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "normalization": "zscore"}))
+    with pytest.raises(PipelineError, match="normalization 'zscore' is not one of nonzero, robust"):
+        BrainTumorPipeline("brain_tumor", PipelineConfig(bundle=bundle, device="cpu"))
+
+
 def test_thresholds_come_from_the_bundle_unless_configured(pipeline: BrainTumorPipeline) -> None:
     bundle = pipeline.bundle.raw("thresholds")
     assert pipeline.thresholds == (bundle["TC"], bundle["WT"], bundle["ET"])
@@ -217,6 +250,7 @@ def test_model_zoo_bundle_with_random_weights_runs(tmp_path: Path) -> None:
     config = PipelineConfig(bundle=bundle, device="cpu", roi_size=[64, 64, 64], overlap=0.0)
     zoo = BrainTumorPipeline("brain_tumor", config)
     assert zoo.roi_size == [64, 64, 64]
+    assert zoo.normalise is normalise_nonzero  # the Zoo's NormalizeIntensity (nonzero)
     assert sum(p.numel() for p in zoo.network.parameters()) > 4_000_000  # init_filters 16
     events: list[tuple[str, str]] = []
     series = [series_input(small.series[r]) for r in ROLES]

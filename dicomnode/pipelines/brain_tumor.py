@@ -113,6 +113,30 @@ def normalise_nonzero(channels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def normalise_robust(channels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Channel-wise (x - median) / (IQR / 1.349) over the mask; zero outside.
+
+    The non-zero mean and standard deviation move with the tumour itself (a
+    large bright oedema raises both), so the same tissue edge lands at other
+    input values in a large tumour than in a small one. Median and
+    interquartile range barely move while the tumour is a minority of the
+    brain. 1.349 makes the scale a standard deviation for normal data.
+    """
+    out = np.zeros_like(channels, dtype=np.float32)
+    for c, channel in enumerate(channels):
+        inside = mask & (channel != 0)
+        values = channel[inside]
+        if values.size == 0:
+            continue
+        q25, median, q75 = np.percentile(values, (25, 50, 75))
+        scale = float(q75 - q25) / 1.349 or float(values.std()) or 1.0
+        out[c][inside] = (values - float(median)) / scale
+    return out
+
+
+NORMALISATIONS = {"nonzero": normalise_nonzero, "robust": normalise_robust}
+
+
 def to_network_layout(array: np.ndarray) -> np.ndarray:
     """``(C, slices, rows, columns)`` → ``(C, columns, rows, slices)``, as MONAI loads volumes."""
     return np.ascontiguousarray(array.transpose(0, 3, 2, 1))
@@ -273,6 +297,14 @@ class BrainTumorPipeline(ModelPipeline):
         self.thresholds = self._thresholds(self.option("threshold", None))
         self.min_component_ml = float(self.option("min_component_ml", 0.1))
         self.require_core = bool(self.option("require_core", True))
+        # Model Zoo bundles: MONAI NormalizeIntensity (nonzero, channel-wise).
+        normalisation = str(self.bundle.raw("normalization", "nonzero"))
+        if normalisation not in NORMALISATIONS:
+            raise PipelineError(
+                f"bundle {self.bundle.root.name}: normalization {normalisation!r} is not one of "
+                + ", ".join(NORMALISATIONS)
+            )
+        self.normalise = NORMALISATIONS[normalisation]
         self.mask_function = self._mask_function(str(self.option("brain_mask", "intensity")))
         registration = self.option("registration", None)
         self.registration: Registration | None = (
@@ -359,7 +391,7 @@ class BrainTumorPipeline(ModelPipeline):
         mask = np.asarray(self.mask_function(channels), dtype=bool)
         if mask.shape != channels.shape[1:] or not mask.any():
             raise PipelineError("the brain mask step found no brain in the T1c field of view")
-        image = to_network_layout(normalise_nonzero(channels, mask))
+        image = to_network_layout(self.normalise(channels, mask))
         context.log(
             f"common grid {shape[2]}x{shape[1]}x{shape[0]} at 1 mm, brain {mask.sum() / 1000:.0f} mL"
         )

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from dicomnode.pipelines.brain_tumor import (
+    NORMALISATIONS,
     intensity_brain_mask,
     network_channels,
-    normalise_nonzero,
     reference_grid,
     region_targets,
     to_network_layout,
@@ -38,11 +38,13 @@ def make_case(
     tumour_probability: float = 0.9,
     radius_mm: tuple[float, float] = (8.0, 20.0),
     core_fraction: tuple[float, float] | None = None,
+    normalization: str = "nonzero",
 ) -> Case:
     """A random phantom, preprocessed like the pipeline.
 
     It has a tumour with *tumour_probability*; *radius_mm* and *core_fraction*
-    go to :meth:`HeadPhantom.random`.
+    go to :meth:`HeadPhantom.random`; *normalization* names the pipeline's
+    normalisation (the bundle's ``normalization``).
     """
     rng = np.random.default_rng(seed)
     phantom = HeadPhantom.random(
@@ -56,7 +58,7 @@ def make_case(
     affine, shape = reference_grid(volumes["T1c"], 1.0)
     channels = network_channels(volumes, affine, shape)
     mask = intensity_brain_mask(channels)
-    image = to_network_layout(normalise_nonzero(channels, mask))
+    image = to_network_layout(NORMALISATIONS[normalization](channels, mask))
     labels = phantom.labels(affine, shape) * mask
     target = to_network_layout(region_targets(labels))
     return Case(image.astype(np.float16), target.astype(np.uint8), seed)

@@ -91,7 +91,9 @@ def build_network(bundle: Path) -> torch.nn.Module:
 
 def load_cases(seeds: list[int], cache: Path, what: str, **options: Any) -> list[Case]:
     """Generate the phantoms of *seeds* (or read them from *cache*); *options* go to make_case."""
-    path = cache.with_name(f"{cache.stem}-{what}-{len(seeds)}-{seeds[0]}{cache.suffix}")
+    normalization = options.get("normalization", "nonzero")
+    tag = "" if normalization == "nonzero" else f"-{normalization}"
+    path = cache.with_name(f"{cache.stem}-{what}-{len(seeds)}-{seeds[0]}{tag}{cache.suffix}")
     if path.is_file():
         with path.open("rb") as f:
             cases: list[Case] = pickle.load(f)
@@ -177,13 +179,20 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    train_cases = load_cases([1000 + i for i in range(args.cases)], args.cache, "train")
+    # The bundle says how the pipeline normalises; training must feed the same.
+    from dicomnode.pipelines.bundle import Bundle
+
+    norm = str(Bundle(args.bundle.resolve()).raw("normalization", "nonzero"))
+    train_cases = load_cases(
+        [1000 + i for i in range(args.cases)], args.cache, "train", normalization=norm
+    )
     if args.small_cases:
         # Small tumours: a 1 mm boundary error is a large share of their volume.
         train_cases += load_cases(
             [3000 + i for i in range(args.small_cases)],
             args.cache,
             "small",
+            normalization=norm,
             tumour_probability=1.0,
             radius_mm=(6.0, 12.0),
         )
@@ -192,10 +201,13 @@ def train(args: argparse.Namespace) -> dict[str, float]:
             [4000 + i for i in range(args.core_cases)],
             args.cache,
             "core",
+            normalization=norm,
             tumour_probability=1.0,
             core_fraction=(0.4, 0.65),
         )
-    val_cases = load_cases([5000 + i for i in range(args.val_cases)], args.cache, "val")
+    val_cases = load_cases(
+        [5000 + i for i in range(args.val_cases)], args.cache, "val", normalization=norm
+    )
     network = build_network(args.bundle)
     if args.resume:
         state = torch.load(args.bundle / "models" / "model.pt", weights_only=True)
