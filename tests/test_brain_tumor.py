@@ -282,7 +282,11 @@ def check_results(paths: dict[str, Path], study: MRStudyTruth) -> dict[str, floa
         "TC": dice(np.isin(labels, (1, 2)), np.isin(truth, (1, 2))),
         "ET": dice(labels == 1, truth == 1),
         "WT volume": volumes["Whole tumour"] / study.volume_ml(1, 2, 3) - 1,
+        "TC volume": (volumes["Enhancing tumour"] + volumes.get("Necrotic core", 0.0))
+        / study.volume_ml(1, 2)
+        - 1,
         "ET volume": volumes["Enhancing tumour"] / study.volume_ml(1) - 1,
+        "oedema volume": volumes["Oedema"] / study.volume_ml(3) - 1,
     }
 
 
@@ -329,12 +333,15 @@ def test_storescu_to_node_to_orthanc(
         scores = check_results(paths, study)
         print(scores)
         assert scores["WT"] >= 0.9 and scores["TC"] >= 0.85 and scores["ET"] >= 0.8, scores
-        # No regression beyond what the shipped model measures on this study ...
-        assert abs(scores["WT volume"]) <= 0.25 and abs(scores["ET volume"]) <= 0.25, scores
-        # ... but the target is 10 %. This study's tumour is small (14 mL, 4 mm
-        # oedema): the model still draws its thin oedema ~1.5 mm too wide (model card).
-        if abs(scores["WT volume"]) > 0.10 or abs(scores["ET volume"]) > 0.10:
-            pytest.xfail(f"SR volumes not yet within 10 % on the small test tumour: {scores}")
+        # The BraTS regions (whole tumour, tumour core, enhancing) within 10 % of the truth.
+        for region in ("WT volume", "TC volume", "ET volume"):
+            assert abs(scores[region]) <= 0.10, scores
+        # The oedema alone is a thin shell (8 mL, ~4 mm) round this small tumour: the
+        # model still draws it about one voxel too wide (model card). No regression
+        # beyond that; the 10 % target stays visible as an expected failure.
+        assert abs(scores["oedema volume"]) <= 0.20, scores
+        if abs(scores["oedema volume"]) > 0.10:
+            pytest.xfail(f"oedema volume not yet within 10 % on the small test tumour: {scores}")
 
 
 @pytest.mark.slow
