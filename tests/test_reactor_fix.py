@@ -22,8 +22,8 @@ from dicomnode import _reactor_fix
 from dicomnode.synthetic import ct_series
 from tests.peers import free_port
 
-REACTOR_LATE = 0.2  # the reactor runs this long after its checkpoint was set
-CALLER_LATE = 0.6  # the caller reads the response queue this long after sending
+REACTOR_LATE = 0.4  # the reactor runs this long after its checkpoint was set
+CALLER_LATE = 1.0  # the caller reads the response queue this long after sending
 
 
 class _LateWake(threading.Event):
