@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,15 +29,18 @@ def populate(node, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyped
         assert storescu(files, host="127.0.0.1", port=port, called_aet=NODE_AE).returncode == 0
     jobs = wait_for_jobs(node, 2)
     by_status = {j["status"]: j["study_instance_uid"] for j in jobs}
-    with node.sessions() as session:
-        unmatched = session.execute(
-            select(Study.study_instance_uid).where(Study.status == "unmatched")
-        ).scalar()
-        while unmatched is None:
-            session.expire_all()
+    # A fresh transaction per poll: one long-lived SQLite (WAL) read transaction keeps
+    # its first snapshot and would never see assembly mark the study unmatched.
+    deadline = time.monotonic() + 60
+    while True:
+        with node.sessions() as session:
             unmatched = session.execute(
                 select(Study.study_instance_uid).where(Study.status == "unmatched")
             ).scalar()
+        if unmatched is not None:
+            break
+        assert time.monotonic() < deadline, "the unrouted study was never marked unmatched"
+        time.sleep(0.1)
     return {"done": by_status["done"], "failed": by_status["failed"], "unmatched": unmatched}
 
 
