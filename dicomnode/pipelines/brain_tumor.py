@@ -100,17 +100,35 @@ def intensity_brain_mask(channels: np.ndarray) -> np.ndarray:
     return filled
 
 
-def normalise_nonzero(channels: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Channel-wise (x - mean) / std over the mask; zero outside (MONAI NormalizeIntensity nonzero)."""
+def _normalise_channels(
+    channels: np.ndarray,
+    mask: np.ndarray,
+    centre_and_scale: Callable[[np.ndarray], tuple[float, float]],
+) -> np.ndarray:
+    """Channel-wise (x - centre) / scale over the mask's non-zero voxels; zero elsewhere."""
     out = np.zeros_like(channels, dtype=np.float32)
     for c, channel in enumerate(channels):
         inside = mask & (channel != 0)
         values = channel[inside]
         if values.size == 0:
             continue
-        std = float(values.std()) or 1.0
-        out[c][inside] = (values - float(values.mean())) / std
+        centre, scale = centre_and_scale(values)
+        out[c][inside] = (values - centre) / scale
     return out
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    return float(values.mean()), float(values.std()) or 1.0
+
+
+def _median_iqr(values: np.ndarray) -> tuple[float, float]:
+    q25, median, q75 = np.percentile(values, (25, 50, 75))
+    return float(median), float(q75 - q25) / 1.349 or float(values.std()) or 1.0
+
+
+def normalise_nonzero(channels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Channel-wise (x - mean) / std over the mask; zero outside (MONAI NormalizeIntensity nonzero)."""
+    return _normalise_channels(channels, mask, _mean_std)
 
 
 def normalise_robust(channels: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -122,16 +140,7 @@ def normalise_robust(channels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     interquartile range barely move while the tumour is a minority of the
     brain. 1.349 makes the scale a standard deviation for normal data.
     """
-    out = np.zeros_like(channels, dtype=np.float32)
-    for c, channel in enumerate(channels):
-        inside = mask & (channel != 0)
-        values = channel[inside]
-        if values.size == 0:
-            continue
-        q25, median, q75 = np.percentile(values, (25, 50, 75))
-        scale = float(q75 - q25) / 1.349 or float(values.std()) or 1.0
-        out[c][inside] = (values - float(median)) / scale
-    return out
+    return _normalise_channels(channels, mask, _median_iqr)
 
 
 NORMALISATIONS = {"nonzero": normalise_nonzero, "robust": normalise_robust}
