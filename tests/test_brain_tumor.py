@@ -26,6 +26,7 @@ from dicomnode.pipelines.brain_tumor import (
     NECROSIS,
     OEDEMA,
     BrainTumorPipeline,
+    core_rim_to_oedema,
     drop_regions_without_core,
     exclusive_labels,
     labels_from_probabilities,
@@ -36,7 +37,14 @@ from dicomnode.pipelines.brain_tumor import (
 from dicomnode.pipelines.mr_sequences import brain_route
 from dicomnode.pipelines.volume import Volume
 from dicomnode.store import parse_header_from_dataset
-from dicomnode.synthetic.mr import ROLES, Geometry, MRStudyTruth, write_mr_study
+from dicomnode.synthetic.mr import (
+    ROLES,
+    Geometry,
+    HeadPhantom,
+    MRStudyTruth,
+    mr_study_datasets,
+    write_mr_study,
+)
 from tests.peers import dciodvfy
 
 SEED = 21  # held out: train/brain uses seeds 1000+ (training) and 5000+ (validation)
@@ -115,6 +123,74 @@ def test_oedema_only_regions_are_dropped() -> None:
     labels[0, 0, 6:] = OEDEMA  # oedema alone, apart
     kept = drop_regions_without_core(labels)
     assert kept[0, 0].tolist() == [3, 1, 2, 3, 0, 0, 0, 0, 0]
+
+
+def test_necrosis_wrapped_round_the_rim_becomes_oedema() -> None:
+    """The TC-not-ET layer outside the rim goes; a core inside it and a lone necrosis stay."""
+    z, y, x = np.mgrid[:40, :40, :60]
+    r = np.sqrt((z - 20) ** 2 + (y - 20) ** 2 + (x - 20) ** 2)
+    labels = np.zeros(r.shape, np.uint8)
+    labels[r <= 11] = OEDEMA
+    labels[r <= 8] = NECROSIS  # the layer where TC reaches a voxel past ET
+    labels[r <= 7] = ENHANCING
+    labels[r <= 4] = NECROSIS  # the enclosed necrotic core
+    lone = np.sqrt((z - 20) ** 2 + (y - 20) ** 2 + (x - 48) ** 2) <= 4
+    labels[lone] = NECROSIS  # necrosis with no enhancing tumour near it
+    layer = (r > 7) & (r <= 8)
+    trimmed = core_rim_to_oedema(labels)
+    assert np.all(trimmed[layer] == OEDEMA)
+    assert np.all(trimmed[r <= 4] == NECROSIS)
+    assert np.all(trimmed[lone] == NECROSIS)
+    assert np.array_equal(trimmed > 0, labels > 0)  # the whole tumour is unchanged
+    changed = trimmed != labels
+    assert np.array_equal(changed, layer)
+    # Through the label rule: TC reaching past ET gives the layer only without trimming.
+    probabilities = np.stack([(r <= 8) | lone, labels > 0, (r <= 7) & (r > 4)]).astype(np.float32)
+    for trim, expected in ((False, NECROSIS), (True, OEDEMA)):
+        out = labels_from_probabilities(
+            probabilities,
+            (0.5, 0.5, 0.5),
+            voxel_mm3=1.0,
+            min_component_ml=0.0,
+            require_core=True,
+            trim_core_rim=trim,
+        )
+        assert np.all(out[layer] == expected)
+        assert np.all(out[r <= 4] == NECROSIS)
+
+
+def test_phantom_options_bound_the_tumour() -> None:
+    """Training and evaluation ask for thin oedema; the defaults stay the test studies'."""
+    fields = ("center_mm", "radius_mm", "core_fraction", "oedema_mm")
+    default = HeadPhantom.random(SEED).tumour
+    explicit = HeadPhantom.random(SEED, radius_mm=(8.0, 20.0), oedema_mm=(4.0, 14.0)).tumour
+    assert default is not None and explicit is not None
+    assert [getattr(default, f) for f in fields] == [getattr(explicit, f) for f in fields]
+    for seed in range(8):
+        thin = HeadPhantom.random(seed, radius_mm=(6.0, 14.0), oedema_mm=(4.0, 7.0)).tumour
+        assert thin is not None
+        assert 6.0 <= thin.radius_mm <= 14.0 and 4.0 <= thin.oedema_mm <= 7.0
+    _, phantom, _, _ = mr_study_datasets(SEED, phantom_options={"oedema_mm": (30.0, 31.0)})
+    assert phantom.tumour is not None and phantom.tumour.oedema_mm >= 30.0
+
+
+def test_evaluation_volume_errors_skip_tiny_truths() -> None:
+    from train.brain.evaluate import MEASUREMENTS, volume_errors
+
+    def row(seed: int, necrotic: list[float], tumour: bool = True) -> dict[str, Any]:
+        volumes = {key: [10.0, 10.0] for key in MEASUREMENTS}
+        volumes["oedema"] = [11.0 + seed, 10.0]
+        volumes["necrotic"] = necrotic
+        return {"seed": seed, "tumour": tumour, "volume_ml": volumes}
+
+    errors = volume_errors(
+        [row(1, [0.3, 0.0]), row(2, [0.6, 0.4]), row(3, [1.2, 1.0]), row(4, [0, 0], False)]
+    )
+    assert errors["necrotic"]["studies"] == 1  # only the 1.0 mL truth counts
+    assert errors["necrotic"]["max"] == pytest.approx(0.2)
+    assert errors["oedema"]["max"] == pytest.approx(0.4) and errors["oedema"]["max_seed"] == 3
+    assert errors["oedema"]["mean"] == pytest.approx(0.3)
+    assert errors["whole tumour"]["max"] == 0.0
 
 
 def test_thresholds_per_region() -> None:

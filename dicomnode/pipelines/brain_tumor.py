@@ -17,8 +17,10 @@ Stages:
   and ``overlap`` options) with the GPU out-of-memory fallback;
 - postprocess: probabilities back onto the T1c series' own grid (linear),
   thresholded per region (the bundle's calibrated ``thresholds``, else 0.5),
-  TC/WT/ET to exclusive labels (enhancing tumour, necrotic core, oedema), regions under
-  ``min_component_ml`` and oedema-only regions dropped, volumes;
+  TC/WT/ET to exclusive labels (enhancing tumour, necrotic core, oedema), the
+  threshold-disagreement layer of "necrosis" outside the enhancing rim back to
+  oedema, regions under ``min_component_ml`` and oedema-only regions dropped,
+  volumes;
 - write: SEG with one segment per present label on the T1c series, TID 1500
   SR with each volume (mL) and the whole tumour's; an explicit "absent"
   report and no SEG when there is no tumour.
@@ -191,6 +193,39 @@ def remove_small_components(labels: np.ndarray, min_voxels: int) -> np.ndarray:
     return out
 
 
+def core_rim_to_oedema(labels: np.ndarray) -> np.ndarray:
+    """Necrotic-core voxels in the one-voxel layer outside the enhancing rim → oedema.
+
+    The TC and ET thresholds place the tumour's outer edge (the same edge in
+    both regions when the core is enclosed) up to a voxel apart; where TC
+    reaches further, :func:`exclusive_labels` makes that layer "TC but not
+    ET", i.e. necrosis wrapped round the outside of the tumour (0.2-0.5 mL on
+    every solid phantom tumour, mostly oedema in truth). A necrotic voxel is
+    in that layer when it touches the enhancing tumour and the tissue outside
+    the core (oedema or nothing) and lies outside the rim's filled hull.
+    Necrosis inside the rim, and necrotic regions away from it (a
+    non-enhancing core), are kept. The layer takes the next label down,
+    oedema, so the whole tumour does not change.
+    """
+    from scipy import ndimage
+
+    necrosis = labels == NECROSIS
+    enhancing = labels == ENHANCING
+    if not necrosis.any() or not enhancing.any():
+        return labels
+    outside_core = (labels == OEDEMA) | (labels == 0)
+    touching = np.ones((3, 3, 3), dtype=bool)  # edges and corners too: a one-voxel layer
+    layer = (
+        necrosis
+        & ndimage.binary_dilation(enhancing, touching)
+        & ndimage.binary_dilation(outside_core, touching)
+        & ~ndimage.binary_fill_holes(enhancing)
+    )
+    out = labels.copy()
+    out[layer] = OEDEMA
+    return out
+
+
 def drop_regions_without_core(labels: np.ndarray) -> np.ndarray:
     """Drop connected tumour regions with no tumour core (enhancing or necrotic voxel).
 
@@ -230,10 +265,13 @@ def labels_from_probabilities(
     voxel_mm3: float,
     min_component_ml: float,
     require_core: bool,
+    trim_core_rim: bool = True,
 ) -> np.ndarray:
     """TC/WT/ET probabilities → exclusive labels (per-region thresholds), cleaned up."""
     regions = np.stack([probabilities[i] > thresholds[i] for i in range(3)])
     labels = exclusive_labels(regions)
+    if trim_core_rim:
+        labels = core_rim_to_oedema(labels)
     labels = remove_small_components(labels, int(min_component_ml * 1000 / voxel_mm3))
     if require_core:
         labels = drop_regions_without_core(labels)
@@ -284,7 +322,9 @@ class BrainTumorPipeline(ModelPipeline):
     bundle's calibrated ``thresholds``, else 0.5), ``brain_mask`` ("intensity", "none" or
     "module:function"), ``registration`` ("module:function" taking
     (moving, fixed) volumes, for series in other Frames of Reference),
-    ``min_component_ml`` (0.1), ``require_core`` (true: drop oedema-only regions).
+    ``min_component_ml`` (0.1), ``require_core`` (true: drop oedema-only regions),
+    ``trim_core_rim`` (true: the necrosis layer wrapped round the outside of the
+    enhancing rim becomes oedema, :func:`core_rim_to_oedema`).
     """
 
     default_bundle = "brain_tumor_mri"
@@ -306,6 +346,7 @@ class BrainTumorPipeline(ModelPipeline):
         self.thresholds = self._thresholds(self.option("threshold", None))
         self.min_component_ml = float(self.option("min_component_ml", 0.1))
         self.require_core = bool(self.option("require_core", True))
+        self.trim_core_rim = bool(self.option("trim_core_rim", True))
         # Model Zoo bundles: MONAI NormalizeIntensity (nonzero, channel-wise).
         normalisation = str(self.bundle.raw("normalization", "nonzero"))
         if normalisation not in NORMALISATIONS:
@@ -441,6 +482,7 @@ class BrainTumorPipeline(ModelPipeline):
             voxel_mm3=voxel_mm3,
             min_component_ml=self.min_component_ml,
             require_core=self.require_core,
+            trim_core_rim=self.trim_core_rim,
         )
         volumes = {
             label: float((labels == label).sum() * voxel_mm3 / 1000.0) for label in LABEL_NAMES

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom import Dataset
@@ -156,12 +157,14 @@ class HeadPhantom:
         tumour: bool = True,
         radius_mm: tuple[float, float] = (8.0, 20.0),
         core_fraction: tuple[float, float] | None = None,
+        oedema_mm: tuple[float, float] = (4.0, 14.0),
     ) -> HeadPhantom:
         """A head of random size and position with (or without) a random tumour.
 
         *radius_mm* bounds the tumour's mean rim radius (uniform within it);
         *core_fraction*, when given, the necrotic core's radius relative to the
-        rim's (default: none in 20 % of tumours, else up to 0.65).
+        rim's (default: none in 20 % of tumours, else up to 0.65); *oedema_mm*
+        bounds how far the oedema reaches beyond the rim.
         """
         rng = np.random.default_rng(seed)
         center = tuple(rng.uniform(-4.0, 4.0, 3))
@@ -169,7 +172,9 @@ class HeadPhantom:
         jitter = {c: rng.uniform(0.92, 1.08, len(_SIGNAL[c])) for c in ROLES}
         bias = {c: rng.normal(0.0, 0.012, (3, 3)) for c in ROLES}
         found = (
-            _random_tumour(rng, np.array(center), np.array(semi), radius_mm, core_fraction)
+            _random_tumour(
+                rng, np.array(center), np.array(semi), radius_mm, core_fraction, oedema_mm
+            )
             if tumour
             else None
         )
@@ -242,6 +247,7 @@ def _random_tumour(
     semi: np.ndarray,
     radius_mm: tuple[float, float] = (8.0, 20.0),
     core_fraction: tuple[float, float] | None = None,
+    oedema_mm: tuple[float, float] = (4.0, 14.0),
 ) -> Tumour:
     radius = float(rng.uniform(*radius_mm))
     # Keep the tumour inside the brain: centre within the white matter minus its radius.
@@ -264,7 +270,7 @@ def _random_tumour(
         ],
         axis=1,
     )
-    oedema = float(rng.uniform(4.0, 14.0))
+    oedema = float(rng.uniform(*oedema_mm))
     return Tumour(tuple(center), radius, core, oedema, axes, lobes)
 
 
@@ -417,15 +423,17 @@ def mr_study_datasets(
     study_instance_uid: str | None = None,
     frames_of_reference: Mapping[str, str] | None = None,
     geometries: Mapping[str, Geometry] | None = None,
+    phantom_options: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, list[Dataset]], HeadPhantom, dict[str, Geometry], dict[str, str]]:
     """The datasets of a four-series head MR study, plus the phantom and grids they came from.
 
     *roles* may repeat a role with a suffix (``"T1c#2"``: a second post-contrast
     series) or leave one out; *descriptions* overrides Series Descriptions by role;
     *frames_of_reference* gives a role its own Frame of Reference UID;
-    *geometries* replaces :func:`default_geometries` (e.g. BraTS-sized grids).
+    *geometries* replaces :func:`default_geometries` (e.g. BraTS-sized grids);
+    *phantom_options* go to :meth:`HeadPhantom.random` (tumour size, core, oedema).
     """
-    phantom = HeadPhantom.random(seed, tumour=tumour)
+    phantom = HeadPhantom.random(seed, tumour=tumour, **dict(phantom_options or {}))
     grids = dict(geometries or default_geometries(phantom.center_mm))
     study = study_instance_uid or generate_uid(entropy_srcs=["mr-study", str(seed)])
     common = {

@@ -140,6 +140,7 @@ def evaluate(
             voxel_mm3=study["voxel_mm3"],
             min_component_ml=pipeline.min_component_ml,
             require_core=pipeline.require_core,
+            trim_core_rim=pipeline.trim_core_rim,
         )
         target = study["labels"]
         row: dict[str, Any] = {

@@ -38,12 +38,13 @@ def make_case(
     tumour_probability: float = 0.9,
     radius_mm: tuple[float, float] = (8.0, 20.0),
     core_fraction: tuple[float, float] | None = None,
+    oedema_mm: tuple[float, float] = (4.0, 14.0),
     normalization: str = "nonzero",
 ) -> Case:
     """A random phantom, preprocessed like the pipeline.
 
-    It has a tumour with *tumour_probability*; *radius_mm* and *core_fraction*
-    go to :meth:`HeadPhantom.random`; *normalization* names the pipeline's
+    It has a tumour with *tumour_probability*; *radius_mm*, *core_fraction*
+    and *oedema_mm* go to :meth:`HeadPhantom.random`; *normalization* names the pipeline's
     normalisation (the bundle's ``normalization``).
     """
     rng = np.random.default_rng(seed)
@@ -52,6 +53,7 @@ def make_case(
         tumour=bool(rng.random() < tumour_probability),
         radius_mm=radius_mm,
         core_fraction=core_fraction,
+        oedema_mm=oedema_mm,
     )
     series = simulate_series(phantom, random_geometries(rng), seed + 1)
     volumes = {role: Volume(array, affine) for role, (array, affine) in series.items()}

@@ -49,6 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "seeds 4000+)",
     )
     parser.add_argument(
+        "--thin-cases",
+        type=int,
+        default=0,
+        help="extra training phantoms with a small tumour in thin oedema (rim radius 6-14 mm, "
+        "oedema 4-7 mm, seeds 8000+)",
+    )
+    parser.add_argument(
         "--core-bias",
         type=float,
         default=0.0,
@@ -204,6 +211,17 @@ def train(args: argparse.Namespace) -> dict[str, float]:
             normalization=norm,
             tumour_probability=1.0,
             core_fraction=(0.4, 0.65),
+        )
+    if args.thin_cases:
+        # A thin oedema shell: one voxel too wide there is 15-25 % of the oedema volume.
+        train_cases += load_cases(
+            [8000 + i for i in range(args.thin_cases)],
+            args.cache,
+            "thin",
+            normalization=norm,
+            tumour_probability=1.0,
+            radius_mm=(6.0, 14.0),
+            oedema_mm=(4.0, 7.0),
         )
     val_cases = load_cases(
         [5000 + i for i in range(args.val_cases)], args.cache, "val", normalization=norm
