@@ -10,10 +10,12 @@ studies (seeds 21 and 22). Each is written as DICOM by
 :func:`dicomnode.synthetic.mr.write_mr_study` and run through the
 ``brain_tumor`` pipeline's own stages (selection, loading, resampling, brain
 mask, SegResNet) up to the TC/WT/ET probabilities on the T1c grid; those are
-cached in ``--cache``. For each region the threshold in ``--grid`` that gives
-the smallest mean relative volume error over the studies (ties: the higher
-mean Dice) is chosen, the three are evaluated together through the
-pipeline's own :func:`~dicomnode.pipelines.brain_tumor.labels_from_probabilities`,
+cached in ``--cache``. ``--thin-studies`` adds studies with a small tumour in
+thin oedema (seeds 6100+, as in training and evaluation), where a one-voxel
+error is a large share of the volume. For each region the threshold in
+``--grid`` that gives the smallest mean relative volume error over the
+studies (ties: the higher mean Dice) is chosen, the three are evaluated
+together through the pipeline's own :func:`~dicomnode.pipelines.brain_tumor.labels_from_probabilities`,
 and with ``--write`` stored as ``thresholds`` in the bundle's
 ``configs/inference.json``, where the pipeline reads them.
 """
@@ -44,7 +46,7 @@ from dicomnode.pipelines.brain_tumor import (
     region_targets,
 )
 from dicomnode.synthetic.mr import write_mr_study
-from train.brain.evaluate import dice, series_inputs
+from train.brain.evaluate import THIN, dice, series_inputs
 
 FIRST_SEED = 6000
 
@@ -56,6 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bundle", type=Path, default=Path("models/brain_tumor_mri"))
     parser.add_argument("--studies", type=int, default=10, help="calibration studies")
     parser.add_argument("--first-seed", type=int, default=FIRST_SEED)
+    parser.add_argument(
+        "--thin-studies",
+        type=int,
+        default=0,
+        help="more calibration studies with a small tumour in thin oedema (first-seed + 100 on)",
+    )
     parser.add_argument(
         "--grid", type=float, nargs="+", default=[round(0.05 * i, 2) for i in range(4, 20)]
     )
@@ -70,9 +78,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def study_probabilities(pipeline: BrainTumorPipeline, seed: int, folder: Path) -> dict[str, Any]:
+def study_probabilities(
+    pipeline: BrainTumorPipeline,
+    seed: int,
+    folder: Path,
+    phantom_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One calibration study's probabilities and truth on the T1c grid."""
-    truth = write_mr_study(folder / "study", seed=seed)
+    truth = write_mr_study(folder / "study", seed=seed, phantom_options=phantom_options)
     work = folder / "work"
     work.mkdir()
     context = JobContext(seed, truth.study_instance_uid, series_inputs(truth), work)
@@ -90,7 +103,10 @@ def study_probabilities(pipeline: BrainTumorPipeline, seed: int, folder: Path) -
 
 
 def load_studies(
-    pipeline: BrainTumorPipeline, seeds: list[int], cache: Path
+    pipeline: BrainTumorPipeline,
+    seeds: list[int],
+    cache: Path,
+    phantom_options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The studies of *seeds*, from *cache* where already computed with these weights."""
     cache.mkdir(parents=True, exist_ok=True)
@@ -98,13 +114,14 @@ def load_studies(
     stamp = f"{weights.stat().st_size}-{int(weights.stat().st_mtime)}"
     studies = []
     for seed in tqdm(seeds, desc="calibration studies", unit="study"):
-        path = cache / f"{seed}-{stamp}.pkl"
+        kind = "-thin" if phantom_options else ""
+        path = cache / f"{seed}{kind}-{stamp}.pkl"
         if path.is_file():
             with path.open("rb") as f:
                 studies.append(pickle.load(f))
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            study = study_probabilities(pipeline, seed, Path(tmp))
+            study = study_probabilities(pipeline, seed, Path(tmp), phantom_options)
         with path.open("wb") as f:
             pickle.dump(study, f)
         studies.append(study)
@@ -194,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     seeds = [args.first_seed + i for i in range(args.studies)]
     studies = load_studies(pipeline, seeds, args.cache)
+    thin = [args.first_seed + 100 + i for i in range(args.thin_studies)]
+    studies += load_studies(pipeline, thin, args.cache, THIN)
+    seeds += thin
     sweep: dict[str, list[dict[str, float]]] = {}
     chosen = []
     for index, region in enumerate(REGIONS):
