@@ -46,7 +46,8 @@ from dicomnode.pipelines.brain_tumor import (
     region_targets,
 )
 from dicomnode.synthetic.mr import write_mr_study
-from train.brain.evaluate import THIN, dice, series_inputs
+from train.brain.data import THIN
+from train.brain.evaluate import dice, series_inputs
 
 FIRST_SEED = 6000
 
@@ -112,9 +113,9 @@ def load_studies(
     cache.mkdir(parents=True, exist_ok=True)
     weights = pipeline.bundle.root / "models" / "model.pt"
     stamp = f"{weights.stat().st_size}-{int(weights.stat().st_mtime)}"
+    kind = "-thin" if phantom_options else ""
     studies = []
     for seed in tqdm(seeds, desc="calibration studies", unit="study"):
-        kind = "-thin" if phantom_options else ""
         path = cache / f"{seed}{kind}-{stamp}.pkl"
         if path.is_file():
             with path.open("rb") as f:

@@ -23,6 +23,9 @@ from dicomnode.pipelines.brain_tumor import (
 from dicomnode.pipelines.volume import Volume
 from dicomnode.synthetic.mr import HeadPhantom, random_geometries, simulate_series
 
+THIN = {"radius_mm": (6.0, 14.0), "oedema_mm": (4.0, 7.0)}
+"""Phantom options of a small tumour in thin oedema (training, calibration, evaluation)."""
+
 
 @dataclass
 class Case:

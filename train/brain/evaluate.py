@@ -38,6 +38,7 @@ from dicomnode.pipelines.base import JobContext, SeriesInput
 from dicomnode.pipelines.brain_tumor import BrainTumorPipeline
 from dicomnode.store import parse_header_from_dataset
 from dicomnode.synthetic.mr import ROLES, MRStudyTruth, write_mr_study
+from train.brain.data import THIN
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 NAMES = {"Enhancing tumour": 1, "Necrotic core": 2, "Oedema": 3}
@@ -116,9 +117,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     total = a.sum() + b.sum()
     return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
 
-
-THIN = {"radius_mm": (6.0, 14.0), "oedema_mm": (4.0, 7.0)}
-"""Phantom options of the thin-oedema studies (as ``--thin-cases`` in training)."""
 
 MEASUREMENTS = ("whole tumour", "tumour core", "enhancing", "necrotic", "oedema")
 MIN_TRUE_ML = 0.5  # relative errors of smaller volumes are not meaningful at 1 mm
@@ -223,10 +221,7 @@ def volume_errors(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | int
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean Dice per region, relative volume errors, empty results without a tumour."""
     tumours = [r for r in rows if r["tumour"]]
-    errors = [
-        abs(r["volume_ml"]["whole tumour"][0] / r["volume_ml"]["whole tumour"][1] - 1)
-        for r in tumours
-    ]
+    errors = volume_errors(rows)
     empty = [r for r in rows if not r["tumour"]]
     return {
         "studies_with_tumour": len(tumours),
@@ -234,9 +229,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             k: float(np.mean([r["dice"][k] for r in tumours])) for k in ("WT", "TC", "ET")
         },
         "min_dice": {k: float(np.min([r["dice"][k] for r in tumours])) for k in ("WT", "TC", "ET")},
-        "max_whole_tumour_volume_error": float(max(errors)),
-        "mean_whole_tumour_volume_error": float(np.mean(errors)),
-        "volume_errors": volume_errors(rows),
+        "max_whole_tumour_volume_error": errors["whole tumour"]["max"],
+        "mean_whole_tumour_volume_error": errors["whole tumour"]["mean"],
+        "volume_errors": errors,
         "thin_oedema_volume_errors": volume_errors([r for r in rows if r.get("thin")]),
         "tumour_free_studies_with_empty_result": sum(
             r["volume_ml"]["whole tumour"][0] == 0.0 for r in empty

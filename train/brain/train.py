@@ -24,7 +24,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from train.brain.data import Case, augment, make_case, random_crop
+from train.brain.data import THIN, Case, augment, make_case, random_crop
+
+# Extra training sets, all with a tumour: name (``--<name>-cases`` sets how
+# many) → first seed and phantom options.
+EXTRA_SETS: dict[str, tuple[int, dict[str, Any]]] = {
+    # Small tumours: a 1 mm boundary error is a large share of their volume.
+    "small": (3000, {"radius_mm": (6.0, 12.0)}),
+    # A large necrotic core: necrosis is otherwise a few percent of tumour voxels.
+    "core": (4000, {"core_fraction": (0.4, 0.65)}),
+    # A thin oedema shell: one voxel too wide there is 15-25 % of the oedema volume.
+    "thin": (8000, THIN),
+}
 
 REGIONS = ("TC", "WT", "ET")
 
@@ -193,36 +204,17 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     train_cases = load_cases(
         [1000 + i for i in range(args.cases)], args.cache, "train", normalization=norm
     )
-    if args.small_cases:
-        # Small tumours: a 1 mm boundary error is a large share of their volume.
-        train_cases += load_cases(
-            [3000 + i for i in range(args.small_cases)],
-            args.cache,
-            "small",
-            normalization=norm,
-            tumour_probability=1.0,
-            radius_mm=(6.0, 12.0),
-        )
-    if args.core_cases:
-        train_cases += load_cases(
-            [4000 + i for i in range(args.core_cases)],
-            args.cache,
-            "core",
-            normalization=norm,
-            tumour_probability=1.0,
-            core_fraction=(0.4, 0.65),
-        )
-    if args.thin_cases:
-        # A thin oedema shell: one voxel too wide there is 15-25 % of the oedema volume.
-        train_cases += load_cases(
-            [8000 + i for i in range(args.thin_cases)],
-            args.cache,
-            "thin",
-            normalization=norm,
-            tumour_probability=1.0,
-            radius_mm=(6.0, 14.0),
-            oedema_mm=(4.0, 7.0),
-        )
+    for name, (first_seed, options) in EXTRA_SETS.items():
+        count = getattr(args, f"{name}_cases")
+        if count:
+            train_cases += load_cases(
+                [first_seed + i for i in range(count)],
+                args.cache,
+                name,
+                normalization=norm,
+                tumour_probability=1.0,
+                **options,
+            )
     val_cases = load_cases(
         [5000 + i for i in range(args.val_cases)], args.cache, "val", normalization=norm
     )
