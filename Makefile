@@ -41,11 +41,11 @@ lint: install
 	$(VENV)/bin/ruff check dicomnode tests bench train
 
 typecheck: install
-	$(VENV)/bin/mypy dicomnode
+	$(VENV)/bin/mypy dicomnode train
 
 test: install system-deps
 	$(VENV)/bin/ruff check dicomnode tests bench train
-	$(VENV)/bin/mypy dicomnode
+	$(VENV)/bin/mypy dicomnode train
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install system-deps

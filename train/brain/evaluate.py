@@ -12,7 +12,10 @@ from the written file is compared with the truth on the T1c grid (Dice of
 WT, TC, ET) and the SR volumes with the truth volumes. ``--normal-studies``
 more have no tumour (their result should be empty); ``--thin-studies`` more
 (seeds 7100+) have a small tumour (6-14 mm) in a thin oedema (4-7 mm), where
-a one-voxel boundary error is 15-25 % of the oedema volume. Writes
+a one-voxel boundary error is 15-25 % of the oedema volume; ``--varied-studies``
+more (seeds 7200+) have training-style random grids (every series, the T1c
+too, at a random in-plane spacing, so interpolated onto the 1 mm grid, where
+the other studies' 1 mm T1c is not). Writes
 ``evaluation.json`` (with each SR measurement's relative volume error, over
 studies whose true volume is at least 0.5 mL) and ``dice.png`` /
 ``volumes.png`` to ``--out``.
@@ -24,7 +27,7 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import highdicom as hd
 import numpy as np
@@ -37,7 +40,7 @@ from dicomnode.config import PipelineConfig
 from dicomnode.pipelines.base import JobContext, SeriesInput
 from dicomnode.pipelines.brain_tumor import BrainTumorPipeline
 from dicomnode.store import parse_header_from_dataset
-from dicomnode.synthetic.mr import ROLES, MRStudyTruth, write_mr_study
+from dicomnode.synthetic.mr import ROLES, Geometry, MRStudyTruth, random_geometries, write_mr_study
 from train.brain.data import THIN
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -57,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=4,
         help="held-out studies with a small tumour in thin oedema (seeds first-seed + 100 on)",
+    )
+    parser.add_argument(
+        "--varied-studies",
+        type=int,
+        default=0,
+        help="held-out studies on random series grids (seeds first-seed + 200 on)",
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (shared machine: 1)"
@@ -99,16 +108,17 @@ def read_labels(seg_path: Path, source: list[Path]) -> np.ndarray:
 
 def read_volumes(sr_path: Path) -> dict[str, float]:
     """Volumes (mL) by tracking identifier from the written SR."""
-    content = hd.sr.srread(sr_path).content
+    # srread parses a TID 1500 document's content as a MeasurementReport.
+    content = cast(hd.sr.MeasurementReport, hd.sr.srread(sr_path).content)
     groups = [
         *content.get_volumetric_roi_measurement_groups(),
         *content.get_image_measurement_groups(),
     ]
-    out = {}
+    out: dict[str, float] = {}
     for group in groups:
         measured = group.get_measurements(name=codes.SCT.Volume)
         if measured:
-            out[group.tracking_identifier] = float(measured[0].value)
+            out[str(group.tracking_identifier)] = float(measured[0].value)
     return out
 
 
@@ -129,10 +139,15 @@ def evaluate_study(
     *,
     tumour: bool = True,
     phantom_options: dict[str, Any] | None = None,
+    geometries: dict[str, Geometry] | None = None,
 ) -> dict[str, Any]:
     """Write one study, run the pipeline, compare its SEG and SR with the truth."""
     truth = write_mr_study(
-        folder / "study", seed=seed, tumour=tumour, phantom_options=phantom_options
+        folder / "study",
+        seed=seed,
+        tumour=tumour,
+        phantom_options=phantom_options,
+        geometries=geometries,
     )
     work = folder / "work"
     work.mkdir()
@@ -233,6 +248,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_whole_tumour_volume_error": errors["whole tumour"]["mean"],
         "volume_errors": errors,
         "thin_oedema_volume_errors": volume_errors([r for r in rows if r.get("thin")]),
+        "varied_grid_volume_errors": volume_errors([r for r in rows if r.get("varied")]),
         "tumour_free_studies_with_empty_result": sum(
             r["volume_ml"]["whole tumour"][0] == 0.0 for r in empty
         ),
@@ -248,17 +264,21 @@ def main(argv: list[str] | None = None) -> None:
         "brain_tumor", PipelineConfig(bundle=args.bundle.resolve(), device="cpu")
     )
     first = args.first_seed
-    plan: list[tuple[int, bool, dict[str, Any] | None]] = [
-        (first + i, True, None) for i in range(args.studies)
+    plan: list[tuple[int, bool, dict[str, Any] | None, bool]] = [
+        (first + i, True, None, False) for i in range(args.studies)
     ]
-    plan += [(first + args.studies + i, False, None) for i in range(args.normal_studies)]
-    plan += [(first + 100 + i, True, THIN) for i in range(args.thin_studies)]
+    plan += [(first + args.studies + i, False, None, False) for i in range(args.normal_studies)]
+    plan += [(first + 100 + i, True, THIN, False) for i in range(args.thin_studies)]
+    plan += [(first + 200 + i, True, None, True) for i in range(args.varied_studies)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for seed, tumour, options in tqdm(plan, desc="held-out studies", unit="study"):
+        for seed, tumour, options, varied in tqdm(plan, desc="held-out studies", unit="study"):
             folder = Path(tmp) / str(seed)
-            row = evaluate_study(pipeline, seed, folder, tumour=tumour, phantom_options=options)
-            rows.append({**row, "thin": options is not None})
+            grids = random_geometries(np.random.default_rng(seed)) if varied else None
+            row = evaluate_study(
+                pipeline, seed, folder, tumour=tumour, phantom_options=options, geometries=grids
+            )
+            rows.append({**row, "thin": options is not None, "varied": varied})
             tqdm.write(json.dumps({"seed": seed, **row["dice"], **row["volume_ml"]}))
     summary = summarise(rows)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ def plot_entropy(clean: np.ndarray, degraded: np.ndarray, threshold: float, path
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    bins = np.linspace(0, np.log(5), 40)
+    bins = np.linspace(0, np.log(5), 40).tolist()
     ax.hist(clean, bins=bins, alpha=0.6, label="sharp, well exposed")
     ax.hist(degraded, bins=bins, alpha=0.6, label="defocused or half dark")
     ax.axvline(threshold, color="k", linestyle="--", label=f"review threshold {threshold:g}")

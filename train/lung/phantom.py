@@ -107,20 +107,20 @@ def render_region(
     """The phantom rendered at a random native spacing over an LPS box, as a Volume."""
     if spacing is None:
         spacing = (float(rng.uniform(1.0, 2.5)), *([float(rng.uniform(0.6, 1.2))] * 2))
-    spacing = np.asarray(spacing, dtype=float)
-    margin = 2.0 * spacing
+    steps = np.asarray(spacing, dtype=float)
+    margin = 2.0 * steps
     origin = low_lps - margin[::-1]
-    shape = np.ceil((high_lps - low_lps + 2 * margin[::-1]) / spacing[::-1]).astype(int)[::-1] + 1
+    shape = np.ceil((high_lps - low_lps + 2 * margin[::-1]) / steps[::-1]).astype(int)[::-1] + 1
     hu = render_chest(
         phantom,
-        origin,
-        spacing,
+        origin.tolist(),
+        steps.tolist(),
         shape,
         noise_hu=float(rng.uniform(8.0, 40.0)),
         seed=int(rng.integers(2**31)),
     )
     affine = np.eye(4)
-    affine[:3, :3] = np.diag(spacing[::-1])[:, ::-1]  # (k, j, i) → (z, y, x)
+    affine[:3, :3] = np.diag(steps[::-1])[:, ::-1]  # (k, j, i) → (z, y, x)
     affine[:3, 3] = origin
     return Volume(hu, affine)
 
@@ -133,7 +133,7 @@ def _sample(
     pixdim: Sequence[float],
     window: tuple[float, float],
 ) -> Sample:
-    affine = ras_grid_affine(origin, pixdim)
+    affine = ras_grid_affine([float(v) for v in origin], pixdim)
     shape = (int(size_xyz[2]), int(size_xyz[1]), int(size_xyz[0]))
     grid = resample(volume, affine, shape, order=1, cval=-1024.0)
     image = scale_intensity(grid.to_ras_array(), *window)

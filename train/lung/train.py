@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cls, reg = losses(detector, batch)
         loss = cls + reg
         optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 10.0)
         optimizer.step()
         schedule.step()
