@@ -174,6 +174,54 @@ def test_phantom_options_bound_the_tumour() -> None:
     assert phantom.tumour is not None and phantom.tumour.oedema_mm >= 30.0
 
 
+def test_training_grids_include_uninterpolated_t1c() -> None:
+    """Some training T1c series are 1 mm isotropic: the network then sees them uninterpolated.
+
+    The demo and test studies' T1c is 1 mm isotropic, so the pipeline's 1 mm grid
+    is its own grid; a network only ever trained on interpolated (softened) T1c
+    edges drew the tumour about half a voxel too wide there.
+    """
+    from dicomnode.pipelines.brain_tumor import reference_grid
+    from dicomnode.pipelines.volume import Volume
+    from dicomnode.synthetic.mr import random_geometries
+
+    def grids(seed: int, share: float) -> dict[str, Geometry]:
+        return random_geometries(np.random.default_rng(seed), share)
+
+    # The default draws as before, the T1 spacing first (earlier phases stay reproducible) ...
+    first_draw = float(np.random.default_rng(3).uniform(0.8, 1.3))
+    assert grids(3, 0.0)["T1"].pixel_spacing == (first_draw, first_draw)
+    assert grids(3, 0.5)["T1"].pixel_spacing != (first_draw, first_draw)
+    assert all(grids(s, 0.0)["T1c"].pixel_spacing != (1.0, 1.0) for s in range(20))
+    # ... and a share of 1 makes every T1c the pipeline's own 1 mm grid.
+    shared = 0
+    for seed in range(20):
+        geometries = grids(seed, 1.0)
+        t1c = geometries["T1c"]
+        assert t1c.pixel_spacing == (1.0, 1.0) and t1c.slice_spacing == 1.0
+        affine, shape = reference_grid(Volume(np.zeros(t1c.shape, np.float32), t1c.affine))
+        assert np.allclose(affine, t1c.affine) and tuple(shape) == t1c.shape
+        shared += sum(geometries[r] == t1c for r in ROLES if r != "T1c")
+    assert 15 <= shared <= 45  # each other series co-registered to it half the time
+    natives = sum(grids(seed, 0.5)["T1c"].pixel_spacing == (1.0, 1.0) for seed in range(40))
+    assert 10 <= natives <= 30
+
+
+def test_whole_volume_training_samples_are_padded_as_the_pipeline_pads() -> None:
+    """``train --crop 0`` feeds the network what infer() feeds it: the whole grid, end-padded."""
+    from dicomnode.pipelines import brain_tumor
+    from train.brain.data import Case, whole_volume
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(4, 21, 30, 17)).astype(np.float16)
+    target = (rng.random((3, 21, 30, 17)) > 0.5).astype(np.uint8)
+    padded_image, padded_target = whole_volume(Case(image, target, seed=0), brain_tumor._MULTIPLE)
+    assert padded_image.shape == (4, 24, 32, 24) and padded_target.shape == (3, 24, 32, 24)
+    assert np.array_equal(padded_image[:, :21, :30, :17], image.astype(np.float32))
+    assert np.array_equal(padded_target[:, :21, :30, :17], target)
+    assert not padded_image[:, 21:].any() and not padded_target[:, :, 30:].any()
+
+
 def test_evaluation_volume_errors_skip_tiny_truths() -> None:
     from train.brain.evaluate import MEASUREMENTS, volume_errors
 

@@ -307,16 +307,29 @@ def default_geometries(center: Sequence[float] = (0.0, 0.0, 0.0)) -> dict[str, G
     }
 
 
-def random_geometries(rng: np.random.Generator) -> dict[str, Geometry]:
-    """Training geometries: varied in-plane spacing, slice spacing and field of view."""
-    out = {}
+def random_geometries(rng: np.random.Generator, native_share: float = 0.0) -> dict[str, Geometry]:
+    """Training geometries: varied in-plane spacing, slice spacing and field of view.
+
+    With probability *native_share* the T1c is a 1 mm isotropic acquisition (as
+    3D post-contrast T1 and BraTS-style data are), so the pipeline's 1 mm grid
+    is its own and its edges reach the network uninterpolated; each other
+    series of such a study then shares that grid with probability 0.5
+    (co-registered, BraTS style). Otherwise every series has a random in-plane
+    spacing and is interpolated. With the default 0 no extra random numbers are
+    drawn, so earlier seeds keep their geometries.
+    """
+    native = native_share > 0 and bool(rng.random() < native_share)
+    out: dict[str, Geometry] = {}
     for role in ROLES:
-        in_plane = float(rng.uniform(0.8, 1.3))
+        in_plane = 1.0 if native and role == "T1c" else float(rng.uniform(0.8, 1.3))
         thickness = 1.0 if role == "T1c" else float(rng.choice([1.0, 1.5, 2.0, 3.0, 4.0]))
         extent = (rng.uniform(124, 136), rng.uniform(124, 136), rng.uniform(100, 108))
         out[role] = Geometry.covering(
             rng.uniform(-3, 3, 3), extent, (in_plane, in_plane), thickness
         )
+    for role in ROLES:
+        if native and role != "T1c" and rng.random() < 0.5:
+            out[role] = out["T1c"]
     return out
 
 

@@ -12,7 +12,9 @@ studies (seeds 21 and 22). Each is written as DICOM by
 mask, SegResNet) up to the TC/WT/ET probabilities on the T1c grid; those are
 cached in ``--cache``. ``--thin-studies`` adds studies with a small tumour in
 thin oedema (seeds 6100+, as in training and evaluation), where a one-voxel
-error is a large share of the volume. For each region the threshold in
+error is a large share of the volume; ``--varied-studies`` adds studies on
+random series grids (seeds 6200+), whose T1c is interpolated onto the 1 mm
+grid where the default studies' 1 mm T1c is not. For each region the threshold in
 ``--grid`` that gives the smallest mean relative volume error over the
 studies (ties: the higher mean Dice) is chosen, the three are evaluated
 together through the pipeline's own :func:`~dicomnode.pipelines.brain_tumor.labels_from_probabilities`,
@@ -45,7 +47,7 @@ from dicomnode.pipelines.brain_tumor import (
     probabilities_on_grid,
     region_targets,
 )
-from dicomnode.synthetic.mr import write_mr_study
+from dicomnode.synthetic.mr import random_geometries, write_mr_study
 from train.brain.data import THIN
 from train.brain.evaluate import dice, series_inputs
 
@@ -66,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="more calibration studies with a small tumour in thin oedema (first-seed + 100 on)",
     )
     parser.add_argument(
+        "--varied-studies",
+        type=int,
+        default=0,
+        help="more calibration studies on random series grids (first-seed + 200 on)",
+    )
+    parser.add_argument(
         "--grid", type=float, nargs="+", default=[round(0.05 * i, 2) for i in range(4, 20)]
     )
     parser.add_argument(
@@ -84,9 +92,13 @@ def study_probabilities(
     seed: int,
     folder: Path,
     phantom_options: dict[str, Any] | None = None,
+    varied: bool = False,
 ) -> dict[str, Any]:
     """One calibration study's probabilities and truth on the T1c grid."""
-    truth = write_mr_study(folder / "study", seed=seed, phantom_options=phantom_options)
+    grids = random_geometries(np.random.default_rng(seed)) if varied else None
+    truth = write_mr_study(
+        folder / "study", seed=seed, phantom_options=phantom_options, geometries=grids
+    )
     work = folder / "work"
     work.mkdir()
     context = JobContext(seed, truth.study_instance_uid, series_inputs(truth), work)
@@ -108,12 +120,13 @@ def load_studies(
     seeds: list[int],
     cache: Path,
     phantom_options: dict[str, Any] | None = None,
+    varied: bool = False,
 ) -> list[dict[str, Any]]:
     """The studies of *seeds*, from *cache* where already computed with these weights."""
     cache.mkdir(parents=True, exist_ok=True)
     weights = pipeline.bundle.root / "models" / "model.pt"
     stamp = f"{weights.stat().st_size}-{int(weights.stat().st_mtime)}"
-    kind = "-thin" if phantom_options else ""
+    kind = ("-thin" if phantom_options else "") + ("-varied" if varied else "")
     studies = []
     for seed in tqdm(seeds, desc="calibration studies", unit="study"):
         path = cache / f"{seed}{kind}-{stamp}.pkl"
@@ -122,7 +135,7 @@ def load_studies(
                 studies.append(pickle.load(f))
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            study = study_probabilities(pipeline, seed, Path(tmp), phantom_options)
+            study = study_probabilities(pipeline, seed, Path(tmp), phantom_options, varied)
         with path.open("wb") as f:
             pickle.dump(study, f)
         studies.append(study)
@@ -214,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     studies = load_studies(pipeline, seeds, args.cache)
     thin = [args.first_seed + 100 + i for i in range(args.thin_studies)]
     studies += load_studies(pipeline, thin, args.cache, THIN)
-    seeds += thin
+    varied = [args.first_seed + 200 + i for i in range(args.varied_studies)]
+    studies += load_studies(pipeline, varied, args.cache, varied=True)
+    seeds += thin + varied
     sweep: dict[str, list[dict[str, float]]] = {}
     chosen = []
     for index, region in enumerate(REGIONS):

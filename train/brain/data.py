@@ -43,12 +43,14 @@ def make_case(
     core_fraction: tuple[float, float] | None = None,
     oedema_mm: tuple[float, float] = (4.0, 14.0),
     normalization: str = "nonzero",
+    native_share: float = 0.0,
 ) -> Case:
     """A random phantom, preprocessed like the pipeline.
 
     It has a tumour with *tumour_probability*; *radius_mm*, *core_fraction*
     and *oedema_mm* go to :meth:`HeadPhantom.random`; *normalization* names the pipeline's
-    normalisation (the bundle's ``normalization``).
+    normalisation (the bundle's ``normalization``); *native_share* is the chance of a
+    1 mm isotropic T1c (:func:`~dicomnode.synthetic.mr.random_geometries`).
     """
     rng = np.random.default_rng(seed)
     phantom = HeadPhantom.random(
@@ -58,7 +60,7 @@ def make_case(
         core_fraction=core_fraction,
         oedema_mm=oedema_mm,
     )
-    series = simulate_series(phantom, random_geometries(rng), seed + 1)
+    series = simulate_series(phantom, random_geometries(rng, native_share), seed + 1)
     volumes = {role: Volume(array, affine) for role, (array, affine) in series.items()}
     affine, shape = reference_grid(volumes["T1c"], 1.0)
     channels = network_channels(volumes, affine, shape)
@@ -100,6 +102,24 @@ def random_crop(
     fit = tuple(slice(0, n) for n in cut_image.shape[1:])
     image[(slice(None), *fit)] = cut_image
     target[(slice(None), *fit)] = cut_target
+    return image, target
+
+
+def whole_volume(case: Case, multiple: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """The whole case, zero-padded at the far end to a *multiple*, as the pipeline feeds it.
+
+    SegResNet's group normalisation takes its statistics over the whole input,
+    so what surrounds the tumour changes the features: a network trained on
+    tumour-centred crops and run on the whole brain draws small tumours too
+    wide and large ones too narrow. Whole volumes give it the inference's context.
+    """
+    spatial = case.image.shape[1:]
+    padded = tuple(-(-n // multiple) * multiple for n in spatial)
+    image = np.zeros((4, *padded), dtype=np.float32)
+    target = np.zeros((3, *padded), dtype=np.float32)
+    fit = tuple(slice(0, n) for n in spatial)
+    image[(slice(None), *fit)] = case.image
+    target[(slice(None), *fit)] = case.target
     return image, target
 
 

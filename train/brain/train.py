@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from train.brain.data import THIN, Case, augment, make_case, random_crop
+from train.brain.data import THIN, Case, augment, make_case, random_crop, whole_volume
 
 # Extra training sets, all with a tumour: name (``--<name>-cases`` sets how
 # many) → first seed and phantom options.
@@ -77,7 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--minutes", type=float, default=18.0, help="wall-clock budget for training steps"
     )
-    parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument(
+        "--crop",
+        type=int,
+        default=64,
+        help="cube crop size; 0: whole volumes (the inference's context; needs --batch 1)",
+    )
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--validate-every", type=int, default=150)
@@ -90,13 +95,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (shared machine: 1)"
     )
+    parser.add_argument(
+        "--native-share",
+        type=float,
+        default=0.0,
+        help="share of phantoms whose T1c is 1 mm isotropic, so reaches the network "
+        "uninterpolated (0: every series interpolated, as phases 1-8 were trained)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/brain_cases.pkl"))
     parser.add_argument("--plots", type=Path, default=Path("train/brain/output"))
     parser.add_argument(
         "--resume", action="store_true", help="start from the bundle's models/model.pt"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.crop == 0 and args.batch != 1:
+        parser.error("--crop 0 (whole volumes of different sizes) needs --batch 1")
+    return args
 
 
 def build_network(bundle: Path) -> torch.nn.Module:
@@ -111,6 +126,8 @@ def load_cases(seeds: list[int], cache: Path, what: str, **options: Any) -> list
     """Generate the phantoms of *seeds* (or read them from *cache*); *options* go to make_case."""
     normalization = options.get("normalization", "nonzero")
     tag = "" if normalization == "nonzero" else f"-{normalization}"
+    if options.get("native_share"):
+        tag += f"-native{options['native_share']:g}"
     path = cache.with_name(f"{cache.stem}-{what}-{len(seeds)}-{seeds[0]}{tag}{cache.suffix}")
     if path.is_file():
         with path.open("rb") as f:
@@ -120,6 +137,15 @@ def load_cases(seeds: list[int], cache: Path, what: str, **options: Any) -> list
     with path.open("wb") as f:
         pickle.dump(cases, f)
     return cases
+
+
+def sample(
+    case: Case, args: argparse.Namespace, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A training crop of *case*, or (``--crop 0``) the whole volume."""
+    if args.crop == 0:
+        return whole_volume(case)
+    return random_crop(case, args.crop, rng, core_bias=args.core_bias)
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -164,9 +190,10 @@ def save_plots(
     fig, ax = plt.subplots(figsize=(6, 4))
     losses = np.array(history["loss"])
     window = max(1, len(losses) // 50)
-    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
     ax.plot(losses, alpha=0.3, label="loss")
-    ax.plot(np.arange(len(smooth)) + window - 1, smooth, label=f"mean of {window}")
+    if len(losses):  # none when the budget ran out before the first step
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(np.arange(len(smooth)) + window - 1, smooth, label=f"mean of {window}")
     ax.set_xlabel("step")
     ax.set_ylabel("Dice + BCE loss")
     ax.legend()
@@ -202,7 +229,11 @@ def train(args: argparse.Namespace) -> dict[str, float]:
 
     norm = str(Bundle(args.bundle.resolve()).raw("normalization", "nonzero"))
     train_cases = load_cases(
-        [1000 + i for i in range(args.cases)], args.cache, "train", normalization=norm
+        [1000 + i for i in range(args.cases)],
+        args.cache,
+        "train",
+        normalization=norm,
+        native_share=args.native_share,
     )
     for name, (first_seed, options) in EXTRA_SETS.items():
         count = getattr(args, f"{name}_cases")
@@ -212,11 +243,16 @@ def train(args: argparse.Namespace) -> dict[str, float]:
                 args.cache,
                 name,
                 normalization=norm,
+                native_share=args.native_share,
                 tumour_probability=1.0,
                 **options,
             )
     val_cases = load_cases(
-        [5000 + i for i in range(args.val_cases)], args.cache, "val", normalization=norm
+        [5000 + i for i in range(args.val_cases)],
+        args.cache,
+        "val",
+        normalization=norm,
+        native_share=args.native_share,
     )
     network = build_network(args.bundle)
     if args.resume:
@@ -251,12 +287,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
             group["lr"] = max(lr, args.lr * 0.02)
         batch = [
             augment(
-                *random_crop(
-                    train_cases[rng.integers(len(train_cases))],
-                    args.crop,
-                    rng,
-                    core_bias=args.core_bias,
-                ),
+                *sample(train_cases[rng.integers(len(train_cases))], args, rng),
                 rng,
                 args.scale_jitter,
                 args.shift_jitter,
