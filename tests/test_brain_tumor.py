@@ -460,10 +460,11 @@ def test_storescu_to_node_to_orthanc(
         # The BraTS regions (whole tumour, tumour core, enhancing) within 10 % of the truth.
         for region in ("WT volume", "TC volume", "ET volume"):
             assert abs(scores[region]) <= 0.10, scores
-        # The oedema alone is a thin shell (8 mL, ~4 mm) round this small tumour: the
-        # model still draws it about one voxel too wide (model card). No regression
-        # beyond that; the 10 % target stays visible as an expected failure.
-        assert abs(scores["oedema volume"]) <= 0.20, scores
+        # The oedema alone is a thin shell (8 mL, ~4 mm) round this small tumour, and
+        # one voxel all round is ~25 % of it. The shipped weights draw it +10.8 %
+        # (phase 8: +17 %; model card). No regression beyond 15 %; the 10 % target
+        # stays visible as an expected failure until it is met.
+        assert abs(scores["oedema volume"]) <= 0.15, scores
         if abs(scores["oedema volume"]) > 0.10:
             pytest.xfail(f"oedema volume not yet within 10 % on the small test tumour: {scores}")
 
