@@ -178,8 +178,7 @@ def test_training_grids_include_uninterpolated_t1c() -> None:
     """Some training T1c series are 1 mm isotropic: the network then sees them uninterpolated.
 
     The demo and test studies' T1c is 1 mm isotropic, so the pipeline's 1 mm grid
-    is its own grid; a network only ever trained on interpolated (softened) T1c
-    edges drew the tumour about half a voxel too wide there.
+    is its own grid; before ``--native-share`` no training T1c was.
     """
     from dicomnode.pipelines.brain_tumor import reference_grid
     from dicomnode.pipelines.volume import Volume
@@ -209,13 +208,12 @@ def test_training_grids_include_uninterpolated_t1c() -> None:
 
 def test_whole_volume_training_samples_are_padded_as_the_pipeline_pads() -> None:
     """``train --crop 0`` feeds the network what infer() feeds it: the whole grid, end-padded."""
-    from dicomnode.pipelines import brain_tumor
     from train.brain.data import Case, whole_volume
 
     rng = np.random.default_rng(0)
     image = rng.normal(size=(4, 21, 30, 17)).astype(np.float16)
     target = (rng.random((3, 21, 30, 17)) > 0.5).astype(np.uint8)
-    padded_image, padded_target = whole_volume(Case(image, target, seed=0), brain_tumor._MULTIPLE)
+    padded_image, padded_target = whole_volume(Case(image, target, seed=0))
     assert padded_image.shape == (4, 24, 32, 24) and padded_target.shape == (3, 24, 32, 24)
     assert np.array_equal(padded_image[:, :21, :30, :17], image.astype(np.float32))
     assert np.array_equal(padded_target[:, :21, :30, :17], target)

@@ -158,6 +158,18 @@ def from_network_layout(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(0, 3, 2, 1))
 
 
+def pad_to_multiple(array: np.ndarray, multiple: int = _MULTIPLE) -> np.ndarray:
+    """``(C, X, Y, Z)`` zero-padded at the far end of each axis to a *multiple*, as float32.
+
+    What :meth:`BrainTumorPipeline.infer` feeds the network (and whole-volume
+    training, which must see the same).
+    """
+    padded = [-(-n // multiple) * multiple for n in array.shape[1:]]
+    out = np.zeros((array.shape[0], *padded), dtype=np.float32)
+    out[(slice(None), *(slice(0, n) for n in array.shape[1:]))] = array
+    return out
+
+
 def region_targets(labels: np.ndarray) -> np.ndarray:
     """Exclusive labels → the three overlapping BraTS regions TC, WT, ET (training targets)."""
     tumour_core = (labels == ENHANCING) | (labels == NECROSIS)
@@ -453,9 +465,7 @@ class BrainTumorPipeline(ModelPipeline):
         from dicomnode.pipelines.inference import sliding_window
 
         spatial = prepared.image.shape[1:]
-        padded = [-(-n // _MULTIPLE) * _MULTIPLE for n in spatial]
-        image = np.zeros((4, *padded), dtype=np.float32)
-        image[:, : spatial[0], : spatial[1], : spatial[2]] = prepared.image
+        image = pad_to_multiple(prepared.image)
         roi = [max(_MULTIPLE, (r // _MULTIPLE) * _MULTIPLE) for r in self.roi_size]
         tensor = torch.from_numpy(image)[None].to(self.runtime.device)
         logits = sliding_window(

@@ -47,9 +47,9 @@ from dicomnode.pipelines.brain_tumor import (
     probabilities_on_grid,
     region_targets,
 )
-from dicomnode.synthetic.mr import random_geometries, write_mr_study
+from dicomnode.synthetic.mr import write_mr_study
 from train.brain.data import THIN
-from train.brain.evaluate import dice, series_inputs
+from train.brain.evaluate import dice, series_inputs, study_geometries
 
 FIRST_SEED = 6000
 
@@ -95,9 +95,11 @@ def study_probabilities(
     varied: bool = False,
 ) -> dict[str, Any]:
     """One calibration study's probabilities and truth on the T1c grid."""
-    grids = random_geometries(np.random.default_rng(seed)) if varied else None
     truth = write_mr_study(
-        folder / "study", seed=seed, phantom_options=phantom_options, geometries=grids
+        folder / "study",
+        seed=seed,
+        phantom_options=phantom_options,
+        geometries=study_geometries(seed, varied),
     )
     work = folder / "work"
     work.mkdir()

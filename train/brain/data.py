@@ -16,6 +16,7 @@ from dicomnode.pipelines.brain_tumor import (
     NORMALISATIONS,
     intensity_brain_mask,
     network_channels,
+    pad_to_multiple,
     reference_grid,
     region_targets,
     to_network_layout,
@@ -105,22 +106,15 @@ def random_crop(
     return image, target
 
 
-def whole_volume(case: Case, multiple: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """The whole case, zero-padded at the far end to a *multiple*, as the pipeline feeds it.
+def whole_volume(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """The whole case, padded exactly as the pipeline pads it (:func:`pad_to_multiple`).
 
     SegResNet's group normalisation takes its statistics over the whole input,
     so what surrounds the tumour changes the features: a network trained on
     tumour-centred crops and run on the whole brain draws small tumours too
     wide and large ones too narrow. Whole volumes give it the inference's context.
     """
-    spatial = case.image.shape[1:]
-    padded = tuple(-(-n // multiple) * multiple for n in spatial)
-    image = np.zeros((4, *padded), dtype=np.float32)
-    target = np.zeros((3, *padded), dtype=np.float32)
-    fit = tuple(slice(0, n) for n in spatial)
-    image[(slice(None), *fit)] = case.image
-    target[(slice(None), *fit)] = case.target
-    return image, target
+    return pad_to_multiple(case.image), pad_to_multiple(case.target)
 
 
 def augment(

@@ -92,6 +92,11 @@ def series_inputs(truth: MRStudyTruth) -> list[SeriesInput]:
     return out
 
 
+def study_geometries(seed: int, varied: bool) -> dict[str, Geometry] | None:
+    """Training-style random grids for a ``--varied-studies`` study; None: the demo grids."""
+    return random_geometries(np.random.default_rng(seed)) if varied else None
+
+
 def read_labels(seg_path: Path, source: list[Path]) -> np.ndarray:
     """The written SEG as exclusive labels on the T1c slices."""
     seg = hd.seg.segread(seg_path)
@@ -274,9 +279,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed, tumour, options, varied in tqdm(plan, desc="held-out studies", unit="study"):
             folder = Path(tmp) / str(seed)
-            grids = random_geometries(np.random.default_rng(seed)) if varied else None
             row = evaluate_study(
-                pipeline, seed, folder, tumour=tumour, phantom_options=options, geometries=grids
+                pipeline,
+                seed,
+                folder,
+                tumour=tumour,
+                phantom_options=options,
+                geometries=study_geometries(seed, varied),
             )
             rows.append({**row, "thin": options is not None, "varied": varied})
             tqdm.write(json.dumps({"seed": seed, **row["dice"], **row["volume_ml"]}))

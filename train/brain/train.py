@@ -228,13 +228,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     from dicomnode.pipelines.bundle import Bundle
 
     norm = str(Bundle(args.bundle.resolve()).raw("normalization", "nonzero"))
-    train_cases = load_cases(
-        [1000 + i for i in range(args.cases)],
-        args.cache,
-        "train",
-        normalization=norm,
-        native_share=args.native_share,
-    )
+    common = {"normalization": norm, "native_share": args.native_share}
+    train_cases = load_cases([1000 + i for i in range(args.cases)], args.cache, "train", **common)
     for name, (first_seed, options) in EXTRA_SETS.items():
         count = getattr(args, f"{name}_cases")
         if count:
@@ -242,18 +237,11 @@ def train(args: argparse.Namespace) -> dict[str, float]:
                 [first_seed + i for i in range(count)],
                 args.cache,
                 name,
-                normalization=norm,
-                native_share=args.native_share,
+                **common,
                 tumour_probability=1.0,
                 **options,
             )
-    val_cases = load_cases(
-        [5000 + i for i in range(args.val_cases)],
-        args.cache,
-        "val",
-        normalization=norm,
-        native_share=args.native_share,
-    )
+    val_cases = load_cases([5000 + i for i in range(args.val_cases)], args.cache, "val", **common)
     network = build_network(args.bundle)
     if args.resume:
         state = torch.load(args.bundle / "models" / "model.pt", weights_only=True)
