@@ -95,16 +95,16 @@ def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
 
 def _job_filter(args: argparse.Namespace) -> Any:
     """The same :class:`~dicomnode.jobs.JobFilter` the REST API builds from its query."""
-    from dicomnode.jobs import JobFilter, parse_time
+    from dicomnode.jobs import JobFilter
 
-    return JobFilter(
+    return JobFilter.parse(
         status=args.status,
         pipeline=args.pipeline,
         study_instance_uid=args.study,
         accession_number=args.accession_number,
         calling_aet=args.calling_aet,
-        since=parse_time(args.since, "since") if args.since else None,
-        until=parse_time(args.until, "until") if args.until else None,
+        since=args.since,
+        until=args.until,
         limit=args.limit,
         offset=args.offset,
     )
@@ -175,18 +175,17 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
 
 def cmd_studies_list(args: argparse.Namespace) -> int:
     from dicomnode.database import make_engine, session_factory, upgrade
-    from dicomnode.jobs import parse_time
     from dicomnode.studies import StudyFilter, find_studies
 
     settings = _settings(args)
     upgrade(settings.database.url)
-    filters = StudyFilter(
+    filters = StudyFilter.parse(
         status=args.status,
         study_instance_uid=args.study,
         accession_number=args.accession_number,
         calling_aet=args.calling_aet,
-        since=parse_time(args.since, "since") if args.since else None,
-        until=parse_time(args.until, "until") if args.until else None,
+        since=args.since,
+        until=args.until,
         limit=args.limit,
         offset=args.offset,
     )

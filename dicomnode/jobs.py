@@ -15,10 +15,10 @@ Every state change writes a :class:`~dicomnode.models.JobEvent`, so
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import ColumnElement, case, func, inspect, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -112,8 +112,40 @@ def _check_text(name: str, value: str | None, limit: int = 64) -> None:
         raise FilterError(f"{name}: control characters are not allowed")
 
 
+class TextListing:
+    """``parse``: a listing filter from the text the CLI and the API receive.
+
+    Shared by :class:`JobFilter` and :class:`~dicomnode.studies.StudyFilter`,
+    whose ``since``/``until`` arrive as text in both interfaces.
+    """
+
+    @classmethod
+    def parse(cls, since: str | None = None, until: str | None = None, **fields: Any) -> Self:
+        """A filter from the text the CLI and the API receive.
+
+        Parameters
+        ----------
+        since, until
+            An ISO 8601 time or an age such as ``24h`` (:func:`parse_time`);
+            empty or None is no bound.
+        **fields
+            The listing's other attributes, as they are.
+
+        Raises
+        ------
+        FilterError
+            Naming the first field that is not valid.
+        """
+        make: Callable[..., Self] = cls  # a dataclass: its fields are the keywords
+        return make(
+            since=parse_time(since, "since") if since else None,
+            until=parse_time(until, "until") if until else None,
+            **fields,
+        )
+
+
 @dataclass(frozen=True)
-class JobFilter:
+class JobFilter(TextListing):
     """Which jobs to list, shared by ``dicomnode jobs list`` and ``GET /api/v1/jobs``.
 
     Attributes

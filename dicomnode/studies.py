@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.jobs import FilterError, check_listing
+from dicomnode.jobs import FilterError, TextListing, check_listing
 from dicomnode.models import Job, Series, Study, StudyStatus
 
 
@@ -24,7 +24,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 @dataclass(frozen=True)
-class StudyFilter:
+class StudyFilter(TextListing):
     """Which studies to list, newest received first.
 
     Attributes

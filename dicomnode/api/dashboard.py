@@ -35,7 +35,6 @@ from dicomnode.jobs import (
     JobFilter,
     UnknownJob,
     job_to_dict,
-    parse_time,
 )
 from dicomnode.models import JobStatus, utcnow
 from dicomnode.stats import StatsWindow, job_statistics
@@ -102,17 +101,9 @@ def _job_filter(query: dict[str, str], limit: int = PAGE_SIZE) -> JobFilter:
         offset = int(query.get("offset") or 0)
     except ValueError:
         raise FilterError("offset: must be a whole number") from None
-    return JobFilter(
-        status=query.get("status") or None,
-        pipeline=query.get("pipeline") or None,
-        study_instance_uid=query.get("study_instance_uid") or None,
-        accession_number=query.get("accession_number") or None,
-        calling_aet=query.get("calling_aet") or None,
-        since=parse_time(query["since"], "since") if query.get("since") else None,
-        until=parse_time(query["until"], "until") if query.get("until") else None,
-        limit=limit,
-        offset=offset,
-    )
+    # Empty form fields arrive as "" and mean "any".
+    fields = {name: query.get(name) or None for name in FILTER_FIELDS}
+    return JobFilter.parse(**fields, limit=limit, offset=offset)
 
 
 def _query(request: Request) -> dict[str, str]:

@@ -108,14 +108,14 @@ def list_jobs(
     offset: Offset = 0,
 ) -> dict[str, Any]:
     """Jobs, newest first, filtered like ``dicomnode jobs list``; ``since``/``until`` on creation time."""
-    filters = JobFilter(
+    filters = JobFilter.parse(
         status=status.value if status else None,
         pipeline=pipeline,
         study_instance_uid=study_instance_uid,
         accession_number=accession_number,
         calling_aet=calling_aet,
-        since=_time(since, "since"),
-        until=_time(until, "until"),
+        since=since,
+        until=until,
         limit=limit,
         offset=offset,
     )
@@ -194,13 +194,13 @@ def list_studies(
     offset: Offset = 0,
 ) -> dict[str, Any]:
     """Studies, newest received first, with their series and instance counts; ``since``/``until`` on last receipt."""
-    filters = StudyFilter(
+    filters = StudyFilter.parse(
         status=status.value if status else None,
         study_instance_uid=study_instance_uid,
         accession_number=accession_number,
         calling_aet=calling_aet,
-        since=_time(since, "since"),
-        until=_time(until, "until"),
+        since=since,
+        until=until,
         limit=limit,
         offset=offset,
     )
