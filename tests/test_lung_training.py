@@ -50,9 +50,7 @@ def test_luna16_split_and_transforms_put_the_box_on_the_nodule(tmp_path: Path) -
     (item,) = luna16_datalist(split, tmp_path / "LUNA16")
     assert Path(item["image"]) == tmp_path / "LUNA16" / "images" / "case.nii.gz"
 
-    transforms = luna16_transforms(WINDOW, (32, 32, 16), batch=4)
-    transforms.set_random_state(seed=0)
-    crops = transforms(item)
+    crops = crops_of(item)
     assert len(crops) == 4
     with_nodule = [c for c in crops if len(c["box"])]
     assert with_nodule, "no crop kept the nodule's box"
@@ -72,12 +70,18 @@ def test_a_box_off_the_nodule_is_seen(tmp_path: Path) -> None:
     data["training"][0]["box"] = [[box[0] + 8.0, *box[1:]]]
     split.write_text(json.dumps(data))
     (item,) = luna16_datalist(split, tmp_path / "LUNA16")
-    transforms = luna16_transforms(WINDOW, (32, 32, 16), batch=4)
-    transforms.set_random_state(seed=0)
-    crops = transforms(item)
+    crops = crops_of(item)
     assert any(len(c["box"]) for c in crops)
     problems, _ = box_problems(crops)
     assert problems
+
+
+def crops_of(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """Four 32x32x16 training crops of *item*, the same on every run."""
+    transforms = luna16_transforms(WINDOW, (32, 32, 16), batch=4)
+    transforms.set_random_state(seed=0)
+    crops: list[dict[str, Any]] = transforms(item)
+    return crops
 
 
 def box_problems(crops: list[dict[str, Any]]) -> tuple[list[str], int]:
