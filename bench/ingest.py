@@ -19,7 +19,6 @@ Usage: ``python bench/ingest.py [--slices 300] [--rounds 3]``
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -30,24 +29,34 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-# bench/queue.py must not shadow the standard library's queue module.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
+# Run as a script, this folder is sys.path[0], and bench/queue.py would then stand
+# in for the standard library's queue module wherever it is imported (multiprocessing,
+# concurrent.futures, psycopg): drop the folder. dicomnode itself comes from the
+# environment (installed editable), so nothing else goes on sys.path.
+_BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 
 from dicomnode.synthetic import ct_series, write_series  # noqa: E402
-from tests.peers import Orthanc, StoreSCP, echoscu, free_port  # noqa: E402
+from dicomnode.testing.peers import (  # noqa: E402
+    NODELAY_ENV,
+    Orthanc,
+    StoreSCP,
+    dcmtk_tool,
+    echoscu,
+    free_port,
+)
 
 
 def push(files: list[Path], port: int, aet: str, streams: int) -> float:
     """Seconds to push *files* over *streams* concurrent storescu associations."""
     chunks = [files[i::streams] for i in range(streams)]
-    env = dict(os.environ, TCP_NODELAY="1")
+    # DCMTK's storescu, not pynetdicom's of the same name in the venv (other options).
+    tool = dcmtk_tool("storescu")
     started = time.perf_counter()
     procs = [
         subprocess.Popen(
-            ["storescu", "-aec", aet, "127.0.0.1", str(port), *map(str, chunk)],
-            env=env,
+            [tool, "-aec", aet, "127.0.0.1", str(port), *map(str, chunk)],
+            env=NODELAY_ENV,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )

@@ -23,16 +23,18 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-# bench/queue.py must not shadow the standard library's queue module.
+# Run as a script, this folder is sys.path[0], and bench/queue.py would then stand
+# in for the standard library's queue module wherever it is imported (multiprocessing,
+# concurrent.futures, psycopg): drop the folder. dicomnode itself comes from the
+# environment (installed editable), so nothing else goes on sys.path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
 
 from dicomnode.config import Settings  # noqa: E402
 from dicomnode.jobs import JobQueue, job_to_dict  # noqa: E402
 from dicomnode.service import Node  # noqa: E402
 from dicomnode.synthetic.ct import write_chest_ct_study  # noqa: E402
-from tests.conftest import NODE_AE, settings_data  # noqa: E402
-from tests.peers import Orthanc, storescu  # noqa: E402
+from dicomnode.testing.node import NODE_AE, settings_data  # noqa: E402
+from dicomnode.testing.peers import Orthanc, storescu  # noqa: E402
 
 TARGET_S = 60.0
 ZOO_PUBLISHED_MS = 996.0

@@ -14,11 +14,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file is called queue.py: keep its folder off sys.path or it shadows the
-# standard library's queue module.
+# This file is called queue.py: run as a script, its folder is sys.path[0] and it
+# would stand in for the standard library's queue module, which psycopg imports
+# (PostgresServer.create_database, the engine). Drop the folder before anything
+# imports queue; dicomnode itself comes from the environment (installed editable).
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
 
 import argparse
 import signal
@@ -31,8 +32,8 @@ from sqlalchemy import func, select
 
 from dicomnode.database import make_engine, session_factory
 from dicomnode.models import Job, JobStatus
-from tests.factories import queue_jobs
-from tests.peers import PostgresServer
+from dicomnode.testing.factories import queue_jobs
+from dicomnode.testing.peers import PostgresServer
 
 
 def done(url: str) -> int:
@@ -52,7 +53,7 @@ def drain(server: PostgresServer, workdir: Path, jobs: int, workers: int) -> flo
     config.write_text(
         f'[database]\nurl = "{url}"\n[storage]\npath = "{workdir / "storage"}"\n'
         "[workers]\npoll_seconds = 0.05\n"
-        '[pipelines.noop]\ntype = "tests.pipelines:Record"\n'
+        '[pipelines.noop]\ntype = "dicomnode.testing.pipelines:Record"\n'
         f'log = "{workdir / "runs.log"}"\n'
     )
     procs = []

@@ -12,9 +12,8 @@ from pydicom.data import get_testdata_file
 
 from dicomnode.config import Settings
 from dicomnode.service import Node
-from tests.peers import free_port
-
-NODE_AE = "TESTNODE"
+from dicomnode.testing.node import NODE_AE as NODE_AE  # re-exported for the test modules
+from dicomnode.testing.node import settings_data
 
 # pydicom's bundled files, one per transfer syntax family the receiver must take as-is.
 TESTDATA = [
@@ -44,24 +43,6 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def settings_data(root: Path, port: int | None = None) -> dict[str, Any]:
-    """A node config with everything under *root*, as a dict (TOML-shaped)."""
-    return {
-        "node": {"ae_title": NODE_AE, "host": "127.0.0.1", "port": port or free_port()},
-        "storage": {"path": str(root / "storage"), "min_free_bytes": 0},
-        "database": {"url": f"sqlite:///{root / 'dicomnode.db'}"},
-        "assembly": {"quiet_seconds": 1.0, "early_quiet_seconds": 0.2, "check_interval": 0.2},
-        "workers": {
-            "processes": 0,
-            "poll_seconds": 0.2,
-            "lease_seconds": 10,
-            "heartbeat_seconds": 1,
-        },
-        "delivery": {"check_interval": 0.2, "backoff_seconds": 0.5, "backoff_max_seconds": 2},
-        "api": {"enabled": False},
-    }
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from dicomnode.config import ConfigError, load_settings
 from dicomnode.metrics import gpu_memory_metrics
 from dicomnode.models import Job, JobEvent, JobStatus, Output, Series, Study, utcnow
 from dicomnode.service import Node
+from dicomnode.testing.peers import PostgresServer, echoscu, storescu
 from tests.conftest import NODE_AE
-from tests.peers import PostgresServer, echoscu, storescu
 from tests.test_flow import write_study
 
 ADMIN = "admin-token-0123456789abcdef"
@@ -241,7 +241,7 @@ def test_readyz_reports_a_closed_receiver_and_unwritable_storage(api: Api) -> No
 def test_database_outage_shows_in_readiness_and_metrics() -> None:
     from dicomnode.api.health import database_check
     from dicomnode.database import make_engine, session_factory
-    from tests.peers import free_port
+    from dicomnode.testing.peers import free_port
 
     engine = make_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none")
     ok, message = database_check(session_factory(engine))()

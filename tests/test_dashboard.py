@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from dicomnode.jobs import JobQueue, job_to_dict
+from dicomnode.testing.peers import storescu
 from tests.conftest import NODE_AE
-from tests.peers import storescu
 from tests.test_api import ADMIN, READ, TOKENS, Api, seed
 from tests.test_flow import write_study
 

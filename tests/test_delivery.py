@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from dicomnode.jobs import JobQueue
 from dicomnode.models import Instance
+from dicomnode.testing.peers import Orthanc, free_port, storescu
 from tests.conftest import NODE_AE
-from tests.peers import Orthanc, free_port, storescu
 from tests.test_flow import wait_for_jobs, write_study
 from tests.test_tls import pki  # noqa: F401  (fixture)
 

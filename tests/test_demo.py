@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from tests.peers import dciodvfy
+from dicomnode.testing.peers import dciodvfy
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ from sqlalchemy import select
 from dicomnode.cli import main as cli
 from dicomnode.jobs import JobQueue, job_to_dict
 from dicomnode.models import FINAL_JOB_STATES, Study
+from dicomnode.testing.peers import Orthanc, storescu
 from tests.conftest import NODE_AE, sample_paths
-from tests.peers import Orthanc, storescu
 from tests.test_durability import ct_study
 
 pytestmark = pytest.mark.slow
@@ -306,7 +306,7 @@ def test_seg_sr_and_key_image_reach_orthanc_in_the_same_study(
     make_settings, start_node, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     from dicomnode.synthetic import Nodule, ct_series, write_series
-    from tests.peers import dciodvfy
+    from dicomnode.testing.peers import dciodvfy
 
     with Orthanc(tmp_path / "orthanc") as orthanc:
         settings = make_settings(

@@ -22,8 +22,8 @@ import pydicom
 import pytest
 
 from dicomnode.logs import JSONFormatter
+from dicomnode.testing.peers import free_port, storescu
 from tests.conftest import NODE_AE
-from tests.peers import free_port, storescu
 from tests.test_durability import ct_study
 
 ADMIN = "admin-token-0123456789abcdef"

@@ -14,8 +14,8 @@ from sqlalchemy import select
 from dicomnode.database import make_engine, session_factory, upgrade
 from dicomnode.jobs import JobQueue
 from dicomnode.models import Instance, Job, JobStatus, Study, utcnow
+from dicomnode.testing.peers import PostgresServer, storescu
 from tests.conftest import NODE_AE, sample_paths
-from tests.peers import PostgresServer, storescu
 from tests.test_flow import wait_for_jobs, write_study
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]

@@ -24,7 +24,7 @@ from dicomnode.results import (
     write_segmentation,
 )
 from dicomnode.synthetic import Nodule, ct_series, nodule_labels
-from tests.peers import dciodvfy
+from dicomnode.testing.peers import dciodvfy, dcmtk_tool
 
 ALGORITHM = AlgorithmInfo("test-detector", "1.2.3", "Not for diagnostic use")
 NODULES = [Nodule((-60.0, -20.0, 20.0), 10.0), Nodule((70.0, 10.0, 40.0), 8.0)]
@@ -121,7 +121,7 @@ def test_seg_and_sr_round_trip(source: list[pydicom.Dataset], tmp_path: Path) ->
     long_axes = [g.get_measurements(name=codes.SCT.LongAxis) for g in planar]
     assert [m[0].value for m in long_axes if m] == [10.0, 8.0]
     assert groups[0].tracking_uid == planar[0].tracking_uid
-    dump = subprocess.run(["dsrdump", str(sr_path)], capture_output=True, text=True, timeout=60)
+    dump = subprocess.run([dcmtk_tool("dsrdump"), str(sr_path)], capture_output=True, text=True, timeout=60)
     assert dump.returncode == 0, dump.stderr
     assert "Imaging Measurement Report" in dump.stdout and "Not for diagnostic use" in dump.stdout
 

@@ -20,7 +20,7 @@ from dicomnode.results import (
     write_overlay_image,
 )
 from dicomnode.synthetic.fundus import write_fundus_study
-from tests.peers import dciodvfy
+from dicomnode.testing.peers import dciodvfy, dcmtk_tool
 
 ALGORITHM = AlgorithmInfo("test-grader", "2.0", "Not for diagnostic use")
 REVIEW = Code("NEEDS_REVIEW", "99DICOMNODE", "Needs human review")
@@ -131,6 +131,6 @@ def test_eye_group_covers_its_images_and_references_the_overlays(
         if item.ValueType == "IMAGE" and item.ConceptNameCodeSequence[0].CodeValue == "121200"
     ]
     assert pictures == [o.SOPInstanceUID for o in overlays]
-    dump = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, timeout=60)
+    dump = subprocess.run([dcmtk_tool("dsrdump"), str(path)], capture_output=True, text=True, timeout=60)
     assert dump.returncode == 0, dump.stderr
     assert "Illustration of ROI" in dump.stdout

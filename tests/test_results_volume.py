@@ -14,7 +14,7 @@ from pydicom.sr.codedict import codes
 from dicomnode.results import AlgorithmInfo, SegmentSpec, SeriesSpec, write_segmentation
 from dicomnode.results.sr import SegmentVolumeFinding, write_volume_report
 from dicomnode.synthetic import ct_series
-from tests.peers import dciodvfy
+from dicomnode.testing.peers import dciodvfy, dcmtk_tool
 
 ALGORITHM = AlgorithmInfo("test-volumes", "0.1", "Not for diagnostic use")
 
@@ -73,7 +73,7 @@ def test_segment_volumes_reference_their_segments(
     assert groups[0].tracking_uid == back.get_segment_description(1).tracking_uid
     (whole,) = content.get_image_measurement_groups()
     assert whole.get_measurements(name=codes.SCT.Volume)[0].value == pytest.approx(4.0)
-    dump = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, timeout=60)
+    dump = subprocess.run([dcmtk_tool("dsrdump"), str(path)], capture_output=True, text=True, timeout=60)
     assert dump.returncode == 0 and "Whole tumour" in dump.stdout
 
 

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import func, select
 
 from dicomnode.models import Instance, Study, utcnow
+from dicomnode.testing.peers import storescu
 from tests.conftest import NODE_AE, sample_paths
-from tests.peers import storescu
 from tests.test_flow import wait_for_jobs, write_study
 
 pytestmark = pytest.mark.slow

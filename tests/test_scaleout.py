@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 
 from dicomnode.database import make_engine, session_factory
 from dicomnode.models import Job, JobStatus
-from tests.factories import queue_jobs
-from tests.peers import PostgresServer
+from dicomnode.testing.factories import queue_jobs
+from dicomnode.testing.peers import PostgresServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -43,7 +43,7 @@ lease_seconds = 3
 heartbeat_seconds = 0.5
 shutdown_grace_seconds = 2
 [pipelines.record]
-type = "tests.pipelines:Record"
+type = "dicomnode.testing.pipelines:Record"
 log = "{tmp_path / "runs.log"}"
 {pipeline_extra}
 """

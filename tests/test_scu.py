@@ -9,7 +9,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from dicomnode.scu import send
 from dicomnode.synthetic import ct_series, write_series
-from tests.peers import free_port
+from dicomnode.testing.peers import free_port
 
 
 def test_peer_abort_marks_the_rest_as_failed(tmp_path: Path) -> None:

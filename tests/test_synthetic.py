@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from dicomnode.synthetic import Nodule, ct_series, write_series
-from tests.peers import dciodvfy
+from dicomnode.testing.peers import dciodvfy
 
 
 def hu(ds) -> np.ndarray:  # type: ignore[no-untyped-def]

@@ -9,6 +9,17 @@ from dicomnode.models import Job, JobStatus, Study, utcnow
 def queue_jobs(url: str, n: int, pipeline: str) -> None:
     """Migrate the database at *url* and add *n* queued jobs, one study each.
 
+    Parameters
+    ----------
+    url
+        SQLAlchemy URL of the database (SQLite or PostgreSQL).
+    n
+        Number of jobs.
+    pipeline
+        Pipeline name every job is queued for.
+
+    Notes
+    -----
     Jobs are unique per (study, pipeline), so each gets its own complete study.
     """
     upgrade(url)

@@ -2,37 +2,131 @@
 
 DCMTK tools and Orthanc run with ``TCP_NODELAY=1`` in their environment:
 without it they stall ~40 ms per object on loopback.
+
+DCMTK's command-line tools are found with :func:`dcmtk_tool`, by what they say
+they are rather than by PATH order: pynetdicom installs its own ``storescu``,
+``storescp``, ``echoscu``, ``findscu``, ``movescu`` and ``getscu`` into the
+virtual environment's ``bin``, with other options, and they come first whenever
+the environment is on PATH.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    # httpx is a dev dependency and this module ships in the package: Orthanc
+    # imports it when one is made, so importing this module needs no httpx.
+    import httpx
 
 NODELAY_ENV = dict(os.environ, TCP_NODELAY="1")
 
+# Where Debian's dcmtk package puts its tools: searched after PATH, so that a
+# PATH holding only the virtual environment (or nothing useful) still finds them.
+DCMTK_FALLBACK_DIRS: tuple[str, ...] = ("/usr/bin",)
+
+# Every DCMTK tool starts its --version output with an RCS-style banner such as
+# "$dcmtk: storescu v3.6.7 2022-04-22 $"; pynetdicom's apps print an argparse
+# usage error for --version alone (they require their positional arguments).
+_DCMTK_BANNER = re.compile(r"^\$dcmtk: \S+ v\S+", re.MULTILINE)
+
+
+def _version_banner(path: str) -> tuple[bool, str]:
+    """Whether the executable at *path* says it is DCMTK, and its first output line."""
+    try:
+        run = subprocess.run(
+            [path, "--version"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    output = run.stdout + run.stderr
+    first = next((line.strip() for line in output.splitlines() if line.strip()), "no output")
+    return bool(_DCMTK_BANNER.search(output)), first
+
+
+@functools.cache
+def dcmtk_tool(name: str) -> str:
+    """Path of DCMTK's command-line tool *name*, found by identity, not by PATH order.
+
+    Parameters
+    ----------
+    name
+        Tool name, e.g. ``"storescu"``, ``"storescp"``, ``"echoscu"``, ``"dsrdump"``.
+
+    Returns
+    -------
+    str
+        Absolute path of the first executable named *name*, in PATH order then
+        :data:`DCMTK_FALLBACK_DIRS`, whose ``--version`` output carries DCMTK's
+        ``$dcmtk: <name> v<version>`` banner. Cached per name: the search runs
+        each candidate once.
+
+    Raises
+    ------
+    RuntimeError
+        When no candidate is DCMTK's: the message names the tool, lists what was
+        found instead (pynetdicom's apps, typically) and says that the Debian
+        package ``dcmtk`` is needed.
+    """
+    seen: set[str] = set()
+    others: list[str] = []
+    for folder in [*os.get_exec_path(), *DCMTK_FALLBACK_DIRS]:
+        if not folder:  # an empty PATH entry means the working directory: not a tool folder
+            continue
+        candidate = os.path.abspath(os.path.join(folder, name))
+        real = os.path.realpath(candidate)
+        # /bin is often a link to /usr/bin: run each actual file once.
+        if real in seen or not os.path.isfile(real) or not os.access(real, os.X_OK):
+            continue
+        seen.add(real)
+        is_dcmtk, first_line = _version_banner(candidate)
+        if is_dcmtk:
+            return candidate
+        others.append(f"{candidate} (--version: {first_line!r})")
+    where = "on PATH" + (f" or in {', '.join(DCMTK_FALLBACK_DIRS)}" if DCMTK_FALLBACK_DIRS else "")
+    found = f"found instead: {', '.join(others)}" if others else "no executable of that name"
+    raise RuntimeError(
+        f"DCMTK's {name} not found {where}; {found}. "
+        "Install the Debian package dcmtk (apt-get install dcmtk)."
+    )
+
 
 def free_port() -> int:
-    """A free TCP port on loopback."""
+    """A free TCP port on loopback.
+
+    Returns
+    -------
+    int
+        A port the OS just handed out; free until someone else binds it.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _wait(predicate: Any, timeout: float, what: str, log: Path | None = None) -> None:
+def _wait(
+    predicate: Callable[[], bool], timeout: float, what: str, log: Path | None = None
+) -> None:
+    """Poll *predicate* until true; raise with the tail of *log* after *timeout* seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -78,9 +172,27 @@ def storescu(
     """Run DCMTK storescu so that every file goes in its own transfer syntax.
 
     Uncompressed files go in one run; each compressed transfer syntax gets its own
-    run with the option that proposes it. Folders are scanned recursively. The
-    result combines the runs: the first non-zero return code and all output.
+    run with the option that proposes it. Folders are scanned recursively.
+
+    Parameters
+    ----------
+    paths
+        Files and folders to send.
+    host, port, called_aet
+        The receiver.
+    calling_aet
+        Our AE title.
+    extra_args
+        More storescu options, placed before host and port.
+    timeout
+        Seconds per storescu run.
+
+    Returns
+    -------
+    subprocess.CompletedProcess
+        The runs combined: the first non-zero return code and all output.
     """
+    tool = dcmtk_tool("storescu")
     files: list[Path] = []
     for raw in map(Path, paths):
         files.extend(sorted(p for p in raw.rglob("*") if p.is_file()) if raw.is_dir() else [raw])
@@ -89,24 +201,39 @@ def storescu(
         groups.setdefault(_STORESCU_TS_OPTION.get(_transfer_syntax(path), ""), []).append(path)
     code, out, err = 0, "", ""
     for option, group in groups.items():
-        args = ["storescu", "-aet", calling_aet, "-aec", called_aet, *([option] if option else [])]
+        args = [tool, "-aet", calling_aet, "-aec", called_aet, *([option] if option else [])]
         args += [*extra_args, host, str(port), *map(str, group)]
         run = subprocess.run(args, env=NODELAY_ENV, capture_output=True, text=True, timeout=timeout)
         code = code or run.returncode
         out, err = out + run.stdout, err + run.stderr
-    return subprocess.CompletedProcess(["storescu"], code, out, err)
+    return subprocess.CompletedProcess([tool], code, out, err)
 
 
 def echoscu(
     *, host: str, port: int, called_aet: str, calling_aet: str = "ECHOSCU", timeout: float = 10
 ) -> subprocess.CompletedProcess[str]:
-    """Run DCMTK echoscu once."""
-    args = ["echoscu", "-aet", calling_aet, "-aec", called_aet, "-to", "5", host, str(port)]
+    """Run DCMTK echoscu once (one C-ECHO, 5 s association timeout).
+
+    Returns
+    -------
+    subprocess.CompletedProcess
+        Return code 0 when the peer answered Success.
+    """
+    tool = dcmtk_tool("echoscu")
+    args = [tool, "-aet", calling_aet, "-aec", called_aet, "-to", "5", host, str(port)]
     return subprocess.run(args, env=NODELAY_ENV, capture_output=True, text=True, timeout=timeout)
 
 
 def dciodvfy(path: str | os.PathLike[str]) -> list[str]:
-    """dicom3tools' verdict on a file: the lines that report errors (warnings ignored)."""
+    """dicom3tools' verdict on a file: the lines that report errors (warnings ignored).
+
+    dciodvfy is dicom3tools', not DCMTK's, and nothing else installs one: found on PATH.
+
+    Returns
+    -------
+    list of str
+        Error lines; empty when the file is valid for its IOD.
+    """
     result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
     lines = (result.stdout + result.stderr).splitlines()
     return [line for line in lines if line.startswith("Error") or " Error " in line]
@@ -155,7 +282,8 @@ class StoreSCP(_Process):
         self.ignore = ignore
 
     def start(self) -> None:
-        args = ["storescp", "-aet", self.aet, "--promiscuous", "-od", str(self.output_dir)]
+        tool = dcmtk_tool("storescp")
+        args = [tool, "-aet", self.aet, "--promiscuous", "-od", str(self.output_dir)]
         if self.ignore:
             args.append("--ignore")
         self.proc = subprocess.Popen(
@@ -210,7 +338,9 @@ class Orthanc(_Process):
         self.config_path = self.workdir / "orthanc.json"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(config, indent=1))
-        self.client = httpx.Client(base_url=self.url, timeout=60, trust_env=False)
+        import httpx
+
+        self.client: httpx.Client = httpx.Client(base_url=self.url, timeout=60, trust_env=False)
 
     def start(self) -> None:
         with self.log.open("ab") as log:
@@ -223,6 +353,8 @@ class Orthanc(_Process):
         _wait(self._alive, 30, "Orthanc", self.log)
 
     def _alive(self) -> bool:
+        import httpx
+
         try:
             return self.client.get("/system").status_code == 200
         except httpx.HTTPError:
@@ -286,6 +418,7 @@ class Orthanc(_Process):
 
 
 def _pg_bin(name: str) -> str:
+    """The newest installed PostgreSQL server binary *name* (Debian keeps them off PATH)."""
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     if found:
         return found[-1]
