@@ -116,7 +116,7 @@ class Retention:
             freed = self.store.remove_study_files(current.study_instance_uid)
             jobs = list(session.execute(select(Job).where(Job.study_id == study.id)).scalars())
             for job in jobs:
-                freed += _remove_tree(self.store.root / "results" / str(job.id))
+                freed += _remove_tree(self.store.results_dir(job.id))
                 add_event(session, job.id, "retention", f"stored files removed ({reason})")
             current.files_removed_at = now
         log.info(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,10 +17,11 @@ import pytest
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
 
 from dicomnode.models import Instance, Job
+from dicomnode.testing.peers import echoscu, free_port
 from tests.conftest import NODE_AE, sample_paths
-from tests.peers import echoscu, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -202,3 +205,107 @@ def test_both_fsync_orders_store_and_replace(
         (row,) = session.execute(select(Instance)).scalars().all()
     assert pydicom.dcmread(node.store.root / row.path).SOPInstanceUID == ds.SOPInstanceUID
     assert list((node.store.root / "tmp").iterdir()) == []
+
+
+def save_at_its_path(root: Path, ds: pydicom.Dataset, study: str | None = None) -> Path:
+    """Write *ds* where the store would, as a crash between rename and commit leaves it."""
+    path = (
+        root
+        / "instances"
+        / (study or ds.StudyInstanceUID)
+        / ds.SeriesInstanceUID
+        / f"{ds.SOPInstanceUID}.dcm"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_database_refusing_a_row_at_start_stops_start_up(make_settings, start_node) -> None:  # type: ignore[no-untyped-def]
+    """A good file is not quarantined because the database is at fault."""
+    from dicomnode.store import RecoveryError
+
+    settings = make_settings()
+    node = start_node(settings)
+    path = save_at_its_path(node.store.root, ct_study(1)[0])
+    node.stop()
+    database = sqlite3.connect(make_url(settings.database.url).database)
+    database.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON instances "
+        "BEGIN SELECT RAISE(ABORT, 'no new rows'); END"
+    )
+    database.commit()
+    with pytest.raises(RecoveryError) as refused:
+        start_node(settings)
+    message = str(refused.value)
+    assert str(path.relative_to(node.store.root)) in message
+    assert "the database refused the index row" in message and "no new rows" in message
+    assert path.is_file()
+    assert not (node.store.root / "quarantine").exists()
+
+    database.execute("DROP TRIGGER refuse")  # the admin fixes the database
+    database.commit()
+    database.close()
+    restarted = start_node(settings)
+    with restarted.sessions() as session:
+        assert session.execute(select(Instance.path)).scalars().all() == [
+            str(path.relative_to(node.store.root))
+        ]
+
+
+def test_uid_clash_at_start_is_left_in_place_not_quarantined(
+    make_settings, start_node, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_receiver import ct_dataset, pynetdicom_store
+
+    settings = make_settings()
+    node = start_node(settings)
+    stored = ct_dataset()
+    assert pynetdicom_store(node.receiver.port, stored).Status == 0
+    clashing = ct_dataset()  # its series is already in the stored one's study
+    clashing.StudyInstanceUID = generate_uid()
+    path = save_at_its_path(node.store.root, clashing)
+    node.stop()
+    caplog.set_level(logging.ERROR, logger="dicomnode.store")
+    restarted = start_node(settings)
+    assert path.is_file()
+    assert not (restarted.store.root / "quarantine").exists()
+    assert "UID clash" in caplog.text and path.name in caplog.text
+    assert f"SeriesInstanceUID {clashing.SeriesInstanceUID} already belongs" in caplog.text
+    assert "unreadable" not in caplog.text
+    with restarted.sessions() as session:
+        assert session.execute(select(Instance.sop_instance_uid)).scalars().all() == [
+            stored.SOPInstanceUID
+        ]
+
+
+def test_quarantine_never_overwrites_a_file_of_the_same_name(
+    make_settings, start_node, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings()
+    node = start_node(settings)
+    root = node.store.root
+    cut_short = b"\0" * 128 + b"DICM" + b"\x02\x00"
+    (root / "instances" / "1.2.3" / "1.2.3.4").mkdir(parents=True)
+    (root / "instances" / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm").write_bytes(cut_short)
+    no_valid_uid = ct_study(1)[0]  # parses as DICOM, but has no valid UID to be stored by
+    no_valid_uid.SOPInstanceUID = "1.2.3.4.5"
+    del no_valid_uid.StudyInstanceUID
+    save_at_its_path(root, no_valid_uid, study="1.2.3")
+    node.stop()
+    caplog.set_level(logging.ERROR, logger="dicomnode.store")
+    node = start_node(settings)
+    node.stop()
+    quarantine = root / "quarantine"
+    assert sorted(p.name for p in quarantine.iterdir()) == ["1.2.3.4.5-2.dcm", "1.2.3.4.5.dcm"]
+    contents = [(quarantine / name).read_bytes() for name in ("1.2.3.4.5.dcm", "1.2.3.4.5-2.dcm")]
+    assert cut_short in contents  # both copies kept, neither over the other
+    assert "cannot be parsed as DICOM" in caplog.text
+    assert "StudyInstanceUID None is not a valid DICOM UID" in caplog.text
+
+    (root / "instances" / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm").write_bytes(b"later")
+    restarted = start_node(settings)  # a later start adds a third name
+    assert (quarantine / "1.2.3.4.5-3.dcm").read_bytes() == b"later"
+    assert len(list(quarantine.iterdir())) == 3
+    with restarted.sessions() as session:
+        assert session.execute(select(Instance)).first() is None

@@ -15,8 +15,8 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from sqlalchemy import select
 
 from dicomnode.models import Instance, Series, Study
+from dicomnode.testing.peers import echoscu, storescu
 from tests.conftest import NODE_AE, sample_paths
-from tests.peers import echoscu, storescu
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -247,9 +247,9 @@ def test_disk_write_error_answers_out_of_resources(make_settings, start_node, mo
     def failing_write(fd: int, data) -> int:  # type: ignore[no-untyped-def]
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("dicomnode.store.os.write", failing_write)
+    monkeypatch.setattr("dicomnode.store.files.os.write", failing_write)
     status = pynetdicom_store(node.receiver.port, ct_dataset())
-    monkeypatch.setattr("dicomnode.store.os.write", real_write)
+    monkeypatch.setattr("dicomnode.store.files.os.write", real_write)
     assert status.Status == 0xA700
     assert "No space left" in status.ErrorComment
     assert list((node.store.root / "tmp").iterdir()) == []  # no partial file left behind

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.api.context import ReadinessCheck
+from dicomnode.store.files import TMP
 
 
 def database_check(sessions: sessionmaker[Session]) -> ReadinessCheck:
@@ -30,7 +31,7 @@ def storage_check(root: Path) -> ReadinessCheck:
     """Ready when a file can be created, written, fsynced and removed under ``root/tmp``."""
 
     def check() -> tuple[bool, str]:
-        folder = root / "tmp"
+        folder = root / TMP
         probe = folder / f"readyz-{uuid.uuid4().hex}.part"  # *.part: cleared at start-up
         try:
             folder.mkdir(parents=True, exist_ok=True)
