@@ -20,7 +20,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from dicomnode import _reactor_fix
 from dicomnode.synthetic import ct_series
-from tests.peers import free_port
+from dicomnode.testing.peers import free_port
 
 REACTOR_LATE = 0.4  # the reactor runs this long after its checkpoint was set
 CALLER_LATE = 1.0  # the caller reads the response queue this long after sending
