@@ -83,6 +83,15 @@ def _check_id(job_id: int) -> None:
         raise UnknownJob(f"no job with id {job_id}")
 
 
+def _existing(session: Session, job_id: int) -> Job:
+    """Job *job_id* in *session*'s transaction; :class:`UnknownJob` when there is none."""
+    _check_id(job_id)
+    job = session.get(Job, job_id)
+    if job is None:
+        raise UnknownJob(f"no job with id {job_id}")
+    return job
+
+
 def check_listing(listing: Any, text_fields: Sequence[str]) -> None:
     """Checks every listing filter shares: its text fields, ``since``/``until``, paging.
 
@@ -142,6 +151,49 @@ class TextListing:
             until=parse_time(until, "until") if until else None,
             **fields,
         )
+
+
+@dataclass(frozen=True)
+class ListingField:
+    """One filter of a listing as every interface offers it (CLI, REST API, dashboard).
+
+    Attributes
+    ----------
+    name
+        The filter's attribute, the query parameter and the dashboard's form field.
+    help
+        What it matches, for ``--help`` and the OpenAPI docs.
+    flags
+        CLI flags; default ``--name`` with dashes.
+    choices
+        The allowed values, when there is a fixed set (states).
+    """
+
+    name: str
+    help: str
+    flags: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+
+    @property
+    def cli_flags(self) -> tuple[str, ...]:
+        """The flags of this filter on the command line."""
+        return self.flags or (f"--{self.name.replace('_', '-')}",)
+
+
+_SINCE_HELP = "ISO 8601 (naive: UTC) or an age such as 30m, 24h, 7d"
+
+# The filters of ``jobs list``, ``GET /api/v1/jobs`` and the dashboard's job table.
+JOB_LISTING = (
+    ListingField("status", "job state", choices=tuple(s.value for s in JobStatus)),
+    ListingField("pipeline", "pipeline name"),
+    ListingField("study_instance_uid", "Study Instance UID", ("--study", "--study-instance-uid")),
+    ListingField(
+        "accession_number", "the study's Accession Number", ("--accession-number", "--accession")
+    ),
+    ListingField("calling_aet", "the AE title that sent the study"),
+    ListingField("since", f"created at or after: {_SINCE_HELP}"),
+    ListingField("until", "created before: same forms as since"),
+)
 
 
 @dataclass(frozen=True)
@@ -527,12 +579,9 @@ class JobQueue:
 
     def retry(self, job_id: int) -> Job:
         """Queue a finished job again; failed deliveries are re-sent with the same UIDs."""
-        _check_id(job_id)
         now = utcnow()
         with write_transaction(self.sessions) as session:
-            job = session.get(Job, job_id)
-            if job is None:
-                raise UnknownJob(f"no job with id {job_id}")
+            job = _existing(session, job_id)
             if job.status not in FINAL_JOB_STATES:
                 raise JobError(
                     f"job {job_id} is {job.status}; only done, failed or cancelled jobs can be retried"
@@ -561,12 +610,9 @@ class JobQueue:
 
     def cancel(self, job_id: int) -> Job:
         """Cancel a job that has not finished; a running worker stops at its next heartbeat."""
-        _check_id(job_id)
         now = utcnow()
         with write_transaction(self.sessions) as session:
-            job = session.get(Job, job_id)
-            if job is None:
-                raise UnknownJob(f"no job with id {job_id}")
+            job = _existing(session, job_id)
             if job.status in FINAL_JOB_STATES:
                 raise JobError(f"job {job_id} is already {job.status}")
             job.status = JobStatus.CANCELLED

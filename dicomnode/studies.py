@@ -15,12 +15,25 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.jobs import FilterError, TextListing, check_listing
+from dicomnode.jobs import FilterError, ListingField, TextListing, check_listing
 from dicomnode.models import Job, Series, Study, StudyStatus
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+# The filters of ``studies list``, ``GET /api/v1/studies`` and the dashboard's study page.
+STUDY_LISTING = (
+    ListingField("status", "study state", choices=tuple(s.value for s in StudyStatus)),
+    ListingField("study_instance_uid", "Study Instance UID", ("--study", "--study-instance-uid")),
+    ListingField("accession_number", "Accession Number", ("--accession-number", "--accession")),
+    ListingField("calling_aet", "the AE title that sent the study"),
+    ListingField(
+        "since", "last received at or after: ISO 8601 (naive: UTC) or an age such as 30m, 24h, 7d"
+    ),
+    ListingField("until", "last received before: same forms as since"),
+)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from dicomnode.api.auth import COOKIE, Principal
 from dicomnode.api.context import context
 from dicomnode.jobs import (
     FINAL_JOB_STATES,
+    JOB_LISTING,
     MAX_ID,
     FilterError,
     JobError,
@@ -49,15 +50,7 @@ templates = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-FILTER_FIELDS = (
-    "status",
-    "pipeline",
-    "study_instance_uid",
-    "accession_number",
-    "calling_aet",
-    "since",
-    "until",
-)
+FILTER_FIELDS = tuple(f.name for f in JOB_LISTING)  # the same filters as the API and CLI
 PAGE_SIZE = 50
 NOTICES = {
     "retry": "Retry requested: the job is queued again (or its results are being resent).",

@@ -9,19 +9,28 @@ unknown ids 404, actions a job's state does not allow 409.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
 from dicomnode.api.auth import Principal
 from dicomnode.api.context import admin, context, reader
 from dicomnode.api.schemas import JobDetailOut, JobPage, Problem, StudyOut, StudyPage
-from dicomnode.jobs import MAX_ID, MAX_PAGE, JobFilter, job_to_dict, parse_time
-from dicomnode.models import JobStatus, StudyStatus
+from dicomnode.jobs import (
+    JOB_LISTING,
+    MAX_ID,
+    MAX_PAGE,
+    JobFilter,
+    ListingField,
+    TextListing,
+    job_to_dict,
+    parse_time,
+)
 from dicomnode.stats import StatsWindow, job_statistics
-from dicomnode.studies import StudyFilter, find_studies
+from dicomnode.studies import STUDY_LISTING, StudyFilter, find_studies
 
 log = logging.getLogger(__name__)
 
@@ -79,53 +88,64 @@ def _time(value: str | None, name: str) -> Any:
     return parse_time(value, name) if value else None
 
 
-JOB_PARAMS = (
-    "status",
-    "pipeline",
-    "study_instance_uid",
-    "accession_number",
-    "calling_aet",
-    "since",
-    "until",
-    "limit",
-    "offset",
+_PAGING = (
+    inspect.Parameter("limit", inspect.Parameter.KEYWORD_ONLY, annotation=Limit),
+    inspect.Parameter("offset", inspect.Parameter.KEYWORD_ONLY, annotation=Offset, default=0),
 )
 
 
-@router.get(
-    "/jobs", response_model=JobPage, dependencies=[Depends(only(*JOB_PARAMS))], tags=["jobs"]
-)
-def list_jobs(
-    request: Request,
-    status: JobStatus | None = None,
-    pipeline: Text = None,
-    study_instance_uid: Text = None,
-    accession_number: Text = None,
-    calling_aet: Text = None,
-    since: Since = None,
-    until: Since = None,
-    limit: Limit = 100,
-    offset: Offset = 0,
-) -> dict[str, Any]:
-    """Jobs, newest first, filtered like ``dicomnode jobs list``; ``since``/``until`` on creation time."""
-    filters = JobFilter.parse(
-        status=status.value if status else None,
-        pipeline=pipeline,
-        study_instance_uid=study_instance_uid,
-        accession_number=accession_number,
-        calling_aet=calling_aet,
-        since=since,
-        until=until,
-        limit=limit,
-        offset=offset,
+def _parameter(field: ListingField) -> inspect.Parameter:
+    """The query parameter of a listing filter, typed so FastAPI validates and documents it."""
+    annotation: Any
+    if field.choices:
+        choice: Any = Literal.__getitem__(field.choices)  # Literal["a", "b", ...] from the table
+        annotation = Annotated[choice | None, Query(description=field.help)]
+    else:
+        pattern = Since if field.name in ("since", "until") else Text
+        annotation = Annotated[pattern, Query(description=field.help)]
+    return inspect.Parameter(
+        field.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=None
     )
+
+
+def listing_query(
+    listing: type[TextListing], fields: tuple[ListingField, ...], default_limit: int
+) -> Callable[..., Any]:
+    """A FastAPI dependency that builds *listing* from the query parameters of *fields*.
+
+    The parameters come from the same :class:`~dicomnode.jobs.ListingField`
+    table as the CLI's options and the dashboard's form, and nothing else is
+    accepted (a typo must not silently widen a filter).
+    """
+    names = [f.name for f in fields] + [p.name for p in _PAGING]
+
+    def build(request: Request, **values: Any) -> Any:
+        only(*names)(request)
+        return listing.parse(**values)
+
+    parameters = [
+        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+        *(_parameter(f) for f in fields),
+        _PAGING[0].replace(default=default_limit),
+        _PAGING[1],
+    ]
+    build.__signature__ = inspect.Signature(parameters, return_annotation=listing)  # type: ignore[attr-defined]
+    return build
+
+
+JobQuery = Annotated[JobFilter, Depends(listing_query(JobFilter, JOB_LISTING, 100))]
+StudyQuery = Annotated[StudyFilter, Depends(listing_query(StudyFilter, STUDY_LISTING, 50))]
+
+
+def _page(filters: Any, total: int, items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"total": total, "limit": filters.limit, "offset": filters.offset, "items": items}
+
+
+@router.get("/jobs", response_model=JobPage, tags=["jobs"])
+def list_jobs(request: Request, filters: JobQuery) -> dict[str, Any]:
+    """Jobs, newest first, filtered like ``dicomnode jobs list``; ``since``/``until`` on creation time."""
     jobs, total = context(request).queue.find(filters)
-    return {
-        "total": total,
-        "limit": limit,
-        "offset": offset,
-        "items": [job_to_dict(j) for j in jobs],
-    }
+    return _page(filters, total, [job_to_dict(j) for j in jobs])
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetailOut, responses=JOB_ERRORS, tags=["jobs"])
@@ -164,48 +184,11 @@ def cancel_job(
     return _act(request, job_id, "cancel", who)
 
 
-STUDY_PARAMS = (
-    "status",
-    "study_instance_uid",
-    "accession_number",
-    "calling_aet",
-    "since",
-    "until",
-    "limit",
-    "offset",
-)
-
-
-@router.get(
-    "/studies",
-    response_model=StudyPage,
-    dependencies=[Depends(only(*STUDY_PARAMS))],
-    tags=["studies"],
-)
-def list_studies(
-    request: Request,
-    status: StudyStatus | None = None,
-    study_instance_uid: Text = None,
-    accession_number: Text = None,
-    calling_aet: Text = None,
-    since: Since = None,
-    until: Since = None,
-    limit: Limit = 50,
-    offset: Offset = 0,
-) -> dict[str, Any]:
+@router.get("/studies", response_model=StudyPage, tags=["studies"])
+def list_studies(request: Request, filters: StudyQuery) -> dict[str, Any]:
     """Studies, newest received first, with their series and instance counts; ``since``/``until`` on last receipt."""
-    filters = StudyFilter.parse(
-        status=status.value if status else None,
-        study_instance_uid=study_instance_uid,
-        accession_number=accession_number,
-        calling_aet=calling_aet,
-        since=since,
-        until=until,
-        limit=limit,
-        offset=offset,
-    )
     items, total = find_studies(context(request).sessions, filters)
-    return {"total": total, "limit": limit, "offset": offset, "items": items}
+    return _page(filters, total, items)
 
 
 @router.get(
