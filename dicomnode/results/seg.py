@@ -30,6 +30,33 @@ class SegmentSpec:
     tracking_uid: str | None = None
     anatomic_region: Code | None = None
 
+    @classmethod
+    def numbered(
+        cls,
+        name: str,
+        property_type: Code,
+        count: int,
+        *,
+        category: Code | None = None,
+        anatomic_region: Code | None = None,
+    ) -> list[SegmentSpec]:
+        """*count* findings of one kind: "<name> 1", "<name> 2", ... as label and tracking id.
+
+        The category defaults to SNOMED CT "Morphologically abnormal structure".
+        """
+        from pydicom.sr.codedict import codes
+
+        return [
+            cls(
+                f"{name} {n}",
+                category or codes.SCT.MorphologicallyAbnormalStructure,
+                property_type,
+                tracking_id=f"{name} {n}",
+                anatomic_region=anatomic_region,
+            )
+            for n in range(1, count + 1)
+        ]
+
 
 def _descriptions(
     segments: Sequence[SegmentSpec], algorithm: AlgorithmInfo, uid_key: str

@@ -237,6 +237,37 @@ def _report(
     return sr
 
 
+def _segment_report(
+    source_images: Sequence[Dataset],
+    groups: list[object],
+    key_slices: Sequence[int],
+    *,
+    segmentation: Dataset | None,
+    algorithm: AlgorithmInfo,
+    series: SeriesSpec,
+    uid_key: str,
+    procedure: Code,
+    empty_finding: Code,
+) -> hd.sr.Comprehensive3DSR:
+    """The tail of the measurement and volume reports: "nothing found", the evidence, the SR.
+
+    No group is an explicit ``empty_finding: Absent`` group; the evidence is the
+    key slices (the first slice without any) and the SEG.
+    """
+    if not groups:
+        identification = algorithm.sr_identification()
+        groups = [_absent_group(empty_finding, source_images[0], identification, uid_key)]
+    return _report(
+        source_images,
+        groups,
+        procedure=procedure,
+        algorithm=algorithm,
+        series=series,
+        uid_key=uid_key,
+        evidence=_evidence(source_images, key_slices, segmentation),
+    )
+
+
 def write_measurement_report(
     source_images: Sequence[Dataset],
     findings: Sequence[NoduleFinding],
@@ -261,17 +292,16 @@ def write_measurement_report(
         groups.extend(
             _finding_groups(finding, index, source_images, segmentation, identification, uid_key)
         )
-    if not findings:
-        groups.append(_absent_group(empty_finding, source_images[0], identification, uid_key))
-    evidence = _evidence(source_images, [f.key_slice for f in findings], segmentation)
-    return _report(
+    return _segment_report(
         source_images,
         groups,
-        procedure=procedure,
+        [f.key_slice for f in findings],
+        segmentation=segmentation,
         algorithm=algorithm,
         series=series,
         uid_key=uid_key,
-        evidence=evidence,
+        procedure=procedure,
+        empty_finding=empty_finding,
     )
 
 
@@ -476,15 +506,14 @@ def write_volume_report(
     groups: list[object] = [
         _volume_group(f, source_images, segmentation, identification, uid_key) for f in findings
     ]
-    if not findings:
-        groups.append(_absent_group(empty_finding, source_images[0], identification, uid_key))
-    evidence = _evidence(source_images, [f.key_slice for f in findings], segmentation)
-    return _report(
+    return _segment_report(
         source_images,
         groups,
-        procedure=procedure,
+        [f.key_slice for f in findings],
+        segmentation=segmentation,
         algorithm=algorithm,
         series=series,
         uid_key=uid_key,
-        evidence=evidence,
+        procedure=procedure,
+        empty_finding=empty_finding,
     )
