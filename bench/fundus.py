@@ -26,14 +26,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from dicomnode.config import PipelineConfig  # noqa: E402
-from dicomnode.pipelines import JobContext, SeriesInput, get_pipeline_class  # noqa: E402
+from dicomnode.pipelines import JobContext, SeriesInput, pipeline_class  # noqa: E402
 from dicomnode.synthetic.fundus import write_fundus_study  # noqa: E402
 
 
 def build(device: str, uncertainty: bool) -> Any:
     extra = {} if uncertainty else {"tta": ["none"], "heat_maps": False}
     config = PipelineConfig.model_validate({"device": device, **extra})
-    return get_pipeline_class("fundus_dr", config)("fundus_dr", config)
+    return pipeline_class("fundus_dr")("fundus_dr", config)
 
 
 def one_round(pipeline: Any, paths: list[Path], study: str, work: Path) -> tuple[float, dict]:  # type: ignore[type-arg]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,18 +56,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from dicomnode.database import upgrade
+    from dicomnode.database import require_current_schema
     from dicomnode.logs import setup_logging
+    from dicomnode.pipelines.registry import require_valid_pipelines
     from dicomnode.workers import WorkerPool
 
     settings = _settings(args)
-    if args.device:
-        for config in settings.pipelines.values():
-            config.device = args.device
-    setup_logging(settings.log_level)
-    upgrade(settings.database.url)
     pipelines = [p for p in (args.pipelines or "").split(",") if p] or None
-    pool = WorkerPool(settings, args.processes or max(1, settings.workers.processes), pipelines)
+    require_valid_pipelines(settings, runs=pipelines)
+    # A scale-out worker never migrates: the serving node (or `db upgrade`) owns the schema.
+    require_current_schema(settings.database.url)
+    setup_logging(settings.log_level)
+    count = args.processes or max(1, settings.workers.processes)
+    pool = WorkerPool(settings, count, pipelines, device=args.device)
     pool.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -77,13 +79,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sessions(args: argparse.Namespace) -> Any:
+    """Sessions of the configured database, whose schema must be current (never migrated here)."""
+    from dicomnode.database import make_engine, require_current_schema, session_factory
+
+    url = _settings(args).database.url
+    require_current_schema(url)
+    return session_factory(make_engine(url))
+
+
 def _queue(args: argparse.Namespace) -> Any:
-    from dicomnode.database import make_engine, session_factory, upgrade
     from dicomnode.jobs import JobQueue
 
-    settings = _settings(args)
-    upgrade(settings.database.url)
-    return JobQueue(session_factory(make_engine(settings.database.url)))
+    return JobQueue(_sessions(args))
 
 
 def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -93,27 +101,29 @@ def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
         print("  ".join(str(row.get(c) or "").ljust(widths[c]) for c in columns))
 
 
-def _job_filter(args: argparse.Namespace) -> Any:
-    """The same :class:`~dicomnode.jobs.JobFilter` the REST API builds from its query."""
-    from dicomnode.jobs import JobFilter
+def _listing(args: argparse.Namespace, listing: Any, fields: Sequence[Any]) -> Any:
+    """The listing filter the REST API builds from the same fields (see ``jobs.JOB_LISTING``)."""
+    values = {f.name: getattr(args, f.name) for f in fields}
+    return listing.parse(**values, limit=args.limit, offset=args.offset)
 
-    return JobFilter.parse(
-        status=args.status,
-        pipeline=args.pipeline,
-        study_instance_uid=args.study,
-        accession_number=args.accession_number,
-        calling_aet=args.calling_aet,
-        since=args.since,
-        until=args.until,
-        limit=args.limit,
-        offset=args.offset,
-    )
+
+def _add_listing_arguments(
+    parser: argparse.ArgumentParser, fields: Sequence[Any], limit: int
+) -> None:
+    """One option per listing field (the REST API's query parameters), then paging and --json."""
+    for field in fields:
+        parser.add_argument(
+            *field.cli_flags, dest=field.name, choices=field.choices or None, help=field.help
+        )
+    parser.add_argument("--limit", type=int, default=limit, help="page size (1-1000)")
+    parser.add_argument("--offset", type=int, default=0, help="items to skip (paging)")
+    parser.add_argument("--json", action="store_true")
 
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
-    from dicomnode.jobs import job_to_dict
+    from dicomnode.jobs import JOB_LISTING, JobFilter, job_to_dict
 
-    jobs = [job_to_dict(j) for j in _queue(args).list(_job_filter(args))]
+    jobs = [job_to_dict(j) for j in _queue(args).list(_listing(args, JobFilter, JOB_LISTING))]
     if args.json:
         print(json.dumps(jobs, indent=1))
         return 0
@@ -174,22 +184,10 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_studies_list(args: argparse.Namespace) -> int:
-    from dicomnode.database import make_engine, session_factory, upgrade
-    from dicomnode.studies import StudyFilter, find_studies
+    from dicomnode.studies import STUDY_LISTING, StudyFilter, find_studies
 
-    settings = _settings(args)
-    upgrade(settings.database.url)
-    filters = StudyFilter.parse(
-        status=args.status,
-        study_instance_uid=args.study,
-        accession_number=args.accession_number,
-        calling_aet=args.calling_aet,
-        since=args.since,
-        until=args.until,
-        limit=args.limit,
-        offset=args.offset,
-    )
-    rows, _total = find_studies(session_factory(make_engine(settings.database.url)), filters)
+    filters = _listing(args, StudyFilter, STUDY_LISTING)
+    rows, _total = find_studies(_sessions(args), filters)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -234,11 +232,46 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from dicomnode.pipelines.registry import require_valid_pipelines
+
     settings = load_settings(args.file, resolve=False)
+    # Every route's pipeline, every [pipelines.NAME] section and every bundle.
+    require_valid_pipelines(settings)
     print(
         f"{args.file}: OK ({len(settings.routes)} route(s), {len(settings.destinations)} "
         f"destination(s), AE {settings.node.ae_title} on port {settings.node.port})"
     )
+    return 0
+
+
+def cmd_pipelines_list(args: argparse.Namespace) -> int:
+    from dicomnode.pipelines import PipelineError
+    from dicomnode.pipelines.registry import installed, own_options, pipeline_class
+
+    rows = []
+    for name, entry in sorted(installed().items()):
+        try:
+            cls = pipeline_class(name)
+            rows.append(
+                {"name": name, "class": entry.value, "options": ", ".join(own_options(cls))}
+            )
+        except PipelineError as exc:  # a broken plugin is listed with its reason
+            rows.append({"name": name, "class": entry.value, "options": f"cannot load: {exc}"})
+    _print_table(rows, ["name", "class", "options"])
+    return 0
+
+
+def cmd_pipelines_options(args: argparse.Namespace) -> int:
+    from dicomnode.pipelines import PipelineError
+    from dicomnode.pipelines.registry import common_options_markdown, options_markdown
+
+    try:
+        text = options_markdown(args.names or None)
+    except PipelineError as exc:
+        raise UsageError(str(exc)) from None
+    print("Keys every model pipeline takes (`ModelOptions`):\n")
+    print(common_options_markdown())
+    print(text, end="")
     return 0
 
 
@@ -261,6 +294,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dicomnode.jobs import JOB_LISTING
+    from dicomnode.studies import STUDY_LISTING
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
@@ -292,21 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="jobs_command", required=True
     )
     listing = jobs.add_parser("list", parents=[common], help="jobs, newest first")
-    listing.add_argument(
-        "--status",
-        choices=["waiting", "queued", "running", "sending", "done", "failed", "cancelled"],
-    )
-    listing.add_argument("--pipeline")
-    listing.add_argument("--study", "--study-instance-uid", help="Study Instance UID")
-    listing.add_argument("--accession-number", "--accession", help="the study's Accession Number")
-    listing.add_argument("--calling-aet", help="the AE title that sent the study")
-    listing.add_argument(
-        "--since", help="created at or after: ISO 8601 (naive: UTC) or an age (30m, 24h, 7d)"
-    )
-    listing.add_argument("--until", help="created before: same forms as --since")
-    listing.add_argument("--limit", type=int, default=100, help="page size (1-1000)")
-    listing.add_argument("--offset", type=int, default=0, help="jobs to skip (paging)")
-    listing.add_argument("--json", action="store_true")
+    _add_listing_arguments(listing, JOB_LISTING, 100)
     listing.set_defaults(func=cmd_jobs_list)
     for name, func, text in (
         ("show", cmd_jobs_show, "one job with its timeline"),
@@ -323,15 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="studies_command", required=True
     )
     slist = studies.add_parser("list", parents=[common], help="studies, newest received first")
-    slist.add_argument("--status", choices=["receiving", "complete", "unmatched"])
-    slist.add_argument("--study", "--study-instance-uid", help="Study Instance UID")
-    slist.add_argument("--accession-number", "--accession", help="Accession Number")
-    slist.add_argument("--calling-aet", help="the AE title that sent the study")
-    slist.add_argument("--since", help="last received at or after (ISO 8601 or 30m, 24h, 7d)")
-    slist.add_argument("--until", help="last received before")
-    slist.add_argument("--limit", type=int, default=50)
-    slist.add_argument("--offset", type=int, default=0)
-    slist.add_argument("--json", action="store_true")
+    _add_listing_arguments(slist, STUDY_LISTING, 50)
     slist.set_defaults(func=cmd_studies_list)
 
     echo = sub.add_parser("echo", parents=[common], help="C-ECHO a peer")
@@ -352,6 +366,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=cmd_config_check)
 
+    pipelines = sub.add_parser(
+        "pipelines", parents=[common], help="installed pipelines and their options"
+    ).add_subparsers(dest="pipelines_command", required=True)
+    pipelines.add_parser(
+        "list", parents=[common], help="pipelines installed (entry-point group dicomnode.pipelines)"
+    ).set_defaults(func=cmd_pipelines_list)
+    options = pipelines.add_parser(
+        "options", parents=[common], help="the [pipelines.NAME] keys, as Markdown tables"
+    )
+    options.add_argument("names", nargs="*", metavar="NAME", help="default: every installed one")
+    options.set_defaults(func=cmd_pipelines_options)
+
     db = sub.add_parser("db", parents=[common], help="database").add_subparsers(
         dest="db_command", required=True
     )
@@ -368,16 +394,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dicomnode`` console script."""
+    from dicomnode.database import SchemaError
     from dicomnode.jobs import JobError
+    from dicomnode.store import RecoveryError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, UsageError, JobError) as exc:
-        print(f"dicomnode: {exc}", file=sys.stderr)
+    except (ConfigError, UsageError, JobError, SchemaError, RecoveryError) as exc:
+        # One line per problem (config check may find several), never a traceback.
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"dicomnode: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `dicomnode ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ class StorageConfig(_Section):
     min_free_bytes: int = Field(1_073_741_824, ge=0)  # below this, C-STORE answers 0xA700
     fsync: bool = True  # only benchmarks of the disk itself should turn this off
     # Also fsync the folder after every rename (file systems that do not journal
-    # renames with the data; ext4, XFS and btrfs do). See store.write_file.
+    # renames with the data; ext4, XFS and btrfs do). See dicomnode/store/files.py.
     fsync_directory: bool = False
 
 
@@ -275,24 +275,35 @@ class RouteConfig(_Section):
         return value
 
 
-class PipelineConfig(BaseModel):
-    """Settings of one pipeline; keys beyond these are passed to the pipeline."""
+class PipelineOptions(BaseModel):
+    """The keys every ``[pipelines.NAME]`` section takes.
 
-    model_config = ConfigDict(extra="allow")
+    A pipeline declares its own options as a subclass (``Pipeline.options_model``);
+    keys neither declares are errors (``extra="forbid"``), so a typo is reported
+    by ``dicomnode config check`` and at start-up instead of being ignored.
+    """
 
-    # A registered pipeline name or "package.module:Class"; default: the section name.
-    type: str | None = None
-    bundle: Path | None = None
-    device: str = "auto"
-    timeout_seconds: float | None = None
-    # Result objects: notice, series numbers and descriptions, options.
-    notice: str = "Not for diagnostic use"
-    seg_series_number: int = Field(9901, ge=1)
-    sr_series_number: int = Field(9902, ge=1)
-    sc_series_number: int = Field(9903, ge=1)
-    series_description: str | None = None  # default: derived from the pipeline name
-    key_images: bool = True  # Secondary Capture copies for viewers without SEG/SR
-    omit_empty_frames: bool = True
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # An installed pipeline name or "package.module:Class"; default: the section name.
+    type: str | None = Field(None, description="installed pipeline name or package.module:Class")
+    timeout_seconds: float | None = Field(None, gt=0, description="job timeout (default: workers)")
+
+
+class ResultOptions(PipelineOptions):
+    """Options of pipelines that write DICOM results (SEG, SR, SC) into the study."""
+
+    notice: str = Field("Not for diagnostic use", description="notice carried by every result")
+    seg_series_number: int = Field(9901, ge=1, description="Series Number of the SEG")
+    sr_series_number: int = Field(9902, ge=1, description="Series Number of the SR")
+    sc_series_number: int = Field(9903, ge=1, description="Series Number of key images")
+    series_description: str | None = Field(
+        None, description="start of result Series Descriptions (default: the pipeline name)"
+    )
+    key_images: bool = Field(
+        True, description="Secondary Capture copies for viewers without SEG/SR"
+    )
+    omit_empty_frames: bool = Field(True, description="SEG frames only where a segment is")
 
     def result_series(self, kind: str, pipeline: str) -> tuple[int, str]:
         """(Series Number, Series Description) for result *kind* ("seg", "sr" or "sc")."""
@@ -303,6 +314,30 @@ class PipelineConfig(BaseModel):
         }[kind]
         label = {"seg": "segmentation", "sr": "report", "sc": "key images"}[kind]
         return number, f"{self.series_description or pipeline} {label}"
+
+
+class ModelOptions(ResultOptions):
+    """Options of pipelines that run a model bundle (:class:`~dicomnode.pipelines.model.ModelPipeline`)."""
+
+    bundle: Path | None = Field(None, description="model bundle folder (default: models/<its own>)")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    amp: bool | None = Field(None, description="mixed precision (default: on for CUDA)")
+
+
+class PipelineConfig(ModelOptions):
+    """One ``[pipelines.NAME]`` section as written, checked against its pipeline's options later.
+
+    The node knows the common keys (typed here); a pipeline's own options it
+    cannot know before the pipeline is found (pipelines are plugins), so extra
+    keys are kept and :func:`dicomnode.pipelines.registry.check_pipelines`
+    validates the whole section against the pipeline's ``options_model``.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=False)
+
+    def values(self) -> dict[str, Any]:
+        """The keys as written in the file (and the environment)."""
+        return {**self.model_dump(exclude_unset=True), **(self.model_extra or {})}
 
 
 class Settings(_Section):
@@ -342,7 +377,7 @@ class Settings(_Section):
         raise KeyError(name)
 
     def pipeline(self, name: str) -> PipelineConfig:
-        """Settings of pipeline *name*; defaults when it has no section."""
+        """The ``[pipelines.NAME]`` section of *name* as written; empty when it has none."""
         return self.pipelines.get(name, PipelineConfig())
 
 

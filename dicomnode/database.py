@@ -3,7 +3,7 @@
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit survives a
 crash of the node process (it is in the WAL), and received files are fsynced
 before their row is written, so a power cut can at most lose index rows of
-files that are on disk; :func:`dicomnode.store.reindex_orphans` restores them
+files that are on disk; :meth:`dicomnode.store.InstanceStore.reindex_orphans` restores them
 at start-up.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -97,6 +98,90 @@ def alembic_config(url: str) -> Any:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
+
+
+class SchemaError(Exception):
+    """The database's schema is not the one this dicomnode needs; the message says what to run."""
+
+
+def _shown(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def head_revision() -> str:
+    """The schema revision this version of dicomnode needs (the newest migration)."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None, "the packaged migrations have a head"
+    return head
+
+
+def _known_revision(revision: str) -> bool:
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision recorded in the database (None: no dicomnode schema)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def require_current_schema(url: str) -> None:
+    """Refuse a database whose schema is missing or older than this dicomnode's, changing nothing.
+
+    Read-only commands (``jobs list``, ``studies list``, ...) and scale-out
+    workers call this instead of migrating: only ``dicomnode db upgrade`` and
+    ``dicomnode serve`` change the schema. A SQLite file that does not exist is
+    not created.
+
+    Raises
+    ------
+    SchemaError
+        With a sentence naming the database and the command that fixes it.
+    """
+    parsed = make_url(url)
+    sqlite_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (
+        None,
+        "",
+        ":memory:",
+    )
+    if sqlite_file and not Path(str(parsed.database)).exists():
+        raise SchemaError(
+            f"no database at {_shown(url)}: start `dicomnode serve` or run "
+            "`dicomnode db upgrade` first"
+        )
+    engine = make_engine(url)
+    try:
+        current = current_revision(engine)
+    except SQLAlchemyError as exc:
+        first = (str(getattr(exc, "orig", None) or exc).splitlines() or [type(exc).__name__])[0]
+        raise SchemaError(f"cannot read the database at {_shown(url)}: {first}") from None
+    finally:
+        engine.dispose()
+    head = head_revision()
+    if current is not None and current != head and not _known_revision(current):
+        raise SchemaError(
+            f"the database at {_shown(url)} has schema revision {current}, which this dicomnode "
+            f"does not know (it needs {head}): a newer dicomnode migrated it"
+        )
+    if current is None:
+        raise SchemaError(
+            f"the database at {_shown(url)} has no dicomnode schema: run `dicomnode db upgrade`"
+        )
+    if current != head:
+        raise SchemaError(
+            f"the database at {_shown(url)} has schema revision {current}, this dicomnode needs "
+            f"{head}: run `dicomnode db upgrade` (or restart `dicomnode serve`)"
+        )
 
 
 def upgrade(url: str, revision: str = "head") -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from dicomnode.config import Settings
 from dicomnode.jobs import JobQueue, job_to_dict
 from dicomnode.models import FINAL_JOB_STATES
-from dicomnode.pipelines.mr_sequences import complete_when
+from dicomnode.pipelines.brain_tumor.selection import complete_when
 from dicomnode.scu import send
 from dicomnode.service import Node
 

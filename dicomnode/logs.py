@@ -50,6 +50,8 @@ def setup_logging(level: str = "INFO") -> None:
     # pynetdicom logs every PDU at INFO; keep its warnings only.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # Alembic narrates its plugin set-up each time a revision is read (schema checks).
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, root.level))
     # highdicom narrates every module it copies (a dozen lines per result object);
     # the job's timeline already says what was written.
     logging.getLogger("highdicom").setLevel(max(logging.WARNING, root.level))

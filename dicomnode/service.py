@@ -1,9 +1,10 @@
 """The running node: receiver, scheduler (assembly, delivery), worker processes and admin API.
 
 ``dicomnode serve`` builds a :class:`Node` and calls :meth:`Node.run`.
-Start-up order matters for the durability promise: migrate the schema,
-clear partial temp files (never acknowledged), reindex files that lost their
-row in a crash, and only then open the DICOM port.
+Start-up order matters for the durability promise: check the pipelines'
+configuration (a typo in an option stops start-up with a line naming it),
+migrate the schema, clear partial temp files (never acknowledged), reindex
+files that lost their row in a crash, and only then open the DICOM port.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dicomnode.assembly import Assembler
 from dicomnode.config import Settings
 from dicomnode.delivery import Deliverer
 from dicomnode.metrics import NodeMetrics
+from dicomnode.pipelines.registry import require_valid_pipelines
 from dicomnode.receiver import Receiver
 from dicomnode.retention import Retention
 from dicomnode.routing import keywords_used
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 class Node:
-    """Everything ``serve`` runs, startable and stoppable from tests.
+    """Everything ``serve`` runs, startable and stoppable in one process (tests use it so).
 
     Parameters
     ----------
@@ -46,6 +48,14 @@ class Node:
 
     def __init__(self, settings: Settings, *, workers: int | None = None) -> None:
         self.settings = settings
+        processes = settings.workers.processes if workers is None else workers
+        # A receiver-only node runs no pipeline: those routed to may live on worker hosts.
+        found = require_valid_pipelines(settings, runs=None if processes else ())
+        for name in found.elsewhere:
+            log.warning(
+                "pipeline not installed here; its jobs wait for a worker host that has it",
+                extra={"pipeline": name},
+            )
         database.upgrade(settings.database.url)
         self.engine = database.make_engine(settings.database.url)
         self.sessions = database.session_factory(self.engine)
@@ -65,7 +75,7 @@ class Node:
         self.assembler = Assembler(self.sessions, settings.assembly, settings.routes)
         self.deliverer = Deliverer(self.sessions, settings, self.metrics)
         self.retention = Retention(self.sessions, self.store, settings.retention)
-        self.pool = WorkerPool(settings, settings.workers.processes if workers is None else workers)
+        self.pool = WorkerPool(settings, processes)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.api: APIServer | None = None
         self.stopped = threading.Event()

@@ -10,12 +10,19 @@ or the error sentence (``failed``). A heartbeat thread renews the lease; if
 the job was cancelled or re-claimed meanwhile the pipeline is told to stop,
 and if it runs past its timeout the job is failed and the worker process
 exits so its supervisor starts a fresh one (a stuck thread cannot be killed).
+
+A worker process lives no longer than the process that started it: when
+``serve`` (or ``dicomnode worker``) dies, even by kill -9 or the OOM killer,
+its workers exit within a second instead of polling on as orphans that hold
+their models and GPU memory; a job one of them was running is claimed again
+once its lease expires.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import socket
@@ -35,11 +42,13 @@ from dicomnode.config import Settings
 from dicomnode.database import make_engine, session_factory
 from dicomnode.jobs import ClaimedJob, JobQueue, add_event
 from dicomnode.models import Instance, Series, Study
-from dicomnode.pipelines import JobContext, Pipeline, PipelineError, SeriesInput, get_pipeline_class
+from dicomnode.pipelines import JobContext, Pipeline, PipelineError, SeriesInput, build_pipeline
+from dicomnode.store.files import results_dir
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_EXIT_CODE = 75
+PARENT_GONE_EXIT_CODE = 76
 
 
 def worker_identity(index: int | None = None) -> str:
@@ -60,6 +69,9 @@ class Worker:
     exit_on_timeout
         Exit the process when a job overruns its timeout (True in worker
         processes; tests running a worker in-process leave it False).
+    device
+        Device for every model pipeline (``dicomnode worker --device``), whether
+        or not it has a ``[pipelines.NAME]`` section; None: each section's own.
     """
 
     def __init__(
@@ -70,8 +82,10 @@ class Worker:
         pipelines: Sequence[str] | None = None,
         worker_id: str | None = None,
         exit_on_timeout: bool = False,
+        device: str | None = None,
     ) -> None:
         self.settings = settings
+        self.device = device
         self.sessions = sessions or session_factory(make_engine(settings.database.url))
         self.queue = JobQueue(
             self.sessions,
@@ -134,9 +148,7 @@ class Worker:
 
     def _pipeline(self, name: str) -> Pipeline:
         if name not in self._loaded:
-            config = self.settings.pipeline(name)
-            cls = get_pipeline_class(name, config)
-            self._loaded[name] = cls(name, config)
+            self._loaded[name] = build_pipeline(name, self.settings, self.device)
         return self._loaded[name]
 
     def _event(
@@ -178,7 +190,7 @@ class Worker:
                 "accession_number": study.accession_number,
                 "calling_aet": study.calling_aet,
             }
-        work_dir = self.storage / "results" / str(job.id)
+        work_dir = results_dir(self.storage, job.id)
         work_dir.mkdir(parents=True, exist_ok=True)
         return JobContext(
             job_id=job.id,
@@ -298,13 +310,43 @@ class Worker:
 # -- processes ------------------------------------------------------------------------
 
 
-def _worker_process(settings_data: dict[str, Any], index: int, pipelines: list[str] | None) -> None:
+def exit_with_parent(worker_id: str) -> None:
+    """Exit this process as soon as its parent is gone (kill -9, OOM killer, crash).
+
+    ``multiprocessing`` gives a spawned child a sentinel that becomes ready when
+    the parent process ends, on every platform it supports; a thread waits on
+    it. The job this worker runs is not released: it is left to its lease, so
+    the node that restarts claims it again as it would after any crash.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        log.error("parent process gone; worker exits", extra={"worker": worker_id})
+        logging.shutdown()
+        os._exit(PARENT_GONE_EXIT_CODE)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _worker_process(
+    settings_data: dict[str, Any], index: int, pipelines: list[str] | None, device: str | None
+) -> None:
     from dicomnode.logs import setup_logging
 
     settings = Settings.model_validate(settings_data)
     setup_logging(settings.log_level)
+    worker_id = worker_identity(index)
+    exit_with_parent(worker_id)
     worker = Worker(
-        settings, pipelines=pipelines, worker_id=worker_identity(index), exit_on_timeout=True
+        settings,
+        pipelines=pipelines,
+        worker_id=worker_id,
+        exit_on_timeout=True,
+        device=device,
     )
 
     def _stop(signum: int, frame: Any) -> None:
@@ -319,19 +361,25 @@ class WorkerPool:
     """Starts worker processes and restarts those that die."""
 
     def __init__(
-        self, settings: Settings, count: int, pipelines: Sequence[str] | None = None
+        self,
+        settings: Settings,
+        count: int,
+        pipelines: Sequence[str] | None = None,
+        device: str | None = None,
     ) -> None:
-        self.settings_data = settings.model_dump(mode="json")
+        # Unset keys stay unset: a pipeline section is checked against its own options again.
+        self.settings_data = settings.model_dump(mode="json", exclude_unset=True)
         self.grace = settings.workers.shutdown_grace_seconds
         self.count = count
         self.pipelines = list(pipelines) if pipelines else None
+        self.device = device
         self.ctx = multiprocessing.get_context("spawn")
         self.processes: list[BaseProcess | None] = [None] * count
 
     def _spawn(self, index: int) -> None:
         process = self.ctx.Process(
             target=_worker_process,
-            args=(self.settings_data, index, self.pipelines),
+            args=(self.settings_data, index, self.pipelines, self.device),
             name=f"dicomnode-worker-{index}",
             daemon=False,
         )

@@ -9,7 +9,20 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from dicomnode.pipelines import JobContext, Pipeline, PipelineError, ResultObject
+from dicomnode.pipelines import (
+    JobContext,
+    Pipeline,
+    PipelineError,
+    PipelineOptions,
+    ResultObject,
+    ResultOptions,
+)
+
+
+class SleepyOptions(PipelineOptions):
+    """How long :class:`Sleepy` sleeps."""
+
+    seconds: float = 30.0
 
 
 class SeriesSummary(Pipeline):
@@ -77,8 +90,11 @@ class Crashing(Pipeline):
 class Sleepy(Pipeline):
     """Sleeps ``seconds`` (config key), checking for cancellation."""
 
+    options_model = SleepyOptions
+    options: SleepyOptions
+
     def run(self, context: JobContext) -> list[ResultObject]:
-        deadline = time.monotonic() + float(getattr(self.config, "seconds", 30))
+        deadline = time.monotonic() + self.options.seconds
         while time.monotonic() < deadline:
             context.check_cancelled()
             time.sleep(0.1)
@@ -89,130 +105,29 @@ class HyperdenseSpheres(Pipeline):
     """Finds voxels above 200 HU (synthetic nodules made with ``hu=300``) and reports them.
 
     A small but real detector for testing the result writers end to end:
-    connected components become SEG segments, TID 1500 findings and a key image.
+    connected components become the lung pipeline's SEG segments, TID 1500
+    findings and key image.
     """
 
+    options_model = ResultOptions
+    options: ResultOptions
+
     def run(self, context: JobContext) -> list[ResultObject]:
-        from pydicom.sr.codedict import codes
         from scipy import ndimage
 
-        from dicomnode.results import (
-            AlgorithmInfo,
-            KeyImageMark,
-            NoduleFinding,
-            SegmentSpec,
-            SeriesSpec,
-            write_key_image,
-            write_measurement_report,
-            write_segmentation,
-        )
+        from dicomnode.pipelines.lung_nodule.findings import detections_from_labels
+        from dicomnode.pipelines.lung_nodule.report import write_results
+        from dicomnode.pipelines.model import ResultWriter, save_results
+        from dicomnode.pipelines.volume import load_series
+        from dicomnode.results import AlgorithmInfo
 
         with context.stage("load"):
-            images = [pydicom.dcmread(p) for p in context.series[0].paths]
-            images.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
-            volume = np.stack(
-                [
-                    ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-                    for ds in images
-                ]
-            )
+            volume = load_series(context.series[0].paths)
         with context.stage("infer"):
-            labels, count = ndimage.label(volume > 200)
-        dy, dx = (float(v) for v in images[0].PixelSpacing)
-        dz = float(images[1].ImagePositionPatient[2]) - float(images[0].ImagePositionPatient[2])
-        origin = np.array([float(v) for v in images[0].ImagePositionPatient])
-        findings, marks = [], []
-        for n in range(1, count + 1):
-            zs, ys, xs = np.nonzero(labels == n)
-            centre = origin + np.array([xs.mean() * dx, ys.mean() * dy, zs.mean() * dz])
-            extent = max(
-                (xs.max() - xs.min() + 1) * dx,
-                (ys.max() - ys.min() + 1) * dy,
-                (zs.max() - zs.min() + 1) * dz,
-            )
-            key = int(round(zs.mean()))
-            findings.append(
-                NoduleFinding(
-                    tuple(centre),
-                    float(extent),
-                    float(len(zs) * dx * dy * dz),
-                    score=0.99,
-                    key_slice=key,
-                    segment_number=n,
-                )
-            )
-            marks.append(
-                (key, KeyImageMark(float(ys.mean()), float(xs.mean()), extent / dx / 2 + 3))
-            )
-        config = self.config
-        algorithm = AlgorithmInfo("hyperdense-test", "0.1", config.notice)
-
-        def series(kind: str) -> SeriesSpec:
-            return SeriesSpec(*config.result_series(kind, self.pipeline_name))
-
-        key = f"{context.study_instance_uid}/{context.job_id}"
-        outputs = []
+            labels, _ = ndimage.label(volume.array > 200)
+        algorithm = AlgorithmInfo("hyperdense-test", "0.1", self.options.notice)
+        writer = ResultWriter.for_job(algorithm, self.options, self.pipeline_name, context)
         with context.stage("write"):
-            seg = None
-            if count:
-                segments = [
-                    SegmentSpec(
-                        f"Nodule {n}",
-                        codes.SCT.MorphologicallyAbnormalStructure,
-                        codes.SCT.Nodule,
-                        tracking_id=f"Finding {n}",
-                    )
-                    for n in range(1, count + 1)
-                ]
-                seg = write_segmentation(
-                    images,
-                    labels,
-                    segments,
-                    algorithm=algorithm,
-                    series=series("seg"),
-                    uid_key=key,
-                    omit_empty_frames=config.omit_empty_frames,
-                )
-                outputs.append(seg)
-                if config.key_images:
-                    slice_index, mark = marks[0]
-                    outputs.append(
-                        write_key_image(
-                            images[slice_index],
-                            [mark],
-                            algorithm=algorithm,
-                            series=series("sc"),
-                            uid_key=key,
-                        )
-                    )
-            outputs.append(
-                write_measurement_report(
-                    images,
-                    findings,
-                    segmentation=seg,
-                    algorithm=algorithm,
-                    series=series("sr"),
-                    uid_key=key,
-                )
-            )
-        results = []
-        for ds in outputs:
-            path = context.work_dir / f"{ds.SOPInstanceUID}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            results.append(ResultObject(path, ds.SOPInstanceUID, ds.SOPClassUID))
-        return results
-
-
-class Record(Pipeline):
-    """Appends ``job_id pid`` to the file named by config ``log`` after ``seconds`` (default 0)."""
-
-    def run(self, context: JobContext) -> list[ResultObject]:
-        import os
-
-        deadline = time.monotonic() + float(getattr(self.config, "seconds", 0))
-        while time.monotonic() < deadline:
-            context.check_cancelled()
-            time.sleep(0.05)
-        with open(str(self.config.log), "a") as log:
-            log.write(f"{context.job_id} {os.getpid()}\n")
-        return []
+            found = detections_from_labels(volume, labels, score=0.99)
+            datasets = write_results(found, volume, writer, key_images=self.options.key_images)
+            return save_results(datasets, context)

@@ -21,20 +21,19 @@ from pydicom.sr.codedict import codes
 
 from dicomnode.config import PipelineConfig
 from dicomnode.pipelines.base import JobContext, PipelineError, SeriesInput
-from dicomnode.pipelines.brain_tumor import (
+from dicomnode.pipelines.brain_tumor import BrainTumorPipeline
+from dicomnode.pipelines.brain_tumor.findings import (
     ENHANCING,
     NECROSIS,
     OEDEMA,
-    BrainTumorPipeline,
     core_rim_to_oedema,
     drop_regions_without_core,
     exclusive_labels,
     labels_from_probabilities,
-    normalise_nonzero,
-    normalise_robust,
     region_targets,
 )
-from dicomnode.pipelines.mr_sequences import brain_route
+from dicomnode.pipelines.brain_tumor.preprocessing import normalise_nonzero, normalise_robust
+from dicomnode.pipelines.brain_tumor.selection import brain_route
 from dicomnode.pipelines.volume import Volume
 from dicomnode.store import parse_header_from_dataset
 from dicomnode.synthetic.mr import (
@@ -45,7 +44,7 @@ from dicomnode.synthetic.mr import (
     mr_study_datasets,
     write_mr_study,
 )
-from tests.peers import dciodvfy
+from dicomnode.testing.peers import dciodvfy
 
 SEED = 21  # held out: train/brain uses seeds 1000+ (training) and 5000+ (validation)
 MODEL_ZOO = Path(__file__).parent / "data" / "model_zoo" / "brats_mri_segmentation"
@@ -180,7 +179,7 @@ def test_training_grids_include_uninterpolated_t1c() -> None:
     The demo and test studies' T1c is 1 mm isotropic, so the pipeline's 1 mm grid
     is its own grid; before ``--native-share`` no training T1c was.
     """
-    from dicomnode.pipelines.brain_tumor import reference_grid
+    from dicomnode.pipelines.brain_tumor.preprocessing import reference_grid
     from dicomnode.pipelines.volume import Volume
     from dicomnode.synthetic.mr import random_geometries
 
@@ -419,7 +418,7 @@ def test_storescu_to_node_to_orthanc(
     start_node: Callable[..., Any],
     tmp_path: Path,
 ) -> None:
-    from tests.peers import Orthanc, storescu
+    from dicomnode.testing.peers import Orthanc, storescu
     from tests.test_flow import wait_for_jobs
 
     with Orthanc(tmp_path / "orthanc") as orthanc:

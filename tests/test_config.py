@@ -47,7 +47,7 @@ FULL = (
     + """
 [[routes]]
 name = "brain"
-pipeline = "brain_mets"
+pipeline = "brain_tumor"
 priority = 5
 continue_matching = true
 send_to = ["pacs", "sender"]
@@ -57,9 +57,9 @@ complete_when = [
   { SeriesDescription = { regex = "(?i)flair" } },
 ]
 [[routes]]
-pipeline = "thin_ct"
+pipeline = "geometry_qa"
 match = { SliceThickness = { min = 0.5, max = 2.5 }, ImageType = { contains = ["AXIAL"] } }
-[pipelines.brain_mets]
+[pipelines.brain_tumor]
 device = "cpu"
 threshold = 0.4
 """
@@ -123,13 +123,13 @@ def test_spec_example_loads(tmp_path: Path) -> None:
 
 def test_full_file_loads(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, FULL), resolve=False, environ={})
-    assert [r.pipeline for r in settings.routes] == ["lung_nodule", "brain_mets", "thin_ct"]
+    assert [r.pipeline for r in settings.routes] == ["lung_nodule", "brain_tumor", "geometry_qa"]
     brain = settings.routes[1]
     assert brain.name == "brain" and brain.priority == 5 and brain.continue_matching
     assert brain.send_to == ["pacs", "sender"]
     assert len(brain.complete_when) == 2
     assert settings.routes[2].match["SliceThickness"] == {"min": 0.5, "max": 2.5}
-    pipeline = settings.pipeline("brain_mets")
+    pipeline = settings.pipeline("brain_tumor")
     assert pipeline.device == "cpu"
     assert pipeline.model_extra == {"threshold": 0.4}  # extra keys reach the pipeline
     assert settings.pipeline("unknown").device == "auto"  # defaults without a section

@@ -14,11 +14,12 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from dicomnode.config import PipelineConfig
-from dicomnode.pipelines import JobContext, PipelineError, SeriesInput, get_pipeline_class
-from dicomnode.pipelines.fundus_dr import NotFundusError, heat_map_overlay, prepare_fundus
+from dicomnode.pipelines import JobContext, PipelineError, SeriesInput, pipeline_class
+from dicomnode.pipelines.fundus_dr.preprocessing import NotFundusError, prepare_fundus
+from dicomnode.pipelines.fundus_dr.report import heat_map_overlay
 from dicomnode.synthetic import ct_series
 from dicomnode.synthetic.fundus import FundusStudyTruth, fundus_photo, write_fundus_study
-from tests.peers import dciodvfy
+from dicomnode.testing.peers import dciodvfy
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
@@ -108,13 +109,13 @@ def context_for(paths: Sequence[Path], work: Path, events: Events) -> JobContext
 @pytest.fixture(scope="module")
 def pipeline() -> Any:
     config = PipelineConfig(device="cpu")
-    return get_pipeline_class("fundus_dr", config)("fundus_dr", config)
+    return pipeline_class("fundus_dr")("fundus_dr", config)
 
 
 def test_unknown_test_time_augmentation_is_a_config_error() -> None:
     config = PipelineConfig.model_validate({"device": "cpu", "tta": ["none", "rotate"]})
     with pytest.raises(PipelineError, match="tta must list some of none, hflip"):
-        get_pipeline_class("fundus_dr", config)("fundus_dr", config)
+        pipeline_class("fundus_dr")("fundus_dr", config)
 
 
 def eye_groups(sr_path: Path) -> dict[str, Any]:
@@ -210,8 +211,8 @@ def test_a_study_without_photographs_fails_with_a_sentence(pipeline: Any, tmp_pa
 def test_fundus_study_by_storescu_gets_sr_and_heat_maps_in_orthanc(
     make_settings: Any, start_node: Any, tmp_path: Path
 ) -> None:
+    from dicomnode.testing.peers import Orthanc, storescu
     from tests.conftest import NODE_AE
-    from tests.peers import Orthanc, storescu
     from tests.test_flow import wait_for_jobs
 
     truth = write_fundus_study(tmp_path / "in", {"R": 2, "L": 4}, seed=24, size=512)

@@ -15,18 +15,13 @@ from pydicom.sr.codedict import codes
 from dicomnode.config import PipelineConfig
 from dicomnode.pipelines import JobContext, PipelineError, ResultObject, SeriesInput
 from dicomnode.pipelines.bundle import Bundle
-from dicomnode.pipelines.lung_nodule import (
-    LungNodulePipeline,
-    boxes_to_lps,
-    detector_settings,
-    grow_mask,
-    lps_to_boxes,
-    measure,
-    network_input,
-)
+from dicomnode.pipelines.lung_nodule import LungNodulePipeline
+from dicomnode.pipelines.lung_nodule.detector import detector_settings
+from dicomnode.pipelines.lung_nodule.findings import grow_mask, measure
+from dicomnode.pipelines.lung_nodule.preprocessing import boxes_to_lps, lps_to_boxes, network_input
 from dicomnode.pipelines.volume import Volume, load_series
 from dicomnode.synthetic.ct import Nodule, nodule_labels, write_chest_ct_study
-from tests.peers import dciodvfy
+from dicomnode.testing.peers import dciodvfy
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_ZOO = ROOT / "tests" / "data" / "model_zoo" / "lung_nodule_ct_detection"
@@ -297,8 +292,8 @@ def test_model_zoo_bundle_runs_on_raw_dicom(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_storescu_to_node_to_orthanc(make_settings, start_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from dicomnode.testing.peers import Orthanc, storescu
     from tests.conftest import NODE_AE
-    from tests.peers import Orthanc, storescu
     from tests.test_flow import wait_for_jobs
 
     study = write_chest_ct_study(tmp_path / "ct", seed=21, n_slices=64)

@@ -9,7 +9,7 @@ import pytest
 
 from dicomnode.config import RouteConfig
 from dicomnode.pipelines.base import PipelineError, SeriesInput
-from dicomnode.pipelines.mr_sequences import (
+from dicomnode.pipelines.brain_tumor.selection import (
     brain_route,
     classify,
     complete_when,

@@ -1,21 +1,29 @@
-"""The pipeline contract, the registry and the per-job context."""
+"""The pipeline contract: what a pipeline is given, what it returns, how it fails."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
-from dicomnode.config import PipelineConfig
+from pydantic import BaseModel, ValidationError
+
+from dicomnode.config import ConfigError, PipelineOptions
 
 
 class PipelineError(Exception):
     """A failure the admin can act on; its message becomes the job's error sentence."""
+
+
+class OptionsError(PipelineError, ConfigError):
+    """A ``[pipelines.NAME]`` section its pipeline does not accept.
+
+    Both a configuration error (``config check`` and start-up report it in one
+    line naming the key) and the reason the pipeline cannot run.
+    """
 
 
 @dataclass(frozen=True)
@@ -73,18 +81,62 @@ class JobContext:
             raise PipelineError("job cancelled while running")
 
 
+def option_error_line(pipeline: str, error: ValidationError) -> str:
+    """``pipelines.NAME.KEY: what is wrong`` for the first problem of *error* (one line)."""
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = f"unknown key for pipeline {pipeline}"
+    where = f"pipelines.{pipeline}" + (f".{key}" if key else "")
+    more = len(error.errors()) - 1
+    return f"{where}: {message}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
 class Pipeline:
     """Base class of pipelines.
 
-    Subclasses set ``name`` and implement :meth:`run`. ``__init__`` is where a
-    model is loaded: it runs once per worker process.
+    A pipeline is a class installed under the entry-point group
+    ``dicomnode.pipelines`` (see ``docs/pipelines.md``). Subclasses implement
+    :meth:`run` and declare their options as a pydantic model
+    (``options_model``, a subclass of :class:`~dicomnode.config.PipelineOptions`;
+    unknown keys are errors). ``__init__`` is where a model is loaded: it runs
+    once per worker process.
+
+    Attributes
+    ----------
+    options_model
+        The options a ``[pipelines.NAME]`` section may hold.
+    wants_priors
+        Whether the pipeline compares with earlier studies of the patient.
     """
 
-    name: ClassVar[str] = ""
+    options_model: ClassVar[type[PipelineOptions]] = PipelineOptions
+    wants_priors: ClassVar[bool] = False
 
-    def __init__(self, name: str, config: PipelineConfig) -> None:
+    def __init__(self, name: str, options: PipelineOptions | Mapping[str, Any]) -> None:
         self.pipeline_name = name
-        self.config = config
+        self.options = self.validate_options(name, options)
+
+    @classmethod
+    def validate_options(
+        cls, name: str, options: PipelineOptions | Mapping[str, Any]
+    ) -> PipelineOptions:
+        """*options* as this pipeline's ``options_model``; :class:`OptionsError` if it refuses them."""
+        if isinstance(options, cls.options_model):
+            return options
+        values = (
+            options.model_dump(exclude_unset=True) if isinstance(options, BaseModel) else options
+        )
+        try:
+            return cls.options_model.model_validate(dict(values))
+        except ValidationError as exc:
+            raise OptionsError(option_error_line(name, exc)) from None
+
+    @classmethod
+    def check(cls, name: str, options: PipelineOptions) -> list[str]:
+        """Problems an admin should know before start-up (e.g. a missing bundle), one line each."""
+        return []
 
     def run(self, context: JobContext) -> list[ResultObject]:
         """Process one study; return the DICOM objects written under ``context.work_dir``."""
@@ -92,54 +144,3 @@ class Pipeline:
 
     def close(self) -> None:
         """Release what ``__init__`` took (GPU memory, files)."""
-
-
-_REGISTRY: dict[str, type[Pipeline]] = {}
-P = TypeVar("P", bound=type[Pipeline])
-
-
-def register(name: str) -> Callable[[P], P]:
-    """Class decorator: make a pipeline available under *name*."""
-
-    def decorate(cls: P) -> P:
-        _REGISTRY[name] = cls
-        cls.name = name
-        return cls
-
-    return decorate
-
-
-def registered() -> dict[str, type[Pipeline]]:
-    """The built-in and registered pipelines by name."""
-    _load_builtins()
-    return dict(_REGISTRY)
-
-
-# Built-in pipelines; each imports torch and MONAI lazily, so registering them is cheap.
-_BUILTINS = ("geometry_qa", "lung_nodule", "brain_tumor", "fundus_dr")
-
-
-def _load_builtins() -> None:
-    for module in _BUILTINS:
-        name = f"dicomnode.pipelines.{module}"
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name)
-
-
-def get_pipeline_class(name: str, config: PipelineConfig) -> type[Pipeline]:
-    """Resolve ``config.type`` (or *name*): a registered name or ``"module:Class"``."""
-    target = config.type or name
-    if ":" in target:
-        module_name, _, attr = target.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise PipelineError(f"pipeline {name}: cannot import {target}: {exc}") from None
-        if not (isinstance(cls, type) and issubclass(cls, Pipeline)):
-            raise PipelineError(f"pipeline {name}: {target} is not a Pipeline subclass")
-        return cls
-    classes = registered()
-    if target not in classes:
-        known = ", ".join(sorted(classes)) or "none"
-        raise PipelineError(f"no pipeline named {target!r} (known: {known})")
-    return classes[target]

@@ -27,8 +27,11 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 
 
-def resolve_bundle_path(configured: Path | None, default: str) -> Path:
-    """The bundle directory for a pipeline: *configured*, else ``models/<default>``."""
+def resolve_bundle_path(configured: Path | None, default: str | Path) -> Path:
+    """The bundle directory for a pipeline: *configured*, else ``models/<default>``.
+
+    An absolute *default* (a bundle shipped inside a plugin package) is used as it is.
+    """
     path = Path(configured) if configured is not None else Path("models") / default
     roots = [
         Path.cwd(),
@@ -106,6 +109,20 @@ class Bundle:
         except Exception as exc:  # monai wraps import and instantiation errors variously
             raise PipelineError(f"bundle {self.root.name}: cannot build {key!r}: {exc}") from None
 
+    def load_network(self, device: Any) -> Any:
+        """``network_def`` with ``models/model.pt`` loaded, on *device*, in eval mode.
+
+        Raises
+        ------
+        PipelineError
+            The bundle has no ``network_def``, no weights, or weights of another network.
+        """
+        network = self.parsed("network_def")
+        if network is None:
+            raise PipelineError(f"bundle {self.root.name}: no network_def")
+        self.load_weights(network, device)
+        return network.to(device).eval()
+
     def weights_path(self) -> Path:
         """``models/model.pt``."""
         return self.root / "models" / "model.pt"
@@ -134,6 +151,6 @@ class Bundle:
             ) from None
 
 
-def load_bundle(configured: Path | None, default: str) -> Bundle:
+def load_bundle(configured: Path | None, default: str | Path) -> Bundle:
     """Resolve and read a bundle directory (see :func:`resolve_bundle_path`)."""
     return Bundle(resolve_bundle_path(configured, default))

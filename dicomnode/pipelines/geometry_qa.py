@@ -13,13 +13,14 @@ from __future__ import annotations
 import numpy as np
 from pydicom import dcmread
 
-from dicomnode.pipelines.base import JobContext, Pipeline, PipelineError, ResultObject, register
+from dicomnode.pipelines.base import JobContext, Pipeline, PipelineError, ResultObject
+from dicomnode.pipelines.volume import regular_spacing
 
 _TAGS = ["ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"]
 
 
-def check_series_geometry(positions: np.ndarray, orientation: np.ndarray) -> tuple[float, str]:
-    """Slice spacing of a series, or PipelineError describing why it is not regular.
+def check_series_geometry(positions: np.ndarray, orientation: np.ndarray, what: str) -> float:
+    """Slice spacing of a series (0 for one slice), or PipelineError saying why it is not regular.
 
     Parameters
     ----------
@@ -27,27 +28,14 @@ def check_series_geometry(positions: np.ndarray, orientation: np.ndarray) -> tup
         (n, 3) ImagePositionPatient values.
     orientation
         (6,) ImageOrientationPatient (row then column direction cosines).
+    what
+        How the sentence names the series.
     """
     normal = np.cross(orientation[:3], orientation[3:])
     along = np.sort(positions @ normal)
-    if len(along) < 2:
-        return 0.0, "single slice"
-    steps = np.diff(along)
-    if np.any(steps < 1e-3):
-        raise PipelineError("two slices share the same position")
-    spacing = float(np.median(steps))
-    irregular = np.abs(steps - spacing) > max(0.01 * spacing, 1e-3)
-    if np.any(irregular):
-        gaps = int(np.sum(steps > 1.5 * spacing))
-        detail = f"{gaps} gap(s) suggest missing slices" if gaps else "spacing varies"
-        raise PipelineError(
-            f"slice spacing is not uniform (median {spacing:.3f} mm, "
-            f"range {steps.min():.3f}-{steps.max():.3f} mm): {detail}"
-        )
-    return spacing, "uniform"
+    return regular_spacing(along, what) if len(along) > 1 else 0.0
 
 
-@register("geometry_qa")
 class GeometryQA(Pipeline):
     """Verify slice geometry of every image series of a study."""
 
@@ -70,10 +58,9 @@ class GeometryQA(Pipeline):
             if np.abs(orientations - orientations[0]).max() > 1e-3:
                 raise PipelineError(f"series {series.series_instance_uid} mixes slice orientations")
             positions = np.array([[float(v) for v in h.ImagePositionPatient] for h in usable])
-            try:
-                spacing, _ = check_series_geometry(positions, orientations[0])
-            except PipelineError as exc:
-                raise PipelineError(f"series {series.series_instance_uid}: {exc}") from None
+            spacing = check_series_geometry(
+                positions, orientations[0], f"series {series.series_instance_uid}"
+            )
             px = usable[0].get("PixelSpacing", [0, 0])
             context.log(
                 f"series {series.series_description or series.series_instance_uid}: "

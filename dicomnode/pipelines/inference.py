@@ -88,6 +88,28 @@ class Plan:
     stitch_device: torch.device
     amp: bool
 
+    def autocast(self) -> Any:
+        """Mixed precision as this plan says (the CPU fallback plan has none)."""
+        return Runtime(self.device, self.amp).autocast()
+
+
+@contextmanager
+def placed(network: Any, plan: Plan, runtime: Runtime) -> Iterator[Any]:
+    """*network* moved to the plan's device for one attempt, and back to the runtime's after.
+
+    A fallback plan may move the network to the CPU; the next job must find it
+    where the pipeline keeps it. Objects that are not modules are used as they are.
+    """
+    import torch
+
+    if not isinstance(network, torch.nn.Module):
+        yield network
+        return
+    try:
+        yield network.to(plan.device)
+    finally:
+        network.to(runtime.device)
+
 
 def fallback_plans(runtime: Runtime, batch_size: int) -> list[Plan]:
     """Plans from fastest to most frugal: halve the batch, stitch on the CPU, then all CPU."""
@@ -155,10 +177,7 @@ def sliding_window(
     roi = [min(int(r), int(s)) for r, s in zip(roi_size, image.shape[2:], strict=True)]
 
     def attempt(plan: Plan) -> torch.Tensor:
-        # The network follows the plan's device (the CPU fallback moves it there).
-        module = network if not isinstance(network, torch.nn.Module) else network.to(plan.device)
-        amp = Runtime(plan.device, plan.amp)
-        with torch.inference_mode(), amp.autocast():
+        with placed(network, plan, runtime) as module, torch.inference_mode(), plan.autocast():
             out = sliding_window_inference(
                 image,
                 roi_size=roi,
@@ -171,8 +190,4 @@ def sliding_window(
             )
         return out.float().cpu()  # type: ignore[union-attr]
 
-    try:
-        return run_with_fallback(attempt, runtime, batch_size, log)
-    finally:
-        if isinstance(network, torch.nn.Module):
-            network.to(runtime.device)
+    return run_with_fallback(attempt, runtime, batch_size, log)

@@ -5,59 +5,143 @@ job's timeline; a subclass (one per clinical task) fills them in. The model
 bundle and the network are loaded in ``__init__``, which a worker runs once
 and keeps, so a job pays only for its own data.
 
-Stages pass one value along: what ``select`` returns goes to ``load``, and
-so on. ``write`` returns highdicom/pydicom datasets; the base class saves them
-under the job's work directory and hands them to delivery.
+Stages pass typed values along: ``ModelPipeline[Selected, Loaded, Prepared,
+Raw, Findings]`` says what each returns. Stage outputs are immutable: make
+them frozen dataclasses (or tuples); after each stage the base class also
+makes every numpy array in the output read-only, so a later stage that tried
+to change an earlier stage's data in place fails at once instead of silently
+changing what the SEG is written from. ``write`` returns highdicom/pydicom
+datasets; the base class saves them under the job's work directory and hands
+them to delivery.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, ClassVar
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+import numpy as np
 from pydicom import Dataset
 
-from dicomnode.config import PipelineConfig
-from dicomnode.pipelines.base import JobContext, Pipeline, ResultObject
-from dicomnode.pipelines.bundle import Bundle, load_bundle
+from dicomnode.config import ModelOptions, ResultOptions
+from dicomnode.pipelines.base import JobContext, Pipeline, PipelineError, ResultObject
+from dicomnode.pipelines.bundle import Bundle, load_bundle, resolve_bundle_path
 from dicomnode.pipelines.inference import Runtime
-from dicomnode.results import AlgorithmInfo, SeriesSpec
+
+if TYPE_CHECKING:
+    from dicomnode.results import AlgorithmInfo, SegmentSpec, SeriesSpec
 
 STAGES = ("select", "load", "preprocess", "infer", "postprocess", "write")
 
+Selected = TypeVar("Selected")
+Loaded = TypeVar("Loaded")
+Prepared = TypeVar("Prepared")
+Raw = TypeVar("Raw")
+Findings = TypeVar("Findings")
 
-class ModelPipeline(Pipeline):
+
+def freeze(value: Any) -> Any:
+    """Make the numpy arrays in *value* read-only, through dataclasses, tuples, lists and dicts.
+
+    Returns *value*. Other objects (datasets, tensors) are left as they are.
+    """
+    if isinstance(value, np.ndarray):
+        value.flags.writeable = False
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for item in dataclasses.fields(value):
+            freeze(getattr(value, item.name))
+    elif isinstance(value, tuple | list):
+        for item in value:
+            freeze(item)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            freeze(item)
+    return value
+
+
+@dataclass(frozen=True)
+class ResultWriter:
+    """What every result object of one job shares: model, series settings, the UID key.
+
+    Result UIDs derive from *uid_key* (the study and the job), so the same job
+    re-run resends the same objects.
+    """
+
+    algorithm: AlgorithmInfo
+    options: ResultOptions
+    pipeline: str
+    uid_key: str
+
+    @classmethod
+    def for_job(
+        cls, algorithm: AlgorithmInfo, options: ResultOptions, pipeline: str, context: JobContext
+    ) -> ResultWriter:
+        """The writer of *context*'s job: UIDs keyed on its study and job id."""
+        return cls(algorithm, options, pipeline, f"{context.study_instance_uid}/{context.job_id}")
+
+    def series(self, kind: str) -> SeriesSpec:
+        """Series Number and Description of result *kind* ("seg", "sr" or "sc")."""
+        from dicomnode.results import SeriesSpec
+
+        return SeriesSpec(*self.options.result_series(kind, self.pipeline))
+
+    def segmentation(
+        self, source: Sequence[Dataset], labels: np.ndarray, segments: Sequence[SegmentSpec]
+    ) -> Dataset:
+        """A SEG of *labels* (0: background, n: ``segments[n - 1]``) on *source*."""
+        from dicomnode.results import write_segmentation
+
+        return write_segmentation(
+            source,
+            labels,
+            segments,
+            algorithm=self.algorithm,
+            series=self.series("seg"),
+            uid_key=self.uid_key,
+            omit_empty_frames=self.options.omit_empty_frames,
+        )
+
+
+class ModelPipeline(Pipeline, Generic[Selected, Loaded, Prepared, Raw, Findings]):
     """Base of pipelines that run a bundle's network on a study.
 
-    Subclasses set ``default_bundle`` (the folder under ``models/``) and
-    implement the six stage methods. ``self.bundle``, ``self.runtime`` and
+    Subclasses set ``default_bundle`` (a folder under ``models/``, or an
+    absolute path for a bundle shipped inside a plugin package), their
+    ``options_model`` (a subclass of :class:`~dicomnode.config.ModelOptions`)
+    and implement the stage methods. ``self.bundle``, ``self.runtime`` and
     ``self.algorithm`` are ready when ``load_model`` runs.
     """
 
-    default_bundle: ClassVar[str] = ""
+    options_model: ClassVar[type[ModelOptions]] = ModelOptions
+    options: ModelOptions
+    default_bundle: ClassVar[str | Path] = ""
 
-    def __init__(self, name: str, config: PipelineConfig) -> None:
-        super().__init__(name, config)
-        self.runtime = Runtime.from_config(config.device, self.option("amp", None))
-        self.bundle: Bundle = load_bundle(config.bundle, self.default_bundle)
-        self.algorithm = AlgorithmInfo(self.bundle.name, self.bundle.version, config.notice)
+    def __init__(self, name: str, options: ModelOptions | Mapping[str, Any]) -> None:
+        from dicomnode.results import AlgorithmInfo  # highdicom: only where models run
+
+        super().__init__(name, options)
+        self.runtime = Runtime.from_config(self.options.device, self.options.amp)
+        self.bundle: Bundle = load_bundle(self.options.bundle, self.default_bundle)
+        self.algorithm = AlgorithmInfo(self.bundle.name, self.bundle.version, self.options.notice)
         self.load_model()
+
+    @classmethod
+    def check(cls, name: str, options: Any) -> list[str]:
+        """The bundle folder must be there (weights and configs are read at start-up)."""
+        try:
+            resolve_bundle_path(options.bundle, cls.default_bundle)
+        except PipelineError as exc:
+            return [f"pipelines.{name}.bundle: {exc}"]
+        return []
 
     # -- configuration -------------------------------------------------------------
 
-    def option(self, key: str, default: Any) -> Any:
-        """A pipeline option: ``[pipelines.<name>] key = ...``, else *default*."""
-        extra = self.config.model_extra or {}
-        return extra.get(key, default)
-
-    def series_spec(self, kind: str) -> SeriesSpec:
-        """Series Number and Description of result *kind* ("seg", "sr" or "sc")."""
-        return SeriesSpec(*self.config.result_series(kind, self.pipeline_name))
-
-    @staticmethod
-    def uid_key(context: JobContext) -> str:
-        """The key result UIDs derive from: the same job re-run resends the same objects."""
-        return f"{context.study_instance_uid}/{context.job_id}"
+    def results(self, context: JobContext) -> ResultWriter:
+        """The :class:`ResultWriter` of *context*'s job."""
+        return ResultWriter.for_job(self.algorithm, self.options, self.pipeline_name, context)
 
     # -- the stages --------------------------------------------------------------------
 
@@ -65,27 +149,29 @@ class ModelPipeline(Pipeline):
         """Build the network from ``self.bundle`` and load its weights (once per worker)."""
         raise NotImplementedError
 
-    def select(self, context: JobContext) -> Any:
+    def select(self, context: JobContext) -> Selected:
         """Choose the series (and instances) this job uses; PipelineError if absent."""
         raise NotImplementedError
 
-    def load(self, selected: Any, context: JobContext) -> Any:
+    def load(self, selected: Selected, context: JobContext) -> Loaded:
         """Read pixels and geometry of the selected series."""
         raise NotImplementedError
 
-    def preprocess(self, loaded: Any, context: JobContext) -> Any:
+    def preprocess(self, loaded: Loaded, context: JobContext) -> Prepared:
         """Turn the loaded data into network input (resampling, intensity scaling)."""
         raise NotImplementedError
 
-    def infer(self, prepared: Any, context: JobContext) -> Any:
+    def infer(self, prepared: Prepared, context: JobContext) -> Raw:
         """Run the network."""
         raise NotImplementedError
 
-    def postprocess(self, raw: Any, prepared: Any, loaded: Any, context: JobContext) -> Any:
+    def postprocess(
+        self, raw: Raw, prepared: Prepared, loaded: Loaded, context: JobContext
+    ) -> Findings:
         """Turn network output into findings in the source geometry."""
         raise NotImplementedError
 
-    def write(self, findings: Any, loaded: Any, context: JobContext) -> Sequence[Dataset]:
+    def write(self, findings: Findings, loaded: Loaded, context: JobContext) -> Sequence[Dataset]:
         """Build the DICOM result objects (SEG, SR, SC)."""
         raise NotImplementedError
 
@@ -93,21 +179,21 @@ class ModelPipeline(Pipeline):
 
     def run(self, context: JobContext) -> list[ResultObject]:
         with context.stage("select"):
-            selected = self.select(context)
+            selected = freeze(self.select(context))
         context.check_cancelled()
         with context.stage("load"):
-            loaded = self.load(selected, context)
+            loaded = freeze(self.load(selected, context))
         context.check_cancelled()
         with context.stage("preprocess"):
-            prepared = self.preprocess(loaded, context)
+            prepared = freeze(self.preprocess(loaded, context))
         context.check_cancelled()
         with context.stage(
             "infer", f"{self.algorithm.name} {self.algorithm.version} on {self.runtime.device}"
         ):
-            raw = self.infer(prepared, context)
+            raw = freeze(self.infer(prepared, context))
         context.check_cancelled()
         with context.stage("postprocess"):
-            findings = self.postprocess(raw, prepared, loaded, context)
+            findings = freeze(self.postprocess(raw, prepared, loaded, context))
         with context.stage("write"):
             datasets = list(self.write(findings, loaded, context))
             return save_results(datasets, context)

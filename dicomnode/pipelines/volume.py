@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset, dcmread
-from scipy import ndimage
 
 from dicomnode.pipelines.base import PipelineError
 
@@ -121,8 +120,13 @@ def _affine(
     return affine
 
 
-def _regular_steps(along: np.ndarray, what: str) -> float:
-    """Slice spacing from sorted positions along the normal; PipelineError if not regular."""
+def regular_spacing(along: np.ndarray, what: str) -> float:
+    """Slice spacing from sorted positions along the slice normal; PipelineError if not regular.
+
+    Regular: no two slices at one position, and every step within 1 % (or
+    1 µm) of the median; a sentence naming *what* says whether gaps suggest
+    missing slices or the spacing just varies.
+    """
     steps = np.diff(along)
     if np.any(steps < 1e-3):
         raise PipelineError(f"{what}: two slices share the same position")
@@ -160,7 +164,7 @@ def _build(
     if len(planes) == 1:
         # One slice: thickness unknown here, use the in-plane spacing as a nominal step.
         return order, _affine(positions[0], orientation, spacings[0], normal * spacings[0][0])
-    spacing = _regular_steps(along[order], what)
+    spacing = regular_spacing(along[order], what)
     offsets = positions[order] - positions[order[0]]
     # Positions must lie on the normal through the first slice; otherwise the stack is sheared.
     lateral = offsets - np.outer(offsets @ normal, normal)
@@ -318,6 +322,8 @@ def resample(
     Voxels of the new grid outside the source get *cval*. The result keeps
     no source datasets: it is no longer aligned with them.
     """
+    from scipy import ndimage  # not at module level: the receiver process checks pipelines too
+
     # index_in_source = inv(A_src) @ A_dst @ index_in_destination
     mapping = np.linalg.inv(volume.affine) @ np.asarray(affine, dtype=float)
     data = ndimage.affine_transform(

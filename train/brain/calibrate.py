@@ -37,12 +37,12 @@ from tqdm import tqdm
 
 from dicomnode.config import PipelineConfig
 from dicomnode.pipelines.base import JobContext
-from dicomnode.pipelines.brain_tumor import (
+from dicomnode.pipelines.brain_tumor import BrainTumorPipeline
+from dicomnode.pipelines.brain_tumor.findings import (
     ENHANCING,
     NECROSIS,
     OEDEMA,
     REGIONS,
-    BrainTumorPipeline,
     labels_from_probabilities,
     probabilities_on_grid,
     region_targets,
@@ -171,9 +171,9 @@ def evaluate(
             study["probabilities"].astype(np.float32),
             thresholds,
             voxel_mm3=study["voxel_mm3"],
-            min_component_ml=pipeline.min_component_ml,
-            require_core=pipeline.require_core,
-            trim_core_rim=pipeline.trim_core_rim,
+            min_component_ml=pipeline.options.min_component_ml,
+            require_core=pipeline.options.require_core,
+            trim_core_rim=pipeline.options.trim_core_rim,
         )
         target = study["labels"]
         row: dict[str, Any] = {

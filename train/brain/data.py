@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicomnode.pipelines.brain_tumor import (
+from dicomnode.pipelines.brain_tumor.findings import region_targets
+from dicomnode.pipelines.brain_tumor.preprocessing import (
     NORMALISATIONS,
     intensity_brain_mask,
     network_channels,
     pad_to_multiple,
     reference_grid,
-    region_targets,
     to_network_layout,
 )
 from dicomnode.pipelines.volume import Volume

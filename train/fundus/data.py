@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from dicomnode.pipelines.fundus_dr import prepare_fundus
+from dicomnode.pipelines.fundus_dr.preprocessing import prepare_fundus
 from dicomnode.synthetic.fundus import DEGRADATIONS, fundus_photo
 
 QUANT_SCALE = 40.0

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from dicomnode.pipelines.bundle import Bundle
-from dicomnode.pipelines.fundus_dr import GRADE_NAMES, predict, predictive_entropy
+from dicomnode.pipelines.fundus_dr.inference import GRADE_NAMES, predict, predictive_entropy
 from train.fundus.data import HELD_OUT_SEEDS, FundusSet, make_set
 from train.fundus.metrics import confusion, plot_confusion, quadratic_kappa, roc_auc
 

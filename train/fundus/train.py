@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from dicomnode.pipelines.bundle import Bundle
-from dicomnode.pipelines.fundus_dr import GRADE_NAMES, predict, predictive_entropy
+from dicomnode.pipelines.fundus_dr.inference import GRADE_NAMES, predict, predictive_entropy
 from train.fundus.data import TRAIN_SEEDS, VALIDATION_SEEDS, FundusSet, make_set
 from train.fundus.metrics import confusion, plot_confusion, plot_curves, quadratic_kappa
 

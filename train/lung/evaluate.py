@@ -28,7 +28,8 @@ import torch
 from tqdm import tqdm
 
 from dicomnode.pipelines.bundle import Bundle
-from dicomnode.pipelines.lung_nodule import boxes_to_lps, detector_settings, make_detector
+from dicomnode.pipelines.lung_nodule.detector import detector_settings, make_detector
+from dicomnode.pipelines.lung_nodule.preprocessing import boxes_to_lps
 from train.lung.phantom import evaluation_case
 
 EVALUATION_SEED = 2_000_000

@@ -15,7 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicomnode.pipelines.lung_nodule import lps_to_boxes, ras_grid_affine, scale_intensity
+from dicomnode.pipelines.lung_nodule.preprocessing import (
+    lps_to_boxes,
+    ras_grid_affine,
+    scale_intensity,
+)
 from dicomnode.pipelines.volume import Volume, resample
 from dicomnode.synthetic.ct import ChestPhantom, Nodule, lung_mask_mm, render_chest, vessel_tree
 

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from dicomnode.pipelines.bundle import Bundle
-from dicomnode.pipelines.lung_nodule import detector_settings, make_detector
+from dicomnode.pipelines.lung_nodule.detector import detector_settings, make_detector
 from train.lung.data import synthetic_pool
 from train.lung.phantom import Sample
 

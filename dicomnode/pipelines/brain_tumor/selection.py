@@ -103,6 +103,11 @@ def _compiled(patterns: Mapping[str, str] | None) -> dict[str, re.Pattern[str]]:
         raise PipelineError(f"series_patterns: bad regular expression: {exc}") from None
 
 
+def check_patterns(patterns: Mapping[str, str] | None) -> None:
+    """PipelineError when configured *patterns* name an unknown role or do not compile."""
+    _compiled(patterns)
+
+
 def _has_agent(attributes: Mapping[str, Any]) -> bool:
     agent = attributes.get("ContrastBolusAgent")
     return agent is not None and str(agent).strip().upper() not in _NO_AGENT
