@@ -27,9 +27,13 @@ $(STAMP): pyproject.toml | $(PY)
 demo: install
 	$(VENV)/bin/dicomnode demo
 
-# Installs the real peers when run as root and one of them is missing.
+# Installs the real peers when run as root and one of them is missing. DCMTK's tools are
+# recognised by their --version banner: pynetdicom's storescu in the venv has the same name.
 system-deps:
-	@missing=0; for tool in storescu dciodvfy Orthanc dsrdump docker-compose openssl chromium chromedriver; do command -v $$tool >/dev/null || missing=1; done; \
+	@missing=0; for tool in dciodvfy Orthanc docker-compose openssl chromium chromedriver; do command -v $$tool >/dev/null || missing=1; done; \
+	for tool in storescu dsrdump; do dcmtk=0; for dir in $$(echo "$$PATH" | tr : ' ') /usr/bin; do \
+	  "$$dir/$$tool" --version 2>/dev/null | grep -q '^\$$dcmtk:' && dcmtk=1; done; \
+	  [ $$dcmtk = 1 ] || missing=1; done; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing=1; \
 	if [ $$missing = 1 ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
