@@ -13,11 +13,13 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicomnode import _reactor_fix
+from dicomnode import _dul_tuning, _reactor_fix
 from dicomnode._dul_tuning import set_nodelay
 
-# Every association this module opens waits for its own responses (see _reactor_fix).
+# Every association this module opens waits for its own responses (see _reactor_fix),
+# and its DUL thread wakes as soon as a PDU arrives instead of polling (_dul_tuning).
 _reactor_fix.install()
+_dul_tuning.apply()
 
 _NODELAY: list[Any] = [(evt.EVT_CONN_OPEN, set_nodelay)]
 

@@ -15,7 +15,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.database import make_engine, session_factory, upgrade
 from dicomnode.models import Instance, Series, Study, StudyStatus
-from dicomnode.store import InstanceStore, Provenance, UIDClash, parse_header, results_dir
+from dicomnode.store import (
+    ROUTING_KEYWORDS,
+    InstanceStore,
+    Provenance,
+    StoreError,
+    UIDClash,
+    UnreadableDataset,
+    parse_header,
+    parse_header_from_dataset,
+    results_dir,
+)
 from tests.conftest import sample_paths
 
 Sessions = sessionmaker[Session]
@@ -146,3 +156,56 @@ def test_index_rows_keep_times_counts_and_attributes(
 def test_results_folder_of_a_job(store: InstanceStore) -> None:
     assert results_dir(store.root, 42) == store.root / "results" / "42"
     assert store.results_dir(42) == store.root / "results" / "42"
+
+
+# -- the header scan decodes what pydicom decodes ------------------------------------------
+
+_PYDICOM_DATA = Path(pydicom.__file__).parent / "data"
+# Every keyword the index or a route may read, text and numbers, single and multi-valued.
+_KEYWORDS = (
+    *ROUTING_KEYWORDS,
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "InstitutionName",
+    "WindowCenter",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "BitsAllocated",
+    "NumberOfFrames",
+)
+
+
+def _dataset_part(path: Path) -> tuple[bytes, str]:
+    raw = path.read_bytes()
+    fp = io.BytesIO(raw)
+    read_preamble(fp, False)
+    meta = _read_file_meta_info(fp)
+    return raw[fp.tell() :], str(meta.TransferSyntaxUID)
+
+
+def _corpus() -> list[Path]:
+    files = sorted((_PYDICOM_DATA / "test_files").glob("*.dcm"))
+    return files + sorted((_PYDICOM_DATA / "charset_files").glob("*.dcm"))
+
+
+@pytest.mark.parametrize("path", _corpus(), ids=lambda p: p.name)
+def test_header_scan_agrees_with_pydicom(path: Path) -> None:
+    """Every local pydicom test file (transfer syntaxes, character sets, sequences, odd values)."""
+    try:
+        raw, syntax = _dataset_part(path)
+        read = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:
+        pytest.skip("pydicom cannot read this file's meta or header")
+    if "truncated" in path.name:  # pydicom reads the header; the node refuses the whole
+        with pytest.raises(UnreadableDataset, match="dataset is truncated: element"):
+            parse_header(raw, syntax, _KEYWORDS)
+        return
+    try:
+        expected = parse_header_from_dataset(read, _KEYWORDS)
+    except StoreError:  # e.g. no SOP Instance UID: the scan refuses it too
+        with pytest.raises(StoreError):
+            parse_header(raw, syntax, _KEYWORDS)
+        return
+    assert parse_header(raw, syntax, _KEYWORDS) == expected

@@ -3,7 +3,7 @@
 The order of :meth:`InstanceStore.store` is the node's durability promise:
 validate the UIDs (they become file names), write the raw dataset bytes to a
 temporary file, rename it into place and fsync it (see
-:meth:`StorageFiles.write_file <dicomnode.store.files.StorageFiles.write_file>`
+:meth:`StorageFiles.adopt <dicomnode.store.files.StorageFiles.adopt>`
 for why one fsync suffices, and when the folder is fsynced too), commit the
 index row, and only then let the receiver answer Success. A crash at any
 point before the commit leaves at most a file that was never acknowledged:
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +34,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.locks import SharedHostLock
 from dicomnode.store.errors import (
     IndexUnavailable,
     InvalidUID,
@@ -51,19 +51,20 @@ from dicomnode.store.header import (
     IMPLEMENTATION_VERSION_NAME,
     ROUTING_KEYWORDS,
     InstanceHeader,
-    file_meta_bytes,
     is_valid_uid,
     parse_header,
     parse_header_from_dataset,
     read_file_header,
     require_uid,
 )
+from dicomnode.store.incoming import IncomingInstance
 from dicomnode.store.index import InstanceIndex, Provenance
 
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
     "ROUTING_KEYWORDS",
+    "IncomingInstance",
     "IndexUnavailable",
     "InstanceHeader",
     "InstanceStore",
@@ -71,7 +72,6 @@ __all__ = [
     "OutOfResources",
     "Provenance",
     "RecoveryError",
-    "SharedExclusiveLock",
     "StoreError",
     "StoredInstance",
     "UIDClash",
@@ -100,42 +100,6 @@ class StoredInstance:
     replaced: bool
 
 
-class SharedExclusiveLock:
-    """Many holders in shared mode, or one in exclusive mode (a readers-writer lock)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._shared = 0
-        self._exclusive = False
-
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            while self._exclusive:
-                self._cond.wait()
-            self._shared += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._shared -= 1
-                if not self._shared:
-                    self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            while self._exclusive or self._shared:
-                self._cond.wait()
-            self._exclusive = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._exclusive = False
-                self._cond.notify_all()
-
-
 class InstanceStore:
     """Writes received instances durably and indexes them.
 
@@ -148,7 +112,7 @@ class InstanceStore:
     fsync
         fsync files and folders before acknowledging (only disk benchmarks turn it off).
     fsync_directory
-        Also fsync the folder after each rename (see :meth:`StorageFiles.write_file`).
+        Also fsync the folder after each rename (see :meth:`StorageFiles.adopt`).
     min_free_bytes
         Refuse (0xA700) when the file system has less free space than this.
     keywords
@@ -172,7 +136,8 @@ class InstanceStore:
         self.engine = sessions.kw["bind"]
         self.index_rows = InstanceIndex(self.engine)
         self.keywords = tuple(keywords)
-        self._removal = SharedExclusiveLock()
+        # Stores (shared, in every receiver process) against retention (exclusive).
+        self._removal = SharedHostLock(self.files.root / ".locks" / "removal")
 
     # -- the layout ---------------------------------------------------------------
 
@@ -212,14 +177,6 @@ class InstanceStore:
         """Free bytes available to us on the storage file system."""
         return self.files.free_bytes()
 
-    def check_space(self, incoming: int) -> None:
-        """Raise :class:`OutOfResources` when storing *incoming* bytes would cross the floor."""
-        self.files.check_space(incoming)
-
-    def write_file(self, relative: Path, parts: Iterable[bytes | memoryview]) -> Written:
-        """Write *parts* to ``root/relative`` atomically and durably (:class:`StorageFiles`)."""
-        return self.files.write_file(relative, parts)
-
     def clear_tmp(self) -> int:
         """Remove partial writes left by a crash (they were never acknowledged)."""
         return self.files.clear_tmp()
@@ -230,6 +187,16 @@ class InstanceStore:
 
     # -- the C-STORE path -------------------------------------------------------------
 
+    def receive(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        provenance: Provenance = _UNKNOWN_SENDER,
+    ) -> IncomingInstance:
+        """A data set about to arrive (C-STORE): stream its bytes in, then ``finish()``."""
+        return IncomingInstance(self, sop_class_uid, sop_instance_uid, transfer_syntax, provenance)
+
     def store(
         self,
         raw: bytes,
@@ -239,21 +206,38 @@ class InstanceStore:
         sop_instance_uid: str | None = None,
         provenance: Provenance = _UNKNOWN_SENDER,
     ) -> StoredInstance:
-        """Store one received dataset (raw bytes without file meta) durably, then index it.
+        """Store one data set already in memory (raw bytes, no file meta) durably, then index it.
+
+        Without the request's UIDs, the data set's own are taken. The same path
+        as a streamed C-STORE (:meth:`receive`).
 
         Raises
         ------
         StoreError
             A subclass whose ``status`` is the DIMSE status to answer.
         """
-        header = self._checked_header(raw, transfer_syntax, sop_class_uid, sop_instance_uid)
-        self.check_space(len(raw) + 4096)
+        if sop_class_uid is None or sop_instance_uid is None:
+            header = parse_header(raw, transfer_syntax, self.keywords)
+            sop_class_uid = sop_class_uid or header.sop_class_uid
+            sop_instance_uid = sop_instance_uid or header.sop_instance_uid
+        incoming = self.receive(sop_class_uid, sop_instance_uid, transfer_syntax, provenance)
+        incoming.write(memoryview(raw))
+        return incoming.finish()
+
+    def adopt(
+        self,
+        fd: int,
+        tmp: Path,
+        header: InstanceHeader,
+        transfer_syntax: str,
+        provenance: Provenance,
+    ) -> StoredInstance:
+        """Place a complete, checked file from ``tmp/`` durably and index it (the last steps)."""
         relative = relative_path(header)
-        meta = file_meta_bytes(header, transfer_syntax, provenance.calling_aet)
         # Shared with other stores, exclusive with retention: a study's folder is
         # never removed between writing an instance and indexing it.
         with self._removal.shared():
-            written = self.files.write_file(relative, (meta, raw))
+            written = self.files.adopt(fd, tmp, relative)
             replaced = self._index_written(header, relative, written, transfer_syntax, provenance)
         return StoredInstance(
             path=self.root / relative,
@@ -262,31 +246,6 @@ class InstanceStore:
             sop_instance_uid=header.sop_instance_uid,
             replaced=replaced,
         )
-
-    def _checked_header(
-        self,
-        raw: bytes,
-        transfer_syntax: str,
-        sop_class_uid: str | None,
-        sop_instance_uid: str | None,
-    ) -> InstanceHeader:
-        """The dataset's header, once its UIDs are valid and match the C-STORE request's."""
-        if sop_instance_uid is not None:
-            require_uid(sop_instance_uid, "Affected SOP Instance UID")
-        if sop_class_uid is not None:
-            require_uid(sop_class_uid, "Affected SOP Class UID")
-        header = parse_header(raw, transfer_syntax, self.keywords)
-        if sop_instance_uid is not None and header.sop_instance_uid != sop_instance_uid:
-            raise UIDMismatch(
-                f"dataset SOPInstanceUID {header.sop_instance_uid} differs from the request's "
-                f"{sop_instance_uid}"
-            )
-        if sop_class_uid is not None and header.sop_class_uid != sop_class_uid:
-            raise UIDMismatch(
-                f"dataset SOPClassUID {header.sop_class_uid} differs from the request's "
-                f"{sop_class_uid}"
-            )
-        return header
 
     def _index_written(
         self,
@@ -409,7 +368,7 @@ class InstanceStore:
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
-        """Hold off every C-STORE of this process (retention deletes under it)."""
+        """Hold off every C-STORE of every receiver process (retention deletes under it)."""
         with self._removal.exclusive():
             yield
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -62,7 +62,7 @@ class StorageFiles:
     fsync
         fsync files and folders before acknowledging (only disk benchmarks turn it off).
     fsync_directory
-        Also fsync the folder after each rename (see :meth:`write_file`).
+        Also fsync the folder after each rename (see :meth:`adopt`).
     min_free_bytes
         :meth:`check_space` refuses when the file system has less free space than this.
     """
@@ -105,48 +105,54 @@ class StorageFiles:
 
     # -- the durable write ------------------------------------------------------------
 
-    def write_file(self, relative: Path, parts: Iterable[bytes | memoryview]) -> Written:
-        """Write *parts* to ``root/relative`` atomically and durably.
+    def open_incoming(self) -> tuple[int, Path]:
+        """A new file under ``tmp/`` for a data set that is still arriving: (fd, path).
 
-        A new file is written under ``tmp/``, renamed into place, then fsynced
-        once: on ext4, XFS and btrfs the journal commit that fsync forces holds
-        every earlier metadata change of the file, its new name included, so the
-        folder needs no fsync of its own. When the name already holds a copy
-        (a resend), the new copy is fsynced *before* it replaces the old one and
-        the folder after, so a crash never leaves a partial file where a good one
-        was. ``storage.fsync_directory = true`` uses that strict order for every
-        file, for file systems that do not journal a rename with the data.
+        Opened for reading too: the header is scanned from it once complete.
 
         Raises
         ------
         OutOfResources
-            When the disk refuses the write; no partial file is left behind.
+            When the file cannot be created.
+        """
+        path = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640), path
+        except OSError as exc:
+            raise OutOfResources(f"cannot create a file in tmp/: {exc.strerror or exc}") from exc
+
+    def adopt(self, fd: int, tmp: Path, relative: Path) -> Written:
+        """Rename the complete file *tmp* (open as *fd*) to ``root/relative``, durably.
+
+        A new name is renamed into place, then fsynced once: on ext4, XFS and
+        btrfs the journal commit that fsync forces holds every earlier metadata
+        change of the file, its new name included, so the folder needs no fsync
+        of its own. When the name already holds a copy (a resend), the new copy
+        is fsynced *before* it replaces the old one and the folder after, so a
+        crash never leaves a partial file where a good one was.
+        ``storage.fsync_directory = true`` uses that strict order for every
+        file, for file systems that do not journal a rename with the data. The
+        caller closes *fd*.
+
+        Raises
+        ------
+        OutOfResources
+            When the disk refuses; *tmp* is removed.
         """
         target = self.root / relative
-        self._ensure_dir(target.parent)
-        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         replaced = target.exists()
         strict = self.fsync_directory or replaced
-        size = 0
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                for part in parts:
-                    view = memoryview(part)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                        size += written
-                if self.fsync and strict:
+            self._ensure_dir(target.parent)
+            size = os.fstat(fd).st_size
+            if self.fsync and strict:
+                os.fsync(fd)
+            os.replace(tmp, target)
+            if self.fsync:
+                if strict:
+                    _fsync_dir(target.parent)
+                else:
                     os.fsync(fd)
-                os.replace(tmp, target)
-                if self.fsync:
-                    if strict:
-                        _fsync_dir(target.parent)
-                    else:
-                        os.fsync(fd)
-            finally:
-                os.close(fd)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise OutOfResources(
@@ -170,7 +176,7 @@ class StorageFiles:
         self._known_dirs.add(folder)
 
     def remove_file(self, relative: Path) -> None:
-        """Delete one file written by :meth:`write_file` that was never acknowledged."""
+        """Delete one file placed by :meth:`adopt` that was never acknowledged."""
         (self.root / relative).unlink(missing_ok=True)
 
     # -- recovery and clean-up ----------------------------------------------------------

@@ -2,19 +2,21 @@
 
 UIDs become folder and file names, so each is checked against the UID
 grammar (PS3.5 9.1) before anything touches the disk. The header is read
-from the raw bytes without decoding pixel data, by tag rather than keyword
-(keyword lookups dominate the ingest path otherwise), and the File Meta
-Information written in front of the stored dataset is encoded by hand for
-the same reason.
+from the raw bytes without decoding pixel data: a scan of the element headers
+checks every length (a truncated data set is refused, not stored) and keeps
+only the elements the index needs, which pydicom then decodes, by tag rather
+than keyword (keyword lookups dominate the ingest path otherwise). The File
+Meta Information written in front of the stored dataset is encoded by hand
+for the same reason.
 """
 
 from __future__ import annotations
 
-import io
+import mmap
 import re
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -22,8 +24,9 @@ from typing import Any
 
 from pydicom import Dataset, dcmread
 from pydicom.datadict import tag_for_keyword
-from pydicom.filereader import data_element_generator
+from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomnode import __version__
@@ -103,59 +106,296 @@ def _json_value(value: Any) -> Any:
 
 
 def parse_header(
-    raw: bytes, transfer_syntax: str, keywords: Iterable[str] = ROUTING_KEYWORDS
+    raw: bytes | bytearray | memoryview | mmap.mmap,
+    transfer_syntax: str,
+    keywords: Iterable[str] = ROUTING_KEYWORDS,
+    *,
+    start: int = 0,
 ) -> InstanceHeader:
-    """Read UIDs and routing attributes from the raw bytes of a dataset (no file meta).
+    """Read UIDs and routing attributes from the encoded data set in *raw*[*start*:].
+
+    *raw* may be a memory map of a file being received (:mod:`dicomnode.store.incoming`):
+    the scan reads element headers and the few values it needs, never the
+    pixel data, so a 1 GiB object costs no more to check than a CT slice.
 
     Raises
     ------
     UnreadableDataset
-        When the bytes do not parse as a dataset of *transfer_syntax*.
+        When the bytes do not parse as a data set of *transfer_syntax*, or are truncated.
     InvalidUID
         When a UID the node stores by is missing or malformed.
     """
     ts = UID(transfer_syntax)
     try:
-        data = (
-            zlib.decompress(raw, -zlib.MAX_WBITS) if ts == DeflatedExplicitVRLittleEndian else raw
-        )
-        # Walk every element header (values past 4 KiB are skipped, not read): a
-        # truncated dataset raises EOFError here instead of being stored.
-        elements = data_element_generator(
-            io.BytesIO(data),
-            ts == ImplicitVRLittleEndian,
-            ts != "1.2.840.10008.1.2.2",
-            defer_size=4096,
-        )
-        found = {}
-        for element in elements:
-            tell = getattr(element, "value_tell", None)  # sequences come back parsed
-            length = getattr(element, "length", 0)
-            if tell is not None and length != 0xFFFFFFFF and tell + length > len(data):
-                raise UnreadableDataset(
-                    f"dataset is truncated: element {element.tag} needs {length} bytes, "
-                    f"{len(data) - tell} are left"
-                )
-            found[element.tag] = element
-        return parse_header_from_dataset(Dataset(found), keywords)
+        data: Any = raw
+        if ts == DeflatedExplicitVRLittleEndian:
+            data, start = zlib.decompress(bytes(raw[start:]), -zlib.MAX_WBITS), 0
+        implicit = ts == ImplicitVRLittleEndian
+        little = ts != "1.2.840.10008.1.2.2"
+        scanner = _Scanner(data, implicit, little)
+        found = scanner.top_level(start, _wanted_tags(tuple(keywords)))
+        return _header(_ScannedValues(data, found, scanner.implicit, little), keywords)
     except StoreError:
         raise
-    except Exception as exc:  # pydicom raises many types on garbage
+    except Exception as exc:  # pydicom raises many types on garbage values
         raise UnreadableDataset(f"dataset cannot be parsed: {exc}") from None
+
+
+# Value lengths above this are 4-byte fields in explicit VR (PS3.5 7.1.2).
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_ALWAYS = ("SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
+_HEADER_KEYWORDS = (
+    *_ALWAYS,
+    "SeriesInstanceUID",
+    "InstanceNumber",
+    "PatientID",
+    "PatientName",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyDescription",
+)
+
+
+@lru_cache(maxsize=32)
+def _wanted_tags(keywords: tuple[str, ...]) -> frozenset[int]:
+    return frozenset(_tag(k) for k in (*_HEADER_KEYWORDS, *keywords))
+
+
+class _Scanner:
+    """Walks the element headers of an encoded data set (PS3.5 7.1), checking every length.
+
+    Values are skipped by their length; sequences and encapsulated pixel data
+    of undefined length are walked item by item to their delimiter, so a
+    truncated data set is found wherever it ends. Only top-level elements whose
+    tag is wanted are kept, as (VR, length, value offset).
+    """
+
+    def __init__(self, data: Any, implicit: bool, little: bool) -> None:
+        self.data = data
+        self.end = len(data)
+        self.implicit = implicit
+        order = "<" if little else ">"
+        self.tag_format, self.u16, self.u32 = f"{order}HH", f"{order}H", f"{order}I"
+
+    def _element(self, position: int) -> tuple[int, bytes | None, int, int]:
+        """(tag, VR or None, value length, value offset) of the element at *position*."""
+        if position + 8 > self.end:
+            raise UnreadableDataset(
+                f"dataset is truncated: an element header at byte {position} needs 8 bytes, "
+                f"{self.end - position} are left"
+            )
+        group, element = struct.unpack_from(self.tag_format, self.data, position)
+        tag = (group << 16) | element
+        if self.implicit or group == 0xFFFE:  # items and delimiters: tag + 4-byte length
+            return tag, None, struct.unpack_from(self.u32, self.data, position + 4)[0], position + 8
+        vr = bytes(self.data[position + 4 : position + 6])
+        if vr in _LONG_VRS:
+            if position + 12 > self.end:
+                raise UnreadableDataset(f"dataset is truncated inside element {_shown(tag)}")
+            return tag, vr, struct.unpack_from(self.u32, self.data, position + 8)[0], position + 12
+        return tag, vr, struct.unpack_from(self.u16, self.data, position + 6)[0], position + 8
+
+    def _skip(self, tag: int, length: int, value: int) -> int:
+        if value + length > self.end:
+            raise UnreadableDataset(
+                f"dataset is truncated: element {_shown(tag)} needs {length} bytes, "
+                f"{self.end - value} are left"
+            )
+        return value + length
+
+    def _guess_encoding(self, start: int) -> None:
+        """Read implicit VR when the first element has no VR (as pydicom does).
+
+        Some senders encode a data set in implicit VR on an explicit VR
+        context; pydicom reads it with a warning, so the node keeps it too.
+        """
+        if not self.implicit and start + 6 <= self.end:
+            vr = bytes(self.data[start + 4 : start + 6])
+            if not (vr.isalpha() and vr.isupper()):
+                self.implicit = True
+
+    def top_level(
+        self, start: int, wanted: frozenset[int]
+    ) -> dict[int, tuple[bytes | None, int, int]]:
+        """The wanted top-level elements of the data set from *start* to the end."""
+        found: dict[int, tuple[bytes | None, int, int]] = {}
+        self._guess_encoding(start)
+        position = start
+        while position < self.end:
+            tag, vr, length, value = self._element(position)
+            if tag in (_ITEM, _ITEM_END, _SEQUENCE_END):
+                raise UnreadableDataset(
+                    f"dataset has a stray item tag {_shown(tag)} at the top level"
+                )
+            if length == _UNDEFINED:
+                position = self._sequence(value)
+                continue
+            position = self._skip(tag, length, value)
+            if tag in wanted:
+                found[tag] = (vr, length, value)
+        return found
+
+    def _sequence(self, position: int) -> int:
+        """Past the delimiter of a sequence (or encapsulated pixel data) of undefined length."""
+        while True:
+            tag, _, length, value = self._element(position)
+            if tag == _SEQUENCE_END:
+                return value
+            if tag != _ITEM:
+                raise UnreadableDataset(f"a sequence holds {_shown(tag)} where an item should be")
+            position = self._item(value) if length == _UNDEFINED else self._skip(tag, length, value)
+
+    def _item(self, position: int) -> int:
+        """Past the delimiter of an item of undefined length."""
+        while True:
+            tag, _, length, value = self._element(position)
+            if tag == _ITEM_END:
+                return value
+            position = (
+                self._sequence(value) if length == _UNDEFINED else self._skip(tag, length, value)
+            )
+
+
+def _shown(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+Getter = Callable[[str], Any]
+
+# How pydicom splits and trims each text VR (pydicom.values): the whole value
+# right-stripped then split; split then each value right-stripped; split then
+# each value stripped both sides; or one value, right-stripped.
+_STRIP_WHOLE = frozenset({"AS", "CS", "DA", "DT", "TM", "UI", "PN"})
+_STRIP_EACH_END = frozenset({"SH", "LO", "UC"})
+_STRIP_EACH = frozenset({"AE"})
+_SINGLE_TEXT = frozenset({"LT", "ST", "UR", "UT"})
+_BINARY = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
+_UNDECODED = object()
+
+
+class _ScannedValues:
+    """Values of the scanned elements by keyword, decoded as pydicom would decode them.
+
+    The common cases are decoded here (ASCII text, DS/IS numbers, US and
+    other binary numbers): pydicom's general conversion, with its value
+    validation, costs more than the rest of the ingest path. Anything else
+    (non-ASCII text under a Specific Character Set, other VRs) goes to pydicom.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        found: dict[int, tuple[bytes | None, int, int]],
+        implicit: bool,
+        little: bool,
+    ) -> None:
+        self.data = data
+        self.found = found
+        self.implicit = implicit
+        self.order = "<" if little else ">"
+        self._fallback: Dataset | None = None
+
+    def __call__(self, keyword: str) -> Any:
+        tag = _tag(keyword)
+        if tag not in self.found:
+            return None
+        vr_bytes, length, offset = self.found[tag]
+        vr = vr_bytes.decode("ascii") if vr_bytes else _dictionary_vr(tag)
+        decoded = _decode(vr, bytes(self.data[offset : offset + length]), self.order)
+        if decoded is not _UNDECODED:
+            return decoded
+        return self._pydicom()[tag].value
+
+    def _pydicom(self) -> Dataset:
+        """The scanned elements as a pydicom Dataset (it decodes what :func:`_decode` does not)."""
+        if self._fallback is None:
+            self._fallback = Dataset(
+                {
+                    BaseTag(tag): RawDataElement(
+                        BaseTag(tag),
+                        vr.decode("ascii") if vr else None,
+                        length,
+                        bytes(self.data[value : value + length]),
+                        value,
+                        self.implicit,
+                        self.order == "<",
+                    )
+                    for tag, (vr, length, value) in self.found.items()
+                }
+            )
+        return self._fallback
+
+
+@lru_cache(maxsize=512)
+def _dictionary_vr(tag: int) -> str:
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+def _decode(vr: str, raw: bytes, order: str) -> Any:
+    """The value pydicom gives for *raw* of *vr*, or ``_UNDECODED`` when only pydicom can tell.
+
+    ``tests/test_store.py`` checks the two agree on every local pydicom test file.
+    """
+    if vr in _BINARY:
+        size = struct.calcsize(_BINARY[vr])
+        if len(raw) % size:
+            return _UNDECODED
+        values = list(struct.unpack(f"{order}{len(raw) // size}{_BINARY[vr]}", raw))
+        return None if not values else values[0] if len(values) == 1 else values
+    if not raw.isascii() or b"\x1b" in raw:  # character sets, ISO 2022 escapes: pydicom's job
+        return _UNDECODED
+    text = raw.decode("ascii")
+    if vr in _SINGLE_TEXT:
+        return text.rstrip("\x00 ")
+    if vr in _STRIP_WHOLE:
+        parts = text.rstrip(" \x00").split("\\")
+    elif vr in _STRIP_EACH_END:
+        parts = [p.rstrip("\x00 ") for p in text.split("\\")]
+    elif vr in _STRIP_EACH:
+        parts = [p.strip() for p in text.split("\\")]
+    elif vr in ("DS", "IS"):
+        return _numbers(text, vr)
+    else:
+        return _UNDECODED
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _numbers(text: str, vr: str) -> Any:
+    """DS and IS text as pydicom gives it: float or int per value, "" for an empty one."""
+    parts = (text.strip() if vr == "DS" else text).rstrip(" \x00").split("\\")
+    convert = float if vr == "DS" else int
+    try:
+        numbers = [convert(p) if p.strip() else "" for p in parts]
+    except ValueError:  # an invalid number: pydicom decides what it becomes
+        return _UNDECODED
+    return numbers[0] if len(numbers) == 1 else numbers
 
 
 def parse_header_from_dataset(
     ds: Dataset, keywords: Iterable[str] = ROUTING_KEYWORDS
 ) -> InstanceHeader:
     """An :class:`InstanceHeader` from an already-read dataset."""
+    return _header(lambda keyword: _get(ds, keyword), keywords)
+
+
+def _header(get: Getter, keywords: Iterable[str]) -> InstanceHeader:
     return InstanceHeader(
-        sop_class_uid=require_uid(_get(ds, "SOPClassUID"), "SOPClassUID"),
-        sop_instance_uid=require_uid(_get(ds, "SOPInstanceUID"), "SOPInstanceUID"),
-        study_instance_uid=require_uid(_get(ds, "StudyInstanceUID"), "StudyInstanceUID"),
-        series_instance_uid=require_uid(_get(ds, "SeriesInstanceUID"), "SeriesInstanceUID"),
-        instance_number=int_or_none(_get(ds, "InstanceNumber")),
-        study=_study_attributes(ds),
-        series=_attributes(ds, keywords),
+        sop_class_uid=require_uid(get("SOPClassUID"), "SOPClassUID"),
+        sop_instance_uid=require_uid(get("SOPInstanceUID"), "SOPInstanceUID"),
+        study_instance_uid=require_uid(get("StudyInstanceUID"), "StudyInstanceUID"),
+        series_instance_uid=require_uid(get("SeriesInstanceUID"), "SeriesInstanceUID"),
+        instance_number=int_or_none(get("InstanceNumber")),
+        study=_study_attributes(get),
+        series=_attributes(get, keywords),
     )
 
 
@@ -206,26 +446,26 @@ def _get(ds: Dataset, keyword: str) -> Any:
     return ds[tag].value if tag in ds else None
 
 
-def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
-    value = _get(ds, keyword)
+def _text(get: Getter, keyword: str, limit: int) -> str | None:
+    value = get(keyword)
     return None if value in (None, "") else str(value)[:limit]
 
 
-def _study_attributes(ds: Dataset) -> dict[str, Any]:
+def _study_attributes(get: Getter) -> dict[str, Any]:
     return {
-        "patient_id": _text(ds, "PatientID", 64),
-        "patient_name": _text(ds, "PatientName", 324),
-        "accession_number": _text(ds, "AccessionNumber", 16),
-        "study_date": _text(ds, "StudyDate", 8),
-        "study_description": _text(ds, "StudyDescription", 64),
+        "patient_id": _text(get, "PatientID", 64),
+        "patient_name": _text(get, "PatientName", 324),
+        "accession_number": _text(get, "AccessionNumber", 16),
+        "study_date": _text(get, "StudyDate", 8),
+        "study_description": _text(get, "StudyDescription", 64),
     }
 
 
-def _attributes(ds: Dataset, keywords: Iterable[str]) -> dict[str, Any]:
+def _attributes(get: Getter, keywords: Iterable[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for keyword in keywords:
         try:
-            value = _get(ds, keyword)
+            value = get(keyword)
         except Exception:  # a malformed value of a routing attribute must not block storage
             continue
         if value is not None and value != "":
@@ -242,7 +482,9 @@ def _meta_element(group_element: int, vr: bytes, value: bytes) -> bytes:
     return tag + vr + struct.pack("<H", len(value)) + value
 
 
-def file_meta_bytes(header: InstanceHeader, transfer_syntax: str, calling_aet: str | None) -> bytes:
+def file_meta_bytes(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, calling_aet: str | None
+) -> bytes:
     """Preamble, ``DICM`` and the File Meta Information group for a received dataset.
 
     Encoded by hand (explicit VR little endian, PS3.10 7.1): pydicom's writer
@@ -251,8 +493,8 @@ def file_meta_bytes(header: InstanceHeader, transfer_syntax: str, calling_aet: s
     body = b"".join(
         [
             _meta_element(0x0001, b"OB", b"\x00\x01"),
-            _meta_element(0x0002, b"UI", header.sop_class_uid.encode()),
-            _meta_element(0x0003, b"UI", header.sop_instance_uid.encode()),
+            _meta_element(0x0002, b"UI", sop_class_uid.encode()),
+            _meta_element(0x0003, b"UI", sop_instance_uid.encode()),
             _meta_element(0x0010, b"UI", transfer_syntax.encode()),
             _meta_element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode()),
             _meta_element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode()),
