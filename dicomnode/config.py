@@ -70,7 +70,10 @@ class NodeConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=1, le=65535)
     allowed_calling_aets: list[str] = Field(default_factory=list)
-    max_associations: int = Field(16, ge=1, le=1024)
+    max_associations: int = Field(16, ge=1, le=1024)  # node-wide, over every receiver process
+    # Receiver processes sharing the port (SO_REUSEPORT); None: one per core; 0: in the
+    # serving process itself (no extra processes).
+    receiver_processes: int | None = Field(None, ge=0, le=256)
     network_timeout: float = Field(60.0, gt=0)
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)

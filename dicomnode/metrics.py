@@ -2,9 +2,10 @@
 
 Two sources:
 
-- Counters the node process increments as things happen: instances and bytes
-  received, associations, refused stores, deliveries and delivery failures.
-  The receiver's hot path does two lock-protected additions per instance.
+- Counters of what happens: instances and bytes received, associations and
+  refused stores, counted by every receiver process in a shared-memory table
+  (:mod:`dicomnode.receivers`) and read at scrape time; deliveries and
+  delivery failures, counted by the serving process.
 - A collector that reads the database at scrape time: jobs by status and
   pipeline, queue depth, stage durations (histograms fed from new timeline
   events since the last scrape), storage free space and, when ``nvidia-smi``
@@ -22,27 +23,36 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.models import Job, JobEvent, JobStatus, Output, utcnow
+
+if TYPE_CHECKING:
+    from dicomnode.receivers import ReceiverTable
 
 log = logging.getLogger(__name__)
 # ``*_created`` series double every counter and no dashboard of ours reads them.
@@ -64,31 +74,19 @@ class NodeMetrics:
         Job database; None leaves out the database collector.
     storage_root
         Storage folder whose file system's free space is reported.
+    receivers
+        The receiver table (slots and counters of every receiver process);
+        None reports the receiver metrics as zero (an API without a receiver).
     """
 
     def __init__(
-        self, sessions: sessionmaker[Session] | None = None, storage_root: Path | None = None
+        self,
+        sessions: sessionmaker[Session] | None = None,
+        storage_root: Path | None = None,
+        receivers: ReceiverTable | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.instances = Counter(
-            "dicomnode_instances_received", "Instances stored and acknowledged.", registry=r
-        )
-        self.bytes = Counter(
-            "dicomnode_received_bytes", "Dataset bytes of acknowledged instances.", registry=r
-        )
-        self.refused = Counter(
-            "dicomnode_store_refused",
-            "C-STORE requests answered with a failure status.",
-            ["status"],
-            registry=r,
-        )
-        self.associations = Counter(
-            "dicomnode_associations",
-            "Associations by outcome (accepted, rejected, aborted).",
-            ["outcome"],
-            registry=r,
-        )
         self.deliveries = Counter(
             "dicomnode_deliveries",
             "Result objects stored at a destination.",
@@ -101,22 +99,79 @@ class NodeMetrics:
             ["destination"],
             registry=r,
         )
-        self.active = Gauge("dicomnode_associations_active", "Associations open now.", registry=r)
+        if receivers is None:
+            from dicomnode.receivers import ReceiverTable
+
+            receivers = ReceiverTable(0, 1, Path(tempfile.gettempdir()) / "dicomnode-none.lock")
+        r.register(ReceiverCollector(receivers))
         if sessions is not None:
             r.register(DatabaseCollector(sessions, storage_root))
-
-    def watch_associations(self, count: Callable[[], int]) -> None:
-        """Read the open associations from *count* at each scrape (nothing on the hot path)."""
-        self.active.set_function(count)
-
-    def received(self, size: int) -> None:
-        """One instance stored (the receiver's hot path: keep it to two additions)."""
-        self.instances.inc()
-        self.bytes.inc(size)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class ReceiverCollector(Collector):
+    """Instances, bytes, refusals and associations of every receiver process, at scrape time.
+
+    The receiver processes count in a shared-memory table
+    (:class:`~dicomnode.receivers.ReceiverTable`); the serving process reads
+    it here, so one ``/metrics`` covers the whole node without
+    prometheus_client's multiprocess mode.
+    """
+
+    def __init__(self, table: ReceiverTable) -> None:
+        self.table = table
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        from dicomnode import receivers as columns
+
+        table = self.table
+        yield _counter(
+            "dicomnode_instances_received",
+            "Instances stored and acknowledged.",
+            table.total(columns.INSTANCES),
+        )
+        yield _counter(
+            "dicomnode_received_bytes",
+            "Dataset bytes of acknowledged instances.",
+            table.total(columns.BYTES),
+        )
+        refused = CounterMetricFamily(
+            "dicomnode_store_refused",
+            "C-STORE requests answered with a failure status.",
+            labels=["status"],
+        )
+        for status, count in table.refused():
+            if count:
+                refused.add_metric([status], count)
+        yield refused
+        associations = CounterMetricFamily(
+            "dicomnode_associations",
+            "Associations by outcome (accepted, rejected, aborted).",
+            labels=["outcome"],
+        )
+        for outcome, column in (
+            ("accepted", columns.ACCEPTED),
+            ("rejected", columns.REJECTED),
+            ("aborted", columns.ABORTED),
+        ):
+            if table.total(column):
+                associations.add_metric([outcome], table.total(column))
+        yield associations
+        active = GaugeMetricFamily("dicomnode_associations_active", "Associations open now.")
+        active.add_metric([], table.total(columns.ACTIVE))
+        yield active
+
+
+def _counter(name: str, documentation: str, value: int) -> Metric:
+    family = CounterMetricFamily(name, documentation)
+    family.add_metric([], value)
+    return family
 
 
 @dataclass

@@ -10,8 +10,11 @@ files that lost their row in a crash, and only then open the DICOM port.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import tempfile
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +27,9 @@ from dicomnode.delivery import Deliverer
 from dicomnode.metrics import NodeMetrics
 from dicomnode.pipelines.registry import require_valid_pipelines
 from dicomnode.receiver import Receiver
+from dicomnode.receivers import ReceiverPool, ReceiverTable, make_store
 from dicomnode.retention import Retention
-from dicomnode.routing import keywords_used
-from dicomnode.store import ROUTING_KEYWORDS, InstanceStore
+from dicomnode.wakeups import OUTPUTS, Wakeups
 from dicomnode.workers import WorkerPool
 
 if TYPE_CHECKING:
@@ -57,21 +60,22 @@ class Node:
                 extra={"pipeline": name},
             )
         database.upgrade(settings.database.url)
-        self.engine = database.make_engine(settings.database.url)
-        self.sessions = database.session_factory(self.engine)
-        keywords = tuple(
-            dict.fromkeys([*ROUTING_KEYWORDS, *sorted(keywords_used(settings.routes))])
+        self.store, self.engine = make_store(settings)
+        self.sessions = self.store.sessions
+        node = settings.node
+        count = (
+            (os.cpu_count() or 1) if node.receiver_processes is None else node.receiver_processes
         )
-        self.store = InstanceStore(
-            Path(settings.storage.path),
-            self.sessions,
-            fsync=settings.storage.fsync,
-            fsync_directory=settings.storage.fsync_directory,
-            min_free_bytes=settings.storage.min_free_bytes,
-            keywords=keywords,
+        lock = Path(tempfile.gettempdir()) / f"dicomnode-{os.getpid()}-{id(self)}-associations.lock"
+        self.receivers = ReceiverTable(count, node.max_associations, lock)
+        self.wakeups = Wakeups(settings.database.url)
+        self.metrics = NodeMetrics(self.sessions, Path(settings.storage.path), self.receivers)
+        # receiver_processes = 0: the receiver's threads run in this process (tests, small sites).
+        self.receiver: Receiver | ReceiverPool = (
+            ReceiverPool(settings, count, self.receivers)
+            if count
+            else Receiver(node, self.store, self.receivers.row(0), wakeups=self.wakeups)
         )
-        self.metrics = NodeMetrics(self.sessions, Path(settings.storage.path))
-        self.receiver = Receiver(settings.node, self.store, self.metrics)
         self.assembler = Assembler(self.sessions, settings.assembly, settings.routes)
         self.deliverer = Deliverer(self.sessions, settings, self.metrics)
         self.retention = Retention(self.sessions, self.store, settings.retention)
@@ -79,6 +83,8 @@ class Node:
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.api: APIServer | None = None
         self.stopped = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
 
     def recover(self) -> None:
         """Bring storage and index back in line after a crash."""
@@ -91,11 +97,8 @@ class Node:
         """Recover, open the DICOM port, start assembly, delivery and workers."""
         self.recover()
         self.receiver.start()
-        every = self.settings.assembly.check_interval
+        self._loop("assembly", lambda: self.assembler.run(self._stopping, self.wakeups))
         options: dict[str, Any] = {"max_instances": 1, "coalesce": True}
-        self.scheduler.add_job(
-            self.assembler.tick, "interval", seconds=every, id="assembly", **options
-        )
         self.scheduler.add_job(
             self.deliverer.tick,
             "interval",
@@ -104,6 +107,10 @@ class Node:
             **options,
         )
         self.scheduler.add_job(self.pool.check, "interval", seconds=2, id="workers", **options)
+        if isinstance(self.receiver, ReceiverPool):
+            self.scheduler.add_job(
+                self.receiver.check, "interval", seconds=1, id="receivers", **options
+            )
         if self.settings.retention.enabled:
             self.scheduler.add_job(
                 self.retention.tick,
@@ -113,6 +120,8 @@ class Node:
                 **options,
             )
         self.scheduler.start()
+        # Results queued by a worker are sent at once, not at the next delivery tick.
+        self._loop("delivery-wakeup", lambda: self._wake_job("delivery", OUTPUTS))
         self.pool.start()
         if self.settings.api.enabled:
             try:
@@ -126,6 +135,23 @@ class Node:
                     extra={"host": self.settings.api.host, "port": self.settings.api.port},
                 )
                 self.api = None
+
+    def _loop(self, name: str, target: Any) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _wake_job(self, job_id: str, topic: str) -> None:
+        """Run the scheduler's job *job_id* now whenever *topic* is rung (until stopping)."""
+        listener = self.wakeups.listen(topic)
+        try:
+            while not self._stopping.is_set():
+                if listener.wait(1.0):
+                    job = self.scheduler.get_job(job_id)
+                    if job is not None:
+                        job.modify(next_run_time=datetime.now(UTC))
+        finally:
+            listener.close()
 
     def start_api(self) -> None:
         """Serve the REST API, dashboard and metrics (``api.port`` 0: any free port)."""
@@ -158,11 +184,15 @@ class Node:
     def stop(self) -> None:
         """Stop taking associations first, then the API, the scheduler and the workers."""
         self.receiver.stop()
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(10)
         if self.api is not None:
             self.api.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.pool.stop()
+        self.wakeups.close()
         self.engine.dispose()
         self.stopped.set()
 

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -148,6 +149,66 @@ def test_kill9_mid_push_loses_nothing_acknowledged(tmp_path: Path) -> None:
         assert len(jobs) == 1, jobs
         assert jobs[0].study_instance_uid == study[0].StudyInstanceUID
         assert jobs[0].status == "done", log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+
+
+def test_kill9_mid_push_over_concurrent_associations_and_receiver_processes(
+    tmp_path: Path,
+) -> None:
+    """Four modalities at once over two receiver processes; the node is killed midway."""
+    port = free_port()
+    config = write_config(tmp_path, port)
+    config.write_text(config.read_text().replace("[storage]", "receiver_processes = 2\n[storage]"))
+    log = tmp_path / "serve.log"
+    study = ct_study(240)
+    proc = start_serve(config, port, log)
+    acked: set[str] = set()
+    lock = threading.Lock()
+
+    def modality(part: list[pydicom.Dataset]) -> None:
+        for uid in push(port, part):
+            with lock:
+                acked.add(uid)
+
+    def killer() -> None:  # kill -9 once a third of the study is in (by the index)
+        engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        while True:
+            with engine.connect() as conn:
+                if conn.execute(text("SELECT count(*) FROM instances")).scalar_one() >= 80:
+                    break
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+
+    threads = [threading.Thread(target=modality, args=(study[i::4],)) for i in range(4)]
+    threads.append(threading.Thread(target=killer))
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert 80 <= len(acked) < 240, len(acked)
+        proc.wait(10)
+        proc = start_serve(config, port, log)
+        engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        with engine.connect() as conn:
+            stored = {row.sop_instance_uid: row.path for row in conn.execute(select(Instance))}
+        assert not acked - stored.keys(), "acknowledged instances lost"
+        for uid in acked:
+            assert pydicom.dcmread(tmp_path / "storage" / stored[uid]).SOPInstanceUID == uid
+        rest = [ds for ds in study if str(ds.SOPInstanceUID) not in acked]
+        assert push(port, rest) == {str(ds.SOPInstanceUID) for ds in rest}
+        deadline = time.monotonic() + 60
+        while True:
+            with engine.connect() as conn:
+                jobs = conn.execute(select(Job.status)).all()
+            if jobs and jobs[0].status in ("done", "failed"):
+                break
+            assert time.monotonic() < deadline, f"job did not finish: {jobs}"
+            time.sleep(0.3)
+        assert len(jobs) == 1 and jobs[0].status == "done", (jobs, log.read_text()[-3000:])
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

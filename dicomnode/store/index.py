@@ -35,6 +35,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import TypeEngine
 
+from dicomnode.locks import HostLock
 from dicomnode.models import Instance, Series, Study, StudyStatus, UTCDateTime, utcnow
 from dicomnode.store.errors import UIDClash
 from dicomnode.store.header import InstanceHeader, int_or_none
@@ -211,6 +212,19 @@ class _BoundedCache(dict[str, Any]):
         self[key] = value
 
 
+def _sqlite_write_lock(engine: Engine) -> contextlib.AbstractContextManager[Any]:
+    """One index writer at a time on a SQLite database, across threads and processes.
+
+    SQLite has one writer at a time and its busy handler sleeps 1-100 ms when the
+    lock is taken; queueing the node's own writers (threads, receiver processes)
+    on a host lock wakes the next one at once.
+    """
+    database = engine.url.database
+    if not database or database == ":memory:":
+        return threading.Lock()
+    return HostLock(Path(f"{database}-index.lock"))
+
+
 class InstanceIndex:
     """Writes the index rows of stored instances.
 
@@ -230,11 +244,7 @@ class InstanceIndex:
         self._bind_time = _bind_processor(UTCDateTime(), engine.dialect)
         self._study_ids = _BoundedCache()
         self._series_ids = _BoundedCache()
-        # SQLite has one writer at a time and its busy handler sleeps 1-100 ms when
-        # the lock is taken; queueing our own threads on a lock wakes them at once.
-        self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
-            threading.Lock() if self._sqlite else contextlib.nullcontext()
-        )
+        self._write_lock = _sqlite_write_lock(engine) if self._sqlite else contextlib.nullcontext()
         # What a refused row raises: the driver's errors here, SQLAlchemy's elsewhere.
         self.database_errors: tuple[type[Exception], ...] = (
             SQLAlchemyError,

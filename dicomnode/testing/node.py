@@ -33,7 +33,13 @@ def settings_data(root: Path, port: int | None = None) -> dict[str, Any]:
         test's patience; the API is off.
     """
     return {
-        "node": {"ae_title": NODE_AE, "host": "127.0.0.1", "port": port or free_port()},
+        # The receiver in the test's own process, so a test can reach into it (monkeypatch).
+        "node": {
+            "ae_title": NODE_AE,
+            "host": "127.0.0.1",
+            "port": port or free_port(),
+            "receiver_processes": 0,
+        },
         "storage": {"path": str(root / "storage"), "min_free_bytes": 0},
         "database": {"url": f"sqlite:///{root / 'dicomnode.db'}"},
         "assembly": {"quiet_seconds": 1.0, "early_quiet_seconds": 0.2, "check_interval": 0.2},
@@ -112,6 +118,7 @@ class NodeProcess:
         self.config.write_text(toml_document(data), encoding="utf-8")
         self.log = self.root / "serve.log"
         self.env = {**os.environ, **(env or {})}
+        self.prefix: list[str] = []  # e.g. ["taskset", "-c", "0"] to pin serve and its children
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -135,7 +142,15 @@ class NodeProcess:
 
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(self.config)],
+                [
+                    *self.prefix,
+                    sys.executable,
+                    "-m",
+                    "dicomnode.cli",
+                    "serve",
+                    "--config",
+                    str(self.config),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,

@@ -495,3 +495,43 @@ class PostgresServer(_Process):
             )
             self._running = False
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def write_large_instance(path: Path, frames: int, *, rows: int = 512, columns: int = 512) -> Path:
+    """A Multi-frame Grayscale Word Secondary Capture of *frames* 16-bit frames, written in chunks.
+
+    The pixel data (``frames * rows * columns * 2`` bytes, e.g. 1 GiB for 2048
+    frames of 512x512) is never in memory at once: the header is written with
+    pydicom, the pixel data element appended frame by frame (a pattern that
+    differs per frame, so a byte-identical copy can be checked).
+    """
+    import struct
+
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.PatientName, ds.Modality = "LARGE1", "Large^Object", "OT"
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20261201", "120000", ""
+    ds.ReferringPhysicianName, ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "", "1", 1, 1
+    ds.ConversionType, ds.PatientSex, ds.PatientBirthDate = "WSD", "O", ""
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.NumberOfFrames, ds.Rows, ds.Columns = frames, rows, columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.FrameIncrementPointer = 0x00181063  # Frame Time
+    ds.FrameTime = 33.0
+    ds.save_as(path, enforce_file_format=True)
+    frame = np.arange(rows * columns, dtype=np.uint16).reshape(rows, columns) % 4096
+    with Path(path).open("ab") as out:
+        out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, frames * rows * columns * 2))
+        for n in range(frames):
+            out.write(((frame + n) % 4096).astype("<u2").tobytes())
+    return Path(path)
