@@ -6,9 +6,13 @@ or earlier, after ``assembly.early_quiet_seconds``, once a matching route's
 its matching routes already have jobs in state ``waiting`` so admins see what
 is coming; completion moves them to ``queued``.
 
-:meth:`Assembler.tick` runs every ``assembly.check_interval`` seconds (an
-APScheduler job in ``serve``). It keeps no state of its own: everything is
-read from and written to the database, so a restarted node carries on.
+:meth:`Assembler.run` (a thread of ``serve``) calls :meth:`Assembler.tick` when
+the next receiving study can be quiet: the receivers ring an ``ARRIVALS``
+wake-up (:mod:`dicomnode.wakeups`) with every instance, so assembly knows the
+deadline moved, and a completed study rings ``JOBS`` for the workers. Every
+wait is bounded by ``assembly.check_interval``. The assembler keeps no state
+of its own: everything is read from and written to the database, so a
+restarted node carries on.
 
 Instances that arrive after a study completed re-open it (the store sets it
 back to ``receiving``); when it completes again, pipelines that already have
@@ -19,11 +23,13 @@ and ``jobs retry`` re-runs it.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import AssemblyConfig, RouteConfig
@@ -31,6 +37,7 @@ from dicomnode.database import write_transaction
 from dicomnode.jobs import add_event
 from dicomnode.models import Job, JobStatus, Series, Study, StudyStatus, utcnow
 from dicomnode.routing import RouteDecision, SeriesView, match_routes, required_series_present
+from dicomnode.wakeups import ARRIVALS, JOBS, Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,45 @@ class Assembler:
         self.sessions = sessions
         self.config = config
         self.routes = list(routes)
+
+    def run(self, stop: threading.Event, wakeups: Wakeups) -> None:
+        """Complete studies as they become quiet, until *stop* is set."""
+        listener = wakeups.listen(ARRIVALS)
+        quiet = self._shortest_quiet()
+        try:
+            due = time.monotonic()
+            while not stop.is_set():
+                if time.monotonic() >= due:
+                    try:
+                        if self.tick():
+                            wakeups.ring(JOBS)
+                    except Exception:  # the database may be away for a moment
+                        log.exception("assembly tick failed; retrying")
+                    due = time.monotonic() + self._next_due()
+                # An arrival makes its study quiet at the earliest `quiet` from now.
+                if listener.wait(min(due - time.monotonic(), self.config.check_interval)):
+                    due = min(due, time.monotonic() + quiet)
+        finally:
+            listener.close()
+
+    def _shortest_quiet(self) -> float:
+        """The shortest time after its last instance at which a study may complete."""
+        if any(route.complete_when for route in self.routes):
+            return min(self.config.quiet_seconds, self.config.early_quiet_seconds)
+        return self.config.quiet_seconds
+
+    def _next_due(self) -> float:
+        """Seconds until the first receiving study can be quiet (at most ``check_interval``)."""
+        with self.sessions() as session:
+            first = session.execute(
+                select(func.min(Study.last_received_at)).where(
+                    Study.status == StudyStatus.RECEIVING
+                )
+            ).scalar()
+        if first is None:
+            return self.config.check_interval
+        ahead = (first + timedelta(seconds=self._shortest_quiet()) - utcnow()).total_seconds()
+        return max(0.0, min(ahead, self.config.check_interval))
 
     def tick(self, now: datetime | None = None) -> list[str]:
         """Look at every receiving study once; return the UIDs completed now."""
@@ -108,6 +154,12 @@ class Assembler:
     def _ensure_waiting(
         self, study: Study, decisions: Sequence[RouteDecision], now: datetime
     ) -> None:
+        with self.sessions() as session:
+            have = set(
+                session.execute(select(Job.pipeline).where(Job.study_id == study.id)).scalars()
+            )
+        if {d.pipeline for d in decisions} <= have:
+            return  # nothing to add: no write lock (ingest is writing meanwhile)
         with write_transaction(self.sessions) as session:
             existing = {
                 j.pipeline

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -114,6 +115,7 @@ class Deliverer:
 
     def _deliver(self, job_id: int, destination: str, outputs: list[Output], study: Study) -> int:
         paths = {o.id: self.storage / o.path for o in outputs}
+        started = time.perf_counter()
         try:
             peer = self.peer_for(destination, study)
             report = send(
@@ -127,9 +129,11 @@ class Deliverer:
             errors = {oid: report.failures.get(path) for oid, path in paths.items()}
         except (DeliveryError, KeyError, OSError) as exc:
             errors = {o.id: str(exc) for o in outputs}
-        return self._record(job_id, destination, errors)
+        return self._record(job_id, destination, errors, time.perf_counter() - started)
 
-    def _record(self, job_id: int, destination: str, errors: dict[int, str | None]) -> int:
+    def _record(
+        self, job_id: int, destination: str, errors: dict[int, str | None], seconds: float
+    ) -> int:
         now = utcnow()
         sent = 0
         with write_transaction(self.sessions) as session:
@@ -152,7 +156,13 @@ class Deliverer:
                     output.next_attempt_at = now + self.backoff(output.attempts)
             failed = [e for e in errors.values() if e is not None]
             if sent:
-                add_event(session, job_id, "delivery", f"{sent} object(s) stored at {destination}")
+                add_event(
+                    session,
+                    job_id,
+                    "delivery",
+                    f"{sent} object(s) stored at {destination}",
+                    duration_s=seconds,
+                )
             if failed:
                 add_event(
                     session, job_id, "delivery", f"{destination}: {failed[0]}", level="warning"

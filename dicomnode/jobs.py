@@ -34,6 +34,7 @@ from dicomnode.models import (
     Study,
     utcnow,
 )
+from dicomnode.wakeups import JOBS, OUTPUTS, Wakeups
 
 # Ids are PostgreSQL ``integer`` columns: anything larger cannot name a row and
 # would make the driver raise instead of finding nothing.
@@ -361,14 +362,27 @@ class JobQueue:
         How long a claim lasts without a heartbeat.
     max_attempts
         Claims of one job before it is failed (a worker keeps dying on it).
+    wakeups
+        Rung after changes that give work to others (:mod:`dicomnode.wakeups`).
     """
 
     def __init__(
-        self, sessions: sessionmaker[Session], *, lease_seconds: float = 60.0, max_attempts: int = 3
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        lease_seconds: float = 60.0,
+        max_attempts: int = 3,
+        wakeups: Wakeups | None = None,
     ) -> None:
         self.sessions = sessions
         self.lease = timedelta(seconds=lease_seconds)
         self.max_attempts = max_attempts
+        self.wakeups = wakeups
+
+    def _ring(self, topic: str) -> None:
+        """Wake whoever takes the next step (workers for queued jobs, delivery for outputs)."""
+        if self.wakeups is not None:
+            self.wakeups.ring(topic)
 
     # -- claims ----------------------------------------------------------------------
 
@@ -536,6 +550,7 @@ class JobQueue:
                     "sending",
                     f"{len(outputs)} result object(s) queued for {', '.join(destinations)}",
                 )
+
             else:
                 job.status = JobStatus.DONE
                 job.finished_at = now
@@ -543,7 +558,10 @@ class JobQueue:
                     f"{len(outputs)} result object(s), no destination" if outputs else "no results"
                 )
                 add_event(session, job.id, "done", f"finished with {what}")
-            return str(job.status)
+            status = str(job.status)
+        if status == JobStatus.SENDING:
+            self._ring(OUTPUTS)  # after the commit: delivery must see the rows
+        return status
 
     def fail(self, job_id: int, worker_id: str | None, error: str) -> bool:
         """Mark a job failed with a human-readable *error*."""
@@ -573,7 +591,8 @@ class JobQueue:
             job.lease_expires_at = None
             job.attempts = max(0, job.attempts - 1)
             add_event(session, job.id, "released", reason, level="warning")
-            return True
+        self._ring(JOBS)
+        return True
 
     # -- admin actions ---------------------------------------------------------------
 
@@ -606,7 +625,8 @@ class JobQueue:
             job.finished_at = None
             add_event(session, job.id, "retry", message)
             session.flush()
-            return job
+        self._ring(OUTPUTS if job.status == JobStatus.SENDING else JOBS)
+        return job
 
     def cancel(self, job_id: int) -> Job:
         """Cancel a job that has not finished; a running worker stops at its next heartbeat."""

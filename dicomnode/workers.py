@@ -44,6 +44,7 @@ from dicomnode.jobs import ClaimedJob, JobQueue, add_event
 from dicomnode.models import Instance, Series, Study
 from dicomnode.pipelines import JobContext, Pipeline, PipelineError, SeriesInput, build_pipeline
 from dicomnode.store.files import results_dir
+from dicomnode.wakeups import JOBS, Listener, Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +88,14 @@ class Worker:
         self.settings = settings
         self.device = device
         self.sessions = sessions or session_factory(make_engine(settings.database.url))
+        self.wakeups = Wakeups(settings.database.url)
         self.queue = JobQueue(
             self.sessions,
             lease_seconds=settings.workers.lease_seconds,
             max_attempts=settings.workers.max_attempts,
+            wakeups=self.wakeups,
         )
+        self._listener: Listener | None = None
         self.pipelines = list(pipelines) if pipelines else None
         self.worker_id = worker_id or worker_identity()
         self.exit_on_timeout = exit_on_timeout
@@ -103,17 +107,26 @@ class Worker:
     # -- loop ------------------------------------------------------------------------
 
     def run_forever(self) -> None:
-        """Claim and run jobs until :attr:`stop_event` is set."""
+        """Claim and run jobs until :attr:`stop_event` is set.
+
+        Between jobs the worker sleeps until a job is queued (the ``JOBS``
+        wake-up) or ``workers.poll_seconds`` pass, whichever comes first.
+        """
         log.info("worker started", extra={"worker": self.worker_id})
-        self.preload()
-        while not self.stop_event.is_set():
-            try:
-                ran = self.run_once()
-            except Exception:
-                log.exception("worker loop error; continuing")
-                ran = False
-            if not ran:
-                self.stop_event.wait(self.settings.workers.poll_seconds)
+        self._listener = self.wakeups.listen(JOBS)
+        try:
+            self.preload()
+            while not self.stop_event.is_set():
+                try:
+                    ran = self.run_once()
+                except Exception:
+                    log.exception("worker loop error; continuing")
+                    ran = False
+                if not ran and not self.stop_event.is_set():
+                    self._listener.wait(self.settings.workers.poll_seconds)
+        finally:
+            self._listener.close()
+            self._listener = None
         for pipeline in self._loaded.values():
             pipeline.close()
         log.info("worker stopped", extra={"worker": self.worker_id})
@@ -305,6 +318,8 @@ class Worker:
         if self.stop_requested_at is None:
             self.stop_requested_at = time.monotonic()
         self.stop_event.set()
+        if self._listener is not None:
+            self._listener.interrupt()
 
 
 # -- processes ------------------------------------------------------------------------
