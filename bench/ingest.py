@@ -1,4 +1,4 @@
-"""Ingest benchmark: 300 CT slices 512x512 pushed by DCMTK storescu.
+"""Ingest benchmark: 300 CT slices 512x512 pushed by DCMTK storescu, and one 1 GiB object.
 
 Receivers, all in this run, on loopback, TCP_NODELAY=1 for the DCMTK and
 Orthanc processes:
@@ -6,19 +6,29 @@ Orthanc processes:
 - DCMTK ``storescp`` writing files (no fsync);
 - Orthanc (Debian package), default storage (no fsync);
 - dicomnode ``serve`` (SQLite WAL, every instance fsynced and indexed before
-  Success), started fresh for each push as the others are emptied.
+  Success; one receiver process per core), started fresh for each push as
+  the others are emptied.
 
-Each push runs over one association, then as four concurrent storescu
-processes of 75 slices each. Rounds alternate receivers to spread machine
-noise; the median of ``--rounds`` is reported with instances/s and the ratio
-to Orthanc and storescp.
+Each push runs over 1, 4, 8 and 16 concurrent storescu associations (the
+slices split between them). Rounds alternate receivers to spread machine
+noise; the median of ``--rounds`` is reported with instances/s, the ratio to
+Orthanc and to storescp, and the peak resident memory of each receiver's
+processes during the push (dicomnode: the largest receiver process).
 
-Usage: ``python bench/ingest.py [--slices 300] [--rounds 3]``
+Then dicomnode alone, four associations, with its receiver processes and
+cores restricted by ``taskset``: 1 process on 1 core, 1 process on 2 cores,
+2 processes on 2 cores. Last, one large multi-frame instance (``--large-mib``,
+default 1024) to each receiver: time and memory growth, and whether
+dicomnode's stored copy is byte-identical.
+
+Usage: ``python bench/ingest.py [--slices 300] [--rounds 3] [--large-mib 1024]``
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -26,25 +36,34 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
-# Run as a script, this folder is sys.path[0], and bench/queue.py would then stand
-# in for the standard library's queue module wherever it is imported (multiprocessing,
-# concurrent.futures, psycopg): drop the folder. dicomnode itself comes from the
-# environment (installed editable), so nothing else goes on sys.path.
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
+ROOT = Path(__file__).resolve().parents[1]
+# bench/queue.py must not shadow the standard library's queue module.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from dicomnode.synthetic import ct_series, write_series  # noqa: E402
+from dicomnode.testing.node import NodeProcess, settings_data  # noqa: E402
 from dicomnode.testing.peers import (  # noqa: E402
     NODELAY_ENV,
     Orthanc,
     StoreSCP,
     dcmtk_tool,
-    echoscu,
-    free_port,
+    write_large_instance,
 )
+
+STREAMS = (1, 4, 8, 16)
+AE = "BENCHNODE"
+
+
+@dataclass
+class Push:
+    """One push: seconds and the peak resident memory (MiB) of the receiver's processes."""
+
+    seconds: float
+    peak_mib: float
 
 
 def push(files: list[Path], port: int, aet: str, streams: int) -> float:
@@ -61,58 +80,167 @@ def push(files: list[Path], port: int, aet: str, streams: int) -> float:
             stderr=subprocess.STDOUT,
         )
         for chunk in chunks
+        if chunk
     ]
     for proc in procs:
-        out, _ = proc.communicate(timeout=300)
+        out, _ = proc.communicate(timeout=900)
         if proc.returncode != 0:
             raise RuntimeError(f"storescu failed: {out.decode(errors='replace')[-500:]}")
     return time.perf_counter() - started
 
 
-@contextmanager
-def dicomnode_server(workdir: Path) -> Iterator[tuple[int, str]]:
-    """``dicomnode serve`` in a subprocess; yields (port, AE title)."""
-    port = free_port()
-    config = workdir / "dicomnode.toml"
-    config.write_text(
-        f"""
-[node]
-ae_title = "BENCHNODE"
-host = "127.0.0.1"
-port = {port}
-[storage]
-path = "{workdir / "storage"}"
-min_free_bytes = 0
-[database]
-url = "sqlite:///{workdir / "db.sqlite"}"
-[assembly]
-quiet_seconds = 3600
-[workers]
-processes = 0
-"""
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+# -- memory of a process tree (from /proc) ----------------------------------------------
+
+
+def _status_kib(pid: int, field: str) -> int:
     try:
-        deadline = time.monotonic() + 30
-        while echoscu(host="127.0.0.1", port=port, called_aet="BENCHNODE").returncode != 0:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("dicomnode did not start")
-            time.sleep(0.2)
-        yield port, "BENCHNODE"
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of *pid*."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == str(pid):
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def receiver_pids(node: NodeProcess) -> list[int]:
+    """dicomnode's receiver processes (spawned children of serve)."""
+    assert node.proc is not None
+    return [
+        pid
+        for pid in children(node.proc.pid)
+        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+def reset_peak(pids: list[int]) -> None:
+    """Start a new VmHWM window (Linux: writing 5 to clear_refs resets the peak)."""
+    for pid in pids:
+        with suppress(OSError):
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def peak_mib(pids: list[int]) -> float:
+    """The largest VmHWM (peak resident set) among *pids*, in MiB."""
+    return max((_status_kib(p, "VmHWM") for p in pids), default=0) / 1024
+
+
+# -- dicomnode -------------------------------------------------------------------------
+
+
+@contextmanager
+def dicomnode_server(
+    workdir: Path, processes: int | None, cores: str | None
+) -> Iterator[NodeProcess]:
+    """``dicomnode serve`` in a subprocess (optionally pinned to *cores* with taskset)."""
+    data = settings_data(workdir)
+    data["node"]["ae_title"] = AE
+    data["node"].pop("receiver_processes")
+    if processes is not None:
+        data["node"]["receiver_processes"] = processes
+    data["assembly"] = {"quiet_seconds": 3600}
+    data["node"]["max_associations"] = 64
+    node = NodeProcess(data, workdir)
+    if cores:
+        node.prefix = ["taskset", "-c", cores]
+    node.start()
+    try:
+        yield node
     finally:
-        proc.terminate()
-        proc.wait(30)
+        node.stop()
 
 
 def count_rows(workdir: Path) -> int:
     import sqlite3
 
-    with sqlite3.connect(workdir / "db.sqlite") as conn:
+    with sqlite3.connect(workdir / "dicomnode.db") as conn:
         return int(conn.execute("SELECT count(*) FROM instances").fetchone()[0])
+
+
+class Dicomnode:
+    """Fresh nodes, one per push (the same UIDs again would measure the resend path)."""
+
+    def __init__(self, tmp: Path, files: list[Path]) -> None:
+        self.tmp, self.files = tmp, files
+        self.pushes = 0
+
+    def __call__(
+        self, streams: int, processes: int | None = None, cores: str | None = None
+    ) -> Push:
+        workdir = self.tmp / f"node-{self.pushes}"
+        self.pushes += 1
+        with dicomnode_server(workdir, processes, cores) as node:
+            pids = receiver_pids(node)
+            reset_peak(pids)
+            seconds = push(self.files, node.port, AE, streams)
+            peak = peak_mib(pids)
+        indexed = count_rows(workdir)
+        if indexed != len(self.files):
+            raise RuntimeError(f"dicomnode indexed {indexed} of {len(self.files)} instances")
+        shutil.rmtree(workdir, ignore_errors=True)
+        return Push(seconds, peak)
+
+
+# -- the large object -------------------------------------------------------------------
+
+
+def _dataset_digest(path: Path) -> str:
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    with path.open("rb") as fp:
+        read_preamble(fp, False)
+        _read_file_meta_info(fp)
+        digest = hashlib.sha256()
+        while chunk := fp.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def large_object(tmp: Path, mib: int, scp: StoreSCP, orthanc: Orthanc) -> None:
+    frames = max(1, mib * 2)  # 512 KiB per 512x512 16-bit frame
+    path = write_large_instance(tmp / "large.dcm", frames)
+    size_mib = path.stat().st_size / 2**20
+    print(
+        f"\nlarge object: one {size_mib:.0f} MiB multi-frame instance ({frames} frames), one association"
+    )
+    print(f"{'receiver':<10} {'seconds':>8} {'memory growth MiB':>18}  stored copy")
+    for name, pids, port, aet in (
+        ("storescp", [scp.proc.pid] if scp.proc else [], scp.port, scp.aet),
+        ("orthanc", [orthanc.proc.pid] if orthanc.proc else [], orthanc.dicom_port, orthanc.aet),
+    ):
+        before = max((_status_kib(p, "VmRSS") for p in pids), default=0) / 1024
+        reset_peak(pids)
+        seconds = push([path], port, aet, 1)
+        print(f"{name:<10} {seconds:>8.2f} {peak_mib(pids) - before:>18.0f}")
+    orthanc.delete_all()
+    workdir = tmp / "node-large"
+    with dicomnode_server(workdir, 1, None) as node:
+        pids = receiver_pids(node)
+        before = max((_status_kib(p, "VmRSS") for p in pids), default=0) / 1024
+        reset_peak(pids)
+        seconds = push([path], node.port, AE, 1)
+        growth = peak_mib(pids) - before
+    stored = next((workdir / "storage" / "instances").rglob("*.dcm"))
+    same = _dataset_digest(stored) == _dataset_digest(path)
+    print(
+        f"{'dicomnode':<10} {seconds:>8.2f} {growth:>18.0f}  {'byte-identical' if same else 'DIFFERENT'}"
+    )
+    shutil.rmtree(workdir, ignore_errors=True)
+    path.unlink()
+
+
+# -- the run ----------------------------------------------------------------------------
 
 
 def main() -> int:
@@ -121,72 +249,91 @@ def main() -> int:
     )
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--large-mib", type=int, default=1024, help="0: skip the large object")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp_name:
+    with tempfile.TemporaryDirectory(dir=ROOT if os.access(ROOT, os.W_OK) else None) as tmp_name:
         tmp = Path(tmp_name)
         t0 = time.perf_counter()
         files = write_series(ct_series(n_slices=args.slices, seed=1), tmp / "ct")
         size_mb = sum(f.stat().st_size for f in files) / 1e6
         print(
-            f"data: {len(files)} CT slices 512x512, {size_mb:.0f} MB (generated in {time.perf_counter() - t0:.1f} s)"
+            f"data: {len(files)} CT slices 512x512, {size_mb:.0f} MB "
+            f"(generated in {time.perf_counter() - t0:.1f} s); {os.cpu_count()} cores"
         )
-
-        results: dict[tuple[str, int], list[float]] = {}
+        results: dict[tuple[str, int], list[Push]] = {}
         scp_dir, orthanc_dir = tmp / "storescp", tmp / "orthanc"
         for d in (scp_dir, orthanc_dir):
             d.mkdir()
-        indexed: list[int] = []
-
-        def push_to_dicomnode(streams: int) -> float:
-            # A fresh node each push, like the other receivers after their reset:
-            # the same UIDs again would measure the resend path, not first receipt.
-            node_dir = tmp / f"node-{len(indexed)}"
-            node_dir.mkdir()
-            with dicomnode_server(node_dir) as (port, aet):
-                seconds = push(files, port, aet, streams)
-            indexed.append(count_rows(node_dir))
-            shutil.rmtree(node_dir, ignore_errors=True)
-            return seconds
-
+        dicomnode = Dicomnode(tmp, files)
         with StoreSCP(output_dir=scp_dir) as scp, Orthanc(workdir=orthanc_dir) as orthanc:
 
-            def reset_scp() -> None:
+            def push_to_scp(streams: int) -> Push:
                 shutil.rmtree(scp_dir, ignore_errors=True)
                 scp_dir.mkdir()
+                pids = [scp.proc.pid] if scp.proc else []
+                reset_peak(pids)
+                return Push(push(files, scp.port, scp.aet, streams), peak_mib(pids))
 
-            def push_to_scp(streams: int) -> float:
-                reset_scp()
-                return push(files, scp.port, scp.aet, streams)
-
-            def push_to_orthanc(streams: int) -> float:
+            def push_to_orthanc(streams: int) -> Push:
                 orthanc.delete_all()
-                return push(files, orthanc.dicom_port, orthanc.aet, streams)
+                pids = [orthanc.proc.pid] if orthanc.proc else []
+                reset_peak(pids)
+                return Push(push(files, orthanc.dicom_port, orthanc.aet, streams), peak_mib(pids))
 
-            receivers: dict[str, Callable[[int], float]] = {
+            receivers: dict[str, Callable[[int], Push]] = {
                 "storescp": push_to_scp,
                 "orthanc": push_to_orthanc,
-                "dicomnode": push_to_dicomnode,
+                "dicomnode": dicomnode,
             }
             for _ in range(args.rounds):
-                for streams in (1, 4):
+                for streams in STREAMS:
                     for name, run in receivers.items():
                         results.setdefault((name, streams), []).append(run(streams))
-        assert set(indexed) == {len(files)}, indexed
-        print(f"dicomnode indexed all {len(files)} instances in every push (fsync before Success)")
-        print(
-            f"\n{'receiver':<10} {'assoc':>5} {'median s':>9} {'inst/s':>8} {'vs orthanc':>11} {'vs storescp':>12}"
-        )
-        for streams in (1, 4):
-            ref_o = statistics.median(results[("orthanc", streams)])
-            ref_s = statistics.median(results[("storescp", streams)])
-            for name in ("storescp", "orthanc", "dicomnode"):
-                med = statistics.median(results[(name, streams)])
-                print(
-                    f"{name:<10} {streams:>5} {med:>9.2f} {len(files) / med:>8.0f} {med / ref_o:>10.2f}x {med / ref_s:>11.2f}x"
-                )
-        print("\n(ratios are time ratios: below 1.00x is faster than the reference)")
+            report(results, len(files))
+            scaling(dicomnode, args.rounds)
+            if args.large_mib:
+                large_object(tmp, args.large_mib, scp, orthanc)
     return 0
+
+
+def report(results: dict[tuple[str, int], list[Push]], count: int) -> None:
+    print("dicomnode indexed every instance in every push (fsync and index before Success)")
+    print(
+        f"\n{'receiver':<10} {'assoc':>5} {'median s':>9} {'inst/s':>8} {'vs orthanc':>11} "
+        f"{'vs storescp':>12} {'peak MiB':>9}"
+    )
+    for streams in STREAMS:
+        ref_o = statistics.median(p.seconds for p in results[("orthanc", streams)])
+        ref_s = statistics.median(p.seconds for p in results[("storescp", streams)])
+        for name in ("storescp", "orthanc", "dicomnode"):
+            pushes = results[(name, streams)]
+            med = statistics.median(p.seconds for p in pushes)
+            peak = max(p.peak_mib for p in pushes)
+            print(
+                f"{name:<10} {streams:>5} {med:>9.2f} {count / med:>8.0f} {med / ref_o:>10.2f}x "
+                f"{med / ref_s:>11.2f}x {peak:>9.0f}"
+            )
+    print("(ratios are time ratios: below 1.00x is faster than the reference)")
+
+
+def scaling(dicomnode: Dicomnode, rounds: int) -> None:
+    """dicomnode over four associations with its receivers and cores restricted."""
+    print("\ndicomnode, 4 associations, receiver processes and cores (taskset):")
+    cases = [(1, "0"), (1, "0,1"), (2, "0,1")]
+    seconds: dict[tuple[int, str], list[float]] = {}
+    for _ in range(rounds):
+        for processes, cores in cases:
+            seconds.setdefault((processes, cores), []).append(
+                dicomnode(4, processes=processes, cores=cores).seconds
+            )
+    reference = statistics.median(seconds[cases[0]])
+    for processes, cores in cases:
+        med = statistics.median(seconds[(processes, cores)])
+        print(
+            f"  {processes} receiver process(es) on core(s) {cores:<4} {med:6.2f} s "
+            f"({reference / med:4.2f}x the throughput of 1 process on 1 core)"
+        )
 
 
 if __name__ == "__main__":
