@@ -292,6 +292,7 @@ def main() -> int:
                         results.setdefault((name, streams), []).append(run(streams))
             report(results, len(files))
             scaling(dicomnode, args.rounds)
+            many_associations(tmp)
             if args.large_mib:
                 large_object(tmp, args.large_mib, scp, orthanc)
     return 0
@@ -315,6 +316,26 @@ def report(results: dict[tuple[str, int], list[Push]], count: int) -> None:
                 f"{med / ref_s:>11.2f}x {peak:>9.0f}"
             )
     print("(ratios are time ratios: below 1.00x is faster than the reference)")
+
+
+def many_associations(tmp: Path, streams: int = 16, each: int = 100) -> None:
+    """16 concurrent associations of 100 instances each: every one stored, memory bounded."""
+    files = write_series(
+        ct_series(n_slices=streams * each, rows=256, columns=256, seed=5), tmp / "many"
+    )
+    workdir = tmp / "node-many"
+    with dicomnode_server(workdir, None, None) as node:
+        pids = receiver_pids(node)
+        reset_peak(pids)
+        seconds = push(files, node.port, AE, streams)  # raises unless every storescu succeeded
+        peak = peak_mib(pids)
+    stored = count_rows(workdir)
+    print(
+        f"\ndicomnode, {streams} associations x {each} instances (256x256): {seconds:.2f} s, "
+        f"{stored}/{len(files)} stored, every status Success, largest receiver peak {peak:.0f} MiB"
+    )
+    shutil.rmtree(workdir, ignore_errors=True)
+    shutil.rmtree(tmp / "many", ignore_errors=True)
 
 
 def scaling(dicomnode: Dicomnode, rounds: int) -> None:
