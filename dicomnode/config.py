@@ -2,7 +2,7 @@
 
 The file layout is the contract in SPEC.md (``[node]``, ``[storage]``,
 ``[database]``, ``[assembly]``, ``[api]``, ``[[destinations]]``,
-``[[routes]]``, ``[pipelines.NAME]``). An environment variable
+``[[sources]]``, ``[[routes]]``, ``[pipelines.NAME]``). An environment variable
 ``DICOMNODE_SECTION__KEY`` overrides ``SECTION.KEY`` (values are parsed as
 TOML literals when they can be, so ``DICOMNODE_NODE__PORT=11113`` is an int).
 
@@ -161,16 +161,39 @@ class RetentionConfig(_Section):
     emergency_free_bytes: int = Field(0, ge=0)
 
 
+WebAuth = Literal["none", "basic", "bearer", "oauth2"]
+_SECRET_FROM_ENV = "env:"
+
+
+def _secret(value: str | None) -> str | None:
+    """A secret as written, or ``env:NAME``: the value of environment variable NAME.
+
+    Lets an admin keep passwords and tokens out of the file (systemd
+    ``EnvironmentFile``, Kubernetes secrets) while the file names where they are.
+    """
+    if value is None or not value.startswith(_SECRET_FROM_ENV):
+        return value
+    name = value[len(_SECRET_FROM_ENV) :]
+    found = os.environ.get(name)
+    if not found:
+        raise ValueError(f"environment variable {name} is not set")
+    return found
+
+
 class APITokenConfig(_Section):
     """One bearer token of the admin API and what it may do."""
 
     token: str = Field(min_length=16)
-    role: Literal["read", "admin"] = "read"  # read: GET only; admin: also retry and cancel
+    # read: GET only; store: STOW-RS only (a modality or PACS pushing); admin: everything.
+    role: Literal["read", "store", "admin"] = "read"
     name: str | None = None  # who holds it (logged with admin actions instead of the token)
 
-    @field_validator("token")
+    @field_validator("token", mode="before")
     @classmethod
-    def _printable(cls, value: str) -> str:
+    def _printable(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        value = _secret(value) or ""  # before min_length: "env:NAME" is checked as its value
         if not value.isascii() or not value.isprintable() or " " in value:
             raise ValueError("must be printable ASCII without spaces")
         return value
@@ -197,6 +220,8 @@ class APIConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)  # 0: any free port (tests)
     tokens: list[APITokenConfig] = Field(default_factory=list)
+    # STOW-RS under /dicomweb (PS3.18): instances pushed over HTTP, stored like C-STOREs.
+    stow: bool = False
 
     @model_validator(mode="after")
     def _tokens_off_loopback(self) -> APIConfig:
@@ -209,28 +234,94 @@ class APIConfig(_Section):
         for i, token in enumerate(tokens):
             if token in tokens[:i]:
                 raise ValueError(f"tokens.{i}.token: the same token is listed twice")
+        if self.stow and not any(t.role in ("store", "admin") for t in self.tokens):
+            raise ValueError(
+                'stow: needs a token that may store: add [[api.tokens]] with role = "store"'
+            )
         return self
 
 
-class DestinationConfig(_Section):
-    """A DICOM peer results can be sent to."""
+class RemoteConfig(_Section):
+    """A peer the node talks to: over DIMSE (AE title, host, port) or DICOMweb (a base URL).
+
+    The keys shared by ``[[sources]]`` and ``[[destinations]]``. DICOMweb
+    authentication: ``auth = "basic"`` (``username``, ``password``),
+    ``"bearer"`` (``token``) or ``"oauth2"`` (client credentials:
+    ``token_url``, ``client_id``, ``client_secret``, optional ``scope``); a
+    secret may be written ``env:NAME`` to read it from the environment.
+    ``ca_certificates`` verifies the peer's TLS certificate in both kinds.
+    """
 
     name: str
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
+    kind: Literal["dimse", "dicomweb"] = "dimse"
+    # DIMSE
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
     tls: bool = False
     ca_certificates: Path | None = None  # verify the peer (default: system CAs)
     certificate: Path | None = None  # our client certificate, when the peer asks for one
     private_key: Path | None = None
+    # DICOMweb
+    url: str | None = None
+    auth: WebAuth = "none"
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    token_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    scope: str | None = None
+    http_timeout: float = Field(60.0, gt=0)  # seconds without a byte from the server
 
     @field_validator("ae_title")
     @classmethod
-    def _ae(cls, value: str) -> str:
-        return _check_ae_title(value)
+    def _ae(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ae_title(value)
+
+    @field_validator("url", "token_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("password", "token", "client_secret")
+    @classmethod
+    def _secrets(cls, value: str | None) -> str | None:
+        return _secret(value)
+
+    @model_validator(mode="after")
+    def _keys_of_kind(self) -> RemoteConfig:
+        if self.kind == "dimse":
+            missing = [k for k in ("ae_title", "host", "port") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f'{missing[0]}: required for kind = "dimse"')
+            return self
+        if self.url is None:
+            raise ValueError('url: required for kind = "dicomweb"')
+        needed = {
+            "basic": ("username", "password"),
+            "bearer": ("token",),
+            "oauth2": ("token_url", "client_id", "client_secret"),
+            "none": (),
+        }[self.auth]
+        for key in needed:
+            if not getattr(self, key):
+                raise ValueError(f"{key}: required with auth = {self.auth!r}")
+        return self
+
+    @property
+    def address(self) -> str:
+        """Where the peer is, for messages: ``AET@HOST:PORT`` or the URL."""
+        if self.kind == "dicomweb":
+            return str(self.url)
+        return f"{self.ae_title}@{self.host}:{self.port}"
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """Client TLS context for this destination, or None when TLS is off."""
+        """Client TLS context for this DIMSE peer, or None when TLS is off."""
         if not self.tls:
             return None
         ctx = ssl.create_default_context(
@@ -242,6 +333,28 @@ class DestinationConfig(_Section):
                 str(self.certificate), str(self.private_key) if self.private_key else None
             )
         return ctx
+
+
+class DestinationConfig(RemoteConfig):
+    """A peer results are sent to: C-STORE (``kind = "dimse"``) or STOW-RS (``"dicomweb"``)."""
+
+
+class SourceConfig(RemoteConfig):
+    """A PACS the node may query and retrieve studies from (``[[sources]]``).
+
+    DIMSE sources are queried with C-FIND (Study Root) and retrieved with
+    C-MOVE to the node's own AE title (``retrieve = "move"``: the PACS must
+    know that AE title's host and port) or with C-GET over the query's own
+    association (``"get"``: for PACS behind a firewall that cannot connect back).
+    DICOMweb sources are queried with QIDO-RS and retrieved with WADO-RS.
+    """
+
+    retrieve: Literal["move", "get"] = "move"
+    # Seconds without a response from the PACS before a query or retrieve is given up.
+    response_timeout: float = Field(60.0, gt=0)
+    # The whole retrieve of one study, however busy the PACS is.
+    retrieve_timeout: float = Field(3600.0, gt=0)
+    max_query_results: int = Field(10_000, ge=1)
 
 
 class SenderConfig(_Section):
@@ -356,6 +469,7 @@ class Settings(_Section):
     api: APIConfig = Field(default_factory=APIConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     destinations: list[DestinationConfig] = Field(default_factory=list)
+    sources: list[SourceConfig] = Field(default_factory=list)
     senders: list[SenderConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
@@ -370,6 +484,18 @@ class Settings(_Section):
             for target in route.send_to:
                 if target != "sender" and target not in names:
                     raise ValueError(f"routes.{i}.send_to: unknown destination {target!r}")
+        sources = [s.name for s in self.sources]
+        for i, source in enumerate(self.sources):
+            if source.name in sources[:i]:
+                raise ValueError(f"sources.{i}.name: {source.name!r} is used twice")
+            allowed = self.node.allowed_calling_aets
+            moves = source.kind == "dimse" and source.retrieve == "move"
+            if moves and allowed and source.ae_title not in allowed:
+                raise ValueError(
+                    f"sources.{i}.ae_title: {source.ae_title} is not in "
+                    "node.allowed_calling_aets, so the C-STOREs of its C-MOVEs would be "
+                    "refused; add it there"
+                )
         return self
 
     def destination(self, name: str) -> DestinationConfig:
@@ -377,6 +503,13 @@ class Settings(_Section):
         for dest in self.destinations:
             if dest.name == name:
                 return dest
+        raise KeyError(name)
+
+    def source(self, name: str) -> SourceConfig:
+        """The source called *name* (KeyError if there is none)."""
+        for source in self.sources:
+            if source.name == name:
+                return source
         raise KeyError(name)
 
     def pipeline(self, name: str) -> PipelineConfig:

@@ -122,7 +122,10 @@ def _known_revision(revision: str) -> bool:
     from alembic.util import CommandError
 
     try:
-        return ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(revision) is not None
+        return (
+            ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(revision)
+            is not None
+        )
     except CommandError:
         return False
 

@@ -61,6 +61,10 @@ class StudyStatus(enum.StrEnum):
     RECEIVING = "receiving"  # instances may still arrive
     COMPLETE = "complete"  # quiet long enough (or a route's series are present); routed
     UNMATCHED = "unmatched"  # complete, but no route matched: recorded, not processed
+    # A job fetches it from a source; assembly leaves it alone (the job runs when it is all here).
+    RETRIEVING = "retrieving"
+    # A retrieve stopped part way: what arrived is kept, nothing is processed until a retry.
+    INCOMPLETE = "incomplete"
 
 
 class JobStatus(enum.StrEnum):
@@ -197,6 +201,15 @@ class Job(Base):
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Who asked for an on-demand or backfill job (a token's name, "cli"); None: a route.
+    requested_by: Mapped[str | None] = mapped_column(String(64))
+    # The [[sources]] entry the study is fetched from before the pipeline runs; None: pushed.
+    source: Mapped[str | None] = mapped_column(String(64))
+    retrieved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the fetch finished
+    retrieve_received: Mapped[int | None] = mapped_column(Integer)  # progress of the fetch
+    retrieve_expected: Mapped[int | None] = mapped_column(Integer)
+    # The model that made the results ("name version"): backfill skips studies it did.
+    model: Mapped[str | None] = mapped_column(String(128))
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     events: Mapped[list[JobEvent]] = relationship(
@@ -243,6 +256,8 @@ class Output(Base):
     status: Mapped[str] = mapped_column(String(16), default=OutputStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # What the peer said beside success (a C-STORE warning status, a STOW-RS WarningReason).
+    warning: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -46,6 +46,11 @@ class Removal:
     reason: str
 
 
+# Studies nothing more happens to by itself (an incomplete one waits for a retry that may
+# never come: its age counts from when its retrieve stopped).
+_FINISHED_STUDIES = (StudyStatus.COMPLETE, StudyStatus.UNMATCHED, StudyStatus.INCOMPLETE)
+
+
 class Retention:
     """Applies ``[retention]`` to the store."""
 
@@ -61,7 +66,7 @@ class Retention:
         query = (
             select(Study)
             .where(
-                Study.status.in_([StudyStatus.COMPLETE, StudyStatus.UNMATCHED]),
+                Study.status.in_(_FINISHED_STUDIES),
                 Study.files_removed_at.is_(None),
                 ~unfinished,
             )
@@ -106,7 +111,7 @@ class Retention:
                 current is not None
                 and current.files_removed_at is None
                 and current.last_received_at == study.last_received_at
-                and current.status in (StudyStatus.COMPLETE, StudyStatus.UNMATCHED)
+                and current.status in _FINISHED_STUDIES
                 and not session.execute(
                     select(Job.id).where(Job.study_id == study.id, Job.status.in_(_KEEP_JOB_STATES))
                 ).first()

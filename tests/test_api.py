@@ -349,7 +349,7 @@ BAD_QUERIES = [
     ("/api/v1/jobs/99999999999", "job_id: Input should be less than or equal to 2147483647"),
     (
         "/api/v1/studies?status=done",
-        "status: Input should be 'receiving', 'complete' or 'unmatched'",
+        "status: Input should be 'receiving', 'complete', 'unmatched', 'retrieving' or 'incomplete'",
     ),
     ("/api/v1/studies/" + "1" * 65, "study_instance_uid: String should have at most 64"),
     ("/api/v1/stats?since=2020-01-01&until=2024-01-01", "since: the window may span at most"),
@@ -572,7 +572,7 @@ def test_config_needs_tokens_off_loopback(tmp_path: Path) -> None:
         load_settings(path)
     path.write_text(f'[api]\nhost = "0.0.0.0"\n[[api.tokens]]\ntoken = "{ADMIN}"\nrole = "root"\n')
     with pytest.raises(
-        ConfigError, match=r"^api\.tokens\.0\.role: Input should be 'read' or 'admin'"
+        ConfigError, match=r"^api\.tokens\.0\.role: Input should be 'read', 'store' or 'admin'"
     ):
         load_settings(path)
     path.write_text(f'[api]\nhost = "0.0.0.0"\n[[api.tokens]]\ntoken = "{ADMIN}"\nrole = "admin"\n')

@@ -103,7 +103,10 @@ def test_config_check_knows_the_installed_plugin_and_its_options(
 
 @pytest.mark.slow
 def test_storescu_to_node_to_plugin_to_orthanc(plugin_site: Path, tmp_path: Path) -> None:
-    spots = [Nodule((-50.0, 10.0, 20.0), 10.0, hu=400.0), Nodule((45.0, -20.0, 30.0), 8.0, hu=400.0)]
+    spots = [
+        Nodule((-50.0, 10.0, 20.0), 10.0, hu=400.0),
+        Nodule((45.0, -20.0, 30.0), 8.0, hu=400.0),
+    ]
     files = write_series(
         ct_series(n_slices=40, rows=192, columns=192, pixel_spacing=(1.0, 1.0), nodules=spots),
         tmp_path / "ct",
@@ -119,9 +122,14 @@ def test_storescu_to_node_to_plugin_to_orthanc(plugin_site: Path, tmp_path: Path
         assert job["status"] == "done", job
         assert job["pipeline"] == "calcium_spots"
         stages = [e["stage"] for e in job["events"] if e["duration_s"] is not None]
-        assert [
-            s for s in stages if s != "pipeline"
-        ] == ["select", "load", "preprocess", "infer", "postprocess", "write"]
+        assert [s for s in stages if s != "pipeline"] == [
+            "select",
+            "load",
+            "preprocess",
+            "infer",
+            "postprocess",
+            "write",
+        ]
         messages = [e["message"] for e in job["events"]]
         assert "2 spot(s) above 150 HU" in messages, messages
         outputs = {o["sop_class_uid"]: o for o in job["outputs"]}

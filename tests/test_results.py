@@ -121,7 +121,9 @@ def test_seg_and_sr_round_trip(source: list[pydicom.Dataset], tmp_path: Path) ->
     long_axes = [g.get_measurements(name=codes.SCT.LongAxis) for g in planar]
     assert [m[0].value for m in long_axes if m] == [10.0, 8.0]
     assert groups[0].tracking_uid == planar[0].tracking_uid
-    dump = subprocess.run([dcmtk_tool("dsrdump"), str(sr_path)], capture_output=True, text=True, timeout=60)
+    dump = subprocess.run(
+        [dcmtk_tool("dsrdump"), str(sr_path)], capture_output=True, text=True, timeout=60
+    )
     assert dump.returncode == 0, dump.stderr
     assert "Imaging Measurement Report" in dump.stdout and "Not for diagnostic use" in dump.stdout
 

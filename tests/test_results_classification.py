@@ -131,6 +131,8 @@ def test_eye_group_covers_its_images_and_references_the_overlays(
         if item.ValueType == "IMAGE" and item.ConceptNameCodeSequence[0].CodeValue == "121200"
     ]
     assert pictures == [o.SOPInstanceUID for o in overlays]
-    dump = subprocess.run([dcmtk_tool("dsrdump"), str(path)], capture_output=True, text=True, timeout=60)
+    dump = subprocess.run(
+        [dcmtk_tool("dsrdump"), str(path)], capture_output=True, text=True, timeout=60
+    )
     assert dump.returncode == 0, dump.stderr
     assert "Illustration of ROI" in dump.stdout

@@ -73,7 +73,9 @@ def test_segment_volumes_reference_their_segments(
     assert groups[0].tracking_uid == back.get_segment_description(1).tracking_uid
     (whole,) = content.get_image_measurement_groups()
     assert whole.get_measurements(name=codes.SCT.Volume)[0].value == pytest.approx(4.0)
-    dump = subprocess.run([dcmtk_tool("dsrdump"), str(path)], capture_output=True, text=True, timeout=60)
+    dump = subprocess.run(
+        [dcmtk_tool("dsrdump"), str(path)], capture_output=True, text=True, timeout=60
+    )
     assert dump.returncode == 0 and "Whole tumour" in dump.stdout
 
 

@@ -1,7 +1,9 @@
-"""Bearer tokens with two roles, and the browser-facing guards of the admin API.
+"""Bearer tokens with three roles, and the browser-facing guards of the admin API.
 
-``[[api.tokens]]`` lists tokens with role ``read`` (every GET) or ``admin``
-(also retry and cancel). A request proves a token with
+``[[api.tokens]]`` lists tokens with role ``read`` (every GET), ``store``
+(STOW-RS under ``/dicomweb`` and nothing else: what a modality or a PACS
+pushing studies holds) or ``admin`` (everything: also retry, cancel and new
+jobs). A request proves a token with
 ``Authorization: Bearer TOKEN``; the dashboard keeps it in an HttpOnly,
 SameSite=Strict cookie set by its login form.
 
@@ -24,7 +26,7 @@ from fastapi import HTTPException, Request
 
 from dicomnode.config import APITokenConfig, is_loopback
 
-Role = Literal["read", "admin"]
+Role = Literal["read", "store", "admin"]
 COOKIE = "dicomnode_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -37,8 +39,8 @@ class Principal:
     role: Role
 
     def may(self, role: Role) -> bool:
-        """Whether this principal holds *role* (admin holds read too)."""
-        return self.role == "admin" or role == "read"
+        """Whether this principal holds *role* (admin holds every role; store does not read)."""
+        return self.role == "admin" or role == self.role
 
 
 class Unauthenticated(HTTPException):
@@ -103,7 +105,9 @@ class TokenAuth:
         principal = self.identify(request)
         if not principal.may(role):
             raise HTTPException(
-                403, f"this action needs an {role} token; yours is {principal.role}"
+                403,
+                f"this action needs {'an' if role == 'admin' else 'a'} {role} token; "
+                f"yours is {principal.role}",
             )
         return principal
 

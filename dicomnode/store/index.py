@@ -2,7 +2,8 @@
 
 One write transaction per instance (SQLite: ``BEGIN IMMEDIATE``, so the
 read-then-write below cannot deadlock on a lock upgrade). Any arrival
-re-opens its study for assembly and counts in ``times_received``; a SOP
+re-opens its study for assembly (unless a job is retrieving it: see
+:class:`~dicomnode.models.StudyStatus`) and counts in ``times_received``; a SOP
 Instance UID stored under another series, or a series under another study,
 is a :class:`~dicomnode.store.errors.UIDClash`.
 
@@ -26,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, bindparam, select
+from sqlalchemy import Engine, Table, bindparam, case, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
@@ -45,6 +46,7 @@ _STUDIES = cast(Table, Study.__table__)
 _SERIES = cast(Table, Series.__table__)
 _INSTANCES = cast(Table, Instance.__table__)
 _RECEIVING = StudyStatus.RECEIVING.value
+_RETRIEVING = StudyStatus.RETRIEVING.value
 
 
 @dataclass(frozen=True)
@@ -133,12 +135,14 @@ def _statements(dialect_name: str) -> dict[str, ClauseElement]:
         "series_touch": _SERIES.update()
         .where(_SERIES.c.id == bindparam("row_id"))
         .values(instance_count=_SERIES.c.instance_count + bindparam("added"), last_received_at=now),
+        # Any arrival re-opens the study for assembly, except while a job retrieves it:
+        # then that job, not assembly, decides when it is all here.
         "study_touch": _STUDIES.update()
         .where(_STUDIES.c.id == bindparam("row_id"))
         .values(
             instance_count=_STUDIES.c.instance_count + bindparam("added"),
             last_received_at=now,
-            status=_RECEIVING,
+            status=case((_STUDIES.c.status == _RETRIEVING, _RETRIEVING), else_=_RECEIVING),
         ),
     }
 
