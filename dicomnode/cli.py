@@ -208,6 +208,144 @@ def cmd_studies_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _date(text: str | None, name: str) -> Any:
+    """``YYYY-MM-DD`` (or ``YYYYMMDD``) as a date; None stays None."""
+    from datetime import date
+
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{name}: {text!r} is not a date such as 2026-11-01") from None
+
+
+def _rate(text: str | None) -> float | None:
+    """``N/h`` (or a plain N): studies per hour."""
+    if not text:
+        return None
+    number = text.removesuffix("/h")
+    try:
+        value = float(number)
+    except ValueError:
+        raise UsageError(f"--rate: {text!r} is not a rate such as 20/h") from None
+    if value <= 0:
+        raise UsageError("--rate: must be more than 0 studies per hour")
+    return value
+
+
+def _send_to(text: str | None) -> list[str] | None:
+    return None if text is None else [t for t in text.split(",") if t]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dicomnode.jobs import JobQueue
+    from dicomnode.ondemand import request_study
+
+    settings = _settings(args)
+    job = request_study(
+        settings,
+        JobQueue(_sessions(args)),
+        pipeline=args.pipeline,
+        study_instance_uid=args.study,
+        source=args.source,
+        requested_by=f"cli:{os.environ.get('USER', 'unknown')}",
+        send_to=_send_to(args.send_to),
+        priority=args.priority,
+    )
+    fetch = f", fetched from {args.source} first" if args.source else ""
+    print(f"job {job.id}: queued {args.pipeline} on study {args.study}{fetch}")
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from dicomnode.jobs import JobQueue
+    from dicomnode.ondemand import backfill
+
+    settings = _settings(args)
+    result = backfill(
+        settings,
+        JobQueue(_sessions(args)),
+        source=args.source,
+        pipeline=args.pipeline,
+        requested_by=f"cli:{os.environ.get('USER', 'unknown')}",
+        modality=args.modality,
+        since=_date(args.since, "--since"),
+        until=_date(args.until, "--until"),
+        limit=args.limit,
+        rate_per_hour=_rate(args.rate),
+        send_to=_send_to(args.send_to),
+        dry_run=args.dry_run,
+    )
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    *(
+                        {
+                            "study_instance_uid": uid,
+                            "action": "queued",
+                            "job": job or None,
+                            "not_before": when.isoformat(),
+                        }
+                        for uid, job, when in result.queued
+                    ),
+                    *(
+                        {"study_instance_uid": uid, "action": "skipped", "reason": why}
+                        for uid, why in result.skipped
+                    ),
+                ],
+                indent=1,
+            )
+        )
+        return 0
+    print(("dry run: " if args.dry_run else "") + result.summary(args.source, args.pipeline))
+    for uid, why in result.skipped:
+        print(f"  skipped {uid}: {why}")
+    if result.queued and result.queued[-1][2] > result.queued[0][2]:
+        print(f"  the last starts at {result.queued[-1][2].isoformat()} (--rate)")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from dicomnode.ondemand import open_named_source
+    from dicomnode.retrieval import QueryError, StudyQuery
+
+    settings = _settings(args)
+    try:
+        query = StudyQuery(
+            patient_id=args.patient_id,
+            issuer_of_patient_id=args.issuer,
+            accession_number=args.accession,
+            study_instance_uid=args.study,
+            since=_date(args.since, "--since"),
+            until=_date(args.until, "--until"),
+            modality=args.modality,
+        )
+    except QueryError as exc:
+        raise UsageError(str(exc)) from None
+    matches = open_named_source(settings, args.source).find_studies(query)
+    rows = [m.as_dict() for m in matches]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for row in rows:
+        row["modalities"] = "/".join(row["modalities"])
+    _print_table(
+        rows,
+        [
+            "study_instance_uid",
+            "study_date",
+            "accession_number",
+            "modalities",
+            "series",
+            "instances",
+            "study_description",
+        ],
+    )
+    return 0
+
+
 def cmd_echo(args: argparse.Namespace) -> int:
     from dicomnode.scu import echo
 
@@ -348,6 +486,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_listing_arguments(slist, STUDY_LISTING, 50)
     slist.set_defaults(func=cmd_studies_list)
 
+    run = sub.add_parser(
+        "run", parents=[common], help="queue a pipeline on one study (fetched from a source first)"
+    )
+    run.add_argument("pipeline")
+    run.add_argument("--study", required=True, metavar="UID", help="Study Instance UID")
+    run.add_argument("--from", dest="source", metavar="SOURCE", help="a [[sources]] name")
+    run.add_argument("--send-to", metavar="DEST,...", help="default: the pipeline's route's")
+    run.add_argument("--priority", type=int, default=0)
+    run.set_defaults(func=cmd_run)
+
+    backfill = sub.add_parser(
+        "backfill", parents=[common], help="queue a pipeline on a source's studies it has not done"
+    )
+    backfill.add_argument("--from", dest="source", required=True, metavar="SOURCE")
+    backfill.add_argument("--pipeline", required=True)
+    backfill.add_argument("--modality", help="a modality in the study, e.g. CT")
+    backfill.add_argument("--since", metavar="DATE", help="study date from (YYYY-MM-DD)")
+    backfill.add_argument("--until", metavar="DATE", help="study date to, included")
+    backfill.add_argument("--limit", type=int, help="queue at most this many studies")
+    backfill.add_argument("--rate", metavar="N/h", help="start at most N retrieves an hour")
+    backfill.add_argument("--send-to", metavar="DEST,...", help="default: the pipeline's route's")
+    backfill.add_argument("--dry-run", action="store_true", help="say what would be queued")
+    backfill.add_argument("--json", action="store_true")
+    backfill.set_defaults(func=cmd_backfill)
+
+    query = sub.add_parser("query", parents=[common], help="find studies at a source")
+    query.add_argument("--from", dest="source", required=True, metavar="SOURCE")
+    query.add_argument("--patient-id")
+    query.add_argument("--issuer", help="Issuer of Patient ID")
+    query.add_argument("--accession", help="Accession Number")
+    query.add_argument("--study", metavar="UID")
+    query.add_argument("--modality")
+    query.add_argument("--since", metavar="DATE")
+    query.add_argument("--until", metavar="DATE")
+    query.add_argument("--json", action="store_true")
+    query.set_defaults(func=cmd_query)
+
     echo = sub.add_parser("echo", parents=[common], help="C-ECHO a peer")
     echo.add_argument("peer", metavar="AET@HOST:PORT")
     echo.add_argument("--calling-aet", default="DICOMNODE")
@@ -396,12 +571,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dicomnode`` console script."""
     from dicomnode.database import SchemaError
     from dicomnode.jobs import JobError
+    from dicomnode.retrieval import QueryError, RetrieveError
     from dicomnode.store import RecoveryError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, UsageError, JobError, SchemaError, RecoveryError) as exc:
+    except (
+        ConfigError,
+        UsageError,
+        JobError,
+        SchemaError,
+        RecoveryError,
+        RetrieveError,
+        QueryError,
+    ) as exc:
         # One line per problem (config check may find several), never a traceback.
         for line in str(exc).splitlines() or [type(exc).__name__]:
             print(f"dicomnode: {line}", file=sys.stderr)

@@ -313,6 +313,12 @@ class RemoteConfig(_Section):
                 raise ValueError(f"{key}: required with auth = {self.auth!r}")
         return self
 
+    def dimse_peer(self) -> tuple[str, str, int]:
+        """(AE title, host, port) of a DIMSE peer (ValueError for a DICOMweb one)."""
+        if self.ae_title is None or self.host is None or self.port is None:
+            raise ValueError(f"{self.name} is a DICOMweb peer, not a DIMSE one")
+        return self.ae_title, self.host, self.port
+
     @property
     def address(self) -> str:
         """Where the peer is, for messages: ``AET@HOST:PORT`` or the URL."""

@@ -1,6 +1,11 @@
-"""Delivery: C-STORE of result objects to each destination, with retries.
+"""Delivery: result objects to each destination, by C-STORE or STOW-RS, with retries.
 
-Each (result object, destination) is one row in ``outputs``. :meth:`Deliverer.tick`
+Each (result object, destination) is one row in ``outputs``, whatever the
+destination speaks: a DIMSE destination gets the objects by C-STORE
+(:func:`dicomnode.scu.send`), a DICOMweb one (``kind = "dicomweb"``) by
+STOW-RS (:func:`dicomnode.dicomweb.store_files`). Both answer per object
+(stored, stored with a warning, or refused with a reason), and both share
+everything below: the row's status, the retry policy, the timeline events. :meth:`Deliverer.tick`
 (an APScheduler job in ``serve``) sends the rows that are due, one association
 per (job, destination). A failure schedules the next attempt with exponential
 backoff (``delivery.backoff_seconds`` doubling up to ``backoff_max_seconds``);
@@ -31,7 +36,7 @@ from dicomnode.database import write_transaction
 from dicomnode.jobs import add_event
 from dicomnode.metrics import NodeMetrics
 from dicomnode.models import Job, JobStatus, Output, OutputStatus, Study, utcnow
-from dicomnode.scu import send
+from dicomnode.scu import SendReport, send
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +81,14 @@ class Deliverer:
         """Resolve a destination name (or ``sender``) to an address."""
         if destination != "sender":
             dest = self.settings.destination(destination)
-            return Peer(dest.ae_title, dest.host, dest.port, dest.ssl_context())
+            return Peer(*dest.dimse_peer(), dest.ssl_context())
         # The association told us the caller's AE title and host, not where it listens.
         for sender in self.settings.senders:
             if sender.ae_title == study.calling_aet:
                 return Peer(sender.ae_title, sender.host or study.sender_host or "", sender.port)
         for dest in self.settings.destinations:
-            if dest.ae_title == study.calling_aet:
-                return Peer(dest.ae_title, dest.host, dest.port, dest.ssl_context())
+            if dest.kind == "dimse" and dest.ae_title == study.calling_aet:
+                return Peer(*dest.dimse_peer(), dest.ssl_context())
         raise DeliveryError(
             f"destination 'sender': calling AE {study.calling_aet!r} is neither in [[senders]] "
             "nor in [[destinations]], so its port is unknown"
@@ -113,27 +118,48 @@ class Deliverer:
             sent += self._deliver(job_id, destination, outputs, studies[job_id])
         return sent
 
+    def transmit(self, destination: str, study: Study, files: list[Path]) -> SendReport:
+        """Send *files* to *destination* by what it speaks: STOW-RS or C-STORE."""
+        if destination != "sender":
+            dest = self.settings.destination(destination)
+            if dest.kind == "dicomweb":
+                from dicomnode.dicomweb import store_files  # requests: only where used
+
+                return store_files(files, dest)
+        peer = self.peer_for(destination, study)
+        return send(
+            files,
+            peer.ae_title,
+            peer.host,
+            peer.port,
+            calling_aet=self.settings.node.ae_title,
+            tls=peer.tls,
+        )
+
     def _deliver(self, job_id: int, destination: str, outputs: list[Output], study: Study) -> int:
         paths = {o.id: self.storage / o.path for o in outputs}
         started = time.perf_counter()
+        warnings: dict[int, str] = {}
         try:
-            peer = self.peer_for(destination, study)
-            report = send(
-                list(paths.values()),
-                peer.ae_title,
-                peer.host,
-                peer.port,
-                calling_aet=self.settings.node.ae_title,
-                tls=peer.tls,
-            )
+            report = self.transmit(destination, study, list(paths.values()))
             errors = {oid: report.failures.get(path) for oid, path in paths.items()}
+            warnings = {oid: report.warnings[p] for oid, p in paths.items() if p in report.warnings}
         except (DeliveryError, KeyError, OSError) as exc:
             errors = {o.id: str(exc) for o in outputs}
-        return self._record(job_id, destination, errors, time.perf_counter() - started)
+        return self._record(
+            job_id, destination, errors, time.perf_counter() - started, warnings=warnings
+        )
 
     def _record(
-        self, job_id: int, destination: str, errors: dict[int, str | None], seconds: float
+        self,
+        job_id: int,
+        destination: str,
+        errors: dict[int, str | None],
+        seconds: float,
+        *,
+        warnings: dict[int, str] | None = None,
     ) -> int:
+        warnings = warnings or {}
         now = utcnow()
         sent = 0
         with write_transaction(self.sessions) as session:
@@ -147,6 +173,7 @@ class Deliverer:
                     output.status = OutputStatus.SENT
                     output.sent_at = now
                     output.last_error = None
+                    output.warning = warnings.get(output.id)
                     sent += 1
                 elif output.attempts >= self.config.max_attempts:
                     output.status = OutputStatus.FAILED
@@ -162,6 +189,15 @@ class Deliverer:
                     "delivery",
                     f"{sent} object(s) stored at {destination}",
                     duration_s=seconds,
+                )
+            if warnings:
+                add_event(
+                    session,
+                    job_id,
+                    "delivery",
+                    f"{destination}: {len(warnings)} object(s) stored with a warning: "
+                    f"{next(iter(warnings.values()))}",
+                    level="warning",
                 )
             if failed:
                 add_event(

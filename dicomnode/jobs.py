@@ -15,12 +15,12 @@ Every state change writes a :class:`~dicomnode.models.JobEvent`, so
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
-from sqlalchemy import ColumnElement, case, func, inspect, select, update
+from sqlalchemy import ColumnElement, and_, case, func, inspect, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from dicomnode.database import write_transaction
@@ -32,6 +32,7 @@ from dicomnode.models import (
     Output,
     OutputStatus,
     Study,
+    StudyStatus,
     utcnow,
 )
 from dicomnode.wakeups import JOBS, OUTPUTS, Wakeups
@@ -256,7 +257,11 @@ class JobFilter(TextListing):
 
 @dataclass(frozen=True)
 class ClaimedJob:
-    """What a worker needs to run a claimed job."""
+    """What a worker needs to run a claimed job.
+
+    ``needs_retrieve``: the study must first be fetched from ``source`` (it was
+    not yet, or retention removed the files since).
+    """
 
     id: int
     study_id: int
@@ -264,6 +269,8 @@ class ClaimedJob:
     pipeline: str
     send_to: tuple[str, ...]
     attempt: int
+    source: str | None = None
+    needs_retrieve: bool = False
 
 
 def add_event(
@@ -320,6 +327,18 @@ def job_to_dict(job: Job, *, events: bool = False) -> dict[str, Any]:
         "queued_at": _iso(job.queued_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
+        "requested_by": job.requested_by,
+        "model": job.model,
+        "source": job.source,
+        "retrieve": (
+            {
+                "received": job.retrieve_received,
+                "expected": job.retrieve_expected,
+                "finished_at": _iso(job.retrieved_at),
+            }
+            if job.source is not None
+            else None
+        ),
         "outputs": [
             {
                 "sop_instance_uid": o.sop_instance_uid,
@@ -328,6 +347,7 @@ def job_to_dict(job: Job, *, events: bool = False) -> dict[str, Any]:
                 "status": o.status,
                 "attempts": o.attempts,
                 "error": o.last_error,
+                "warning": o.warning,
                 "path": o.path,
             }
             for o in job.outputs
@@ -349,6 +369,49 @@ def job_to_dict(job: Job, *, events: bool = False) -> dict[str, Any]:
             for e in job.events
         ]
     return data
+
+
+def start_retrieve(session: Session, job: Job) -> None:
+    """Mark *job*'s study as being fetched: assembly leaves it alone until the job has it all."""
+    study = session.get_one(Study, job.study_id)
+    study.status = StudyStatus.RETRIEVING
+    study.note = f"being retrieved from {job.source} for job {job.id}"
+
+
+def end_retrieve(session: Session, job: Job, now: datetime, *, complete: bool = False) -> None:
+    """The fetch of *job*'s study ended (*complete*: all of it arrived; else it stopped).
+
+    The study stays ``retrieving`` while another job still fetches it. A complete
+    fetch makes it ``complete`` (it is not routed: the job that fetched it runs
+    its pipeline); one that stopped leaves it ``incomplete``: what arrived is
+    kept, and nothing runs on it until a retry fetches the rest.
+    """
+    if job.source is None or (job.retrieved_at is not None and not complete):
+        return
+    study = session.get_one(Study, job.study_id)
+    if study.status != StudyStatus.RETRIEVING:
+        return
+    others = session.execute(
+        select(func.count(Job.id)).where(
+            Job.study_id == job.study_id,
+            Job.id != job.id,
+            Job.source.is_not(None),
+            Job.retrieved_at.is_(None),
+            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+        )
+    ).scalar_one()
+    if others:
+        return
+    study.completed_at = now
+    if complete:
+        study.status = StudyStatus.COMPLETE
+        study.note = f"retrieved from {job.source} for job {job.id}"
+    else:
+        study.status = StudyStatus.INCOMPLETE
+        study.note = (
+            f"the retrieve from {job.source} for job {job.id} stopped part way; "
+            f"'jobs retry {job.id}' fetches it again"
+        )
 
 
 class JobQueue:
@@ -415,6 +478,7 @@ class JobQueue:
             job.attempts += 1
             job.error = None
             add_event(session, job.id, "claim", f"claimed by {worker_id} (attempt {job.attempts})")
+            files_removed = session.get_one(Study, job.study_id).files_removed_at is not None
             return ClaimedJob(
                 id=job.id,
                 study_id=job.study_id,
@@ -422,6 +486,9 @@ class JobQueue:
                 pipeline=job.pipeline,
                 send_to=tuple(job.send_to or ()),
                 attempt=job.attempts,
+                source=job.source,
+                needs_retrieve=job.source is not None
+                and (job.retrieved_at is None or files_removed),
             )
 
     def _pick(self, session: Session, now: datetime, pipelines: list[str] | None) -> Job | None:
@@ -447,8 +514,9 @@ class JobQueue:
                 return orphan
             self._give_up(session, orphan, now)
         # One pass over queued and running jobs: per pipeline its best priority,
-        # oldest queued job and how many run now.
-        queued = Job.status == JobStatus.QUEUED
+        # oldest queued job and how many run now. A job queued for later (backfill's
+        # --rate) is not due before its queued_at.
+        queued = and_(Job.status == JobStatus.QUEUED, Job.queued_at <= now)
         rows = session.execute(
             restrict(
                 select(
@@ -467,11 +535,7 @@ class JobQueue:
         ):
             job = first(
                 select(Job)
-                .where(
-                    Job.status == JobStatus.QUEUED,
-                    Job.pipeline == pipeline,
-                    Job.priority == priority,
-                )
+                .where(queued, Job.pipeline == pipeline, Job.priority == priority)
                 .order_by(Job.queued_at, Job.id)
             )
             if job is not None:
@@ -513,19 +577,25 @@ class JobQueue:
         return job
 
     def complete(
-        self, job_id: int, worker_id: str, outputs: Sequence[tuple[str, str, str]]
+        self,
+        job_id: int,
+        worker_id: str,
+        outputs: Sequence[tuple[str, str, str]],
+        model: str | None = None,
     ) -> str | None:
         """Record a finished pipeline run.
 
         *outputs* are ``(sop_instance_uid, sop_class_uid, path)``; one delivery row
-        is made per output and destination. Returns the new status, or None when
-        the job was no longer this worker's.
+        is made per output and destination. *model* (``"name version"``) is the
+        model that made them. Returns the new status, or None when the job was no
+        longer this worker's.
         """
         now = utcnow()
         with write_transaction(self.sessions) as session:
             job = self._owned(session, job_id, worker_id)
             if job is None:
                 return None
+            job.model = model
             destinations = list(job.send_to or ())
             for sop_uid, sop_class, path in outputs:
                 for dest in destinations:
@@ -578,6 +648,7 @@ class JobQueue:
             job.lease_owner = None
             job.lease_expires_at = None
             add_event(session, job.id, "failed", error, level="error")
+            end_retrieve(session, job, now)
             return True
 
     def release(self, job_id: int, worker_id: str, reason: str) -> bool:
@@ -595,6 +666,113 @@ class JobQueue:
         return True
 
     # -- admin actions ---------------------------------------------------------------
+
+    def request(
+        self,
+        study_instance_uid: str,
+        pipeline: str,
+        *,
+        requested_by: str,
+        source: str | None = None,
+        study_fields: Mapping[str, str | None] | None = None,
+        send_to: Sequence[str] = (),
+        priority: int = 0,
+        not_before: datetime | None = None,
+        reason: str = "on demand",
+    ) -> Job:
+        """Queue *pipeline* on a study: an on-demand run or one study of a backfill.
+
+        With *source*, the worker first fetches the study from that ``[[sources]]``
+        entry (a study the node never saw gets its row now, from *study_fields*:
+        patient_id, patient_name, accession_number, study_date, study_description).
+        Without, the study must be stored here, complete. A finished job of the
+        same pipeline on the study is queued again (its outputs forgotten; the new
+        results get new UIDs when the model changed); one that has not finished
+        is an error. *not_before* delays the claim (backfill's rate).
+
+        Raises
+        ------
+        JobError
+            With a sentence: no such study here and no source, a study still
+            arriving, a job already under way.
+        """
+        now = utcnow()
+        with write_transaction(self.sessions) as session:
+            study = self._requested_study(session, study_instance_uid, source, study_fields, now)
+            job = session.execute(
+                select(Job).where(Job.study_id == study.id, Job.pipeline == pipeline)
+            ).scalar_one_or_none()
+            if job is not None and job.status not in FINAL_JOB_STATES:
+                raise JobError(
+                    f"job {job.id} already runs {pipeline} on study {study_instance_uid} "
+                    f"({job.status})"
+                )
+            if job is None:
+                job = Job(study_id=study.id, study_instance_uid=study_instance_uid)
+                job.pipeline = pipeline
+                job.created_at = now
+                session.add(job)
+            else:
+                for output in list(job.outputs):
+                    session.delete(output)
+            job.route_name = None
+            job.send_to = list(send_to)
+            job.priority = priority
+            job.status = JobStatus.QUEUED
+            job.queued_at = max(now, not_before) if not_before is not None else now
+            job.started_at = job.finished_at = job.error = None
+            job.attempts = 0
+            job.requested_by = requested_by
+            job.source = source
+            job.retrieved_at = job.retrieve_received = job.retrieve_expected = None
+            session.flush()
+            fetch = f"; fetched from {source} first" if source else ""
+            later = f"; not before {job.queued_at.isoformat()}" if job.queued_at > now else ""
+            add_event(
+                session, job.id, "queued", f"{reason}, requested by {requested_by}{fetch}{later}"
+            )
+            if source is not None:
+                start_retrieve(session, job)
+            session.flush()
+            session.refresh(job)
+        self._ring(JOBS)
+        return job
+
+    @staticmethod
+    def _requested_study(
+        session: Session,
+        uid: str,
+        source: str | None,
+        fields: Mapping[str, str | None] | None,
+        now: datetime,
+    ) -> Study:
+        study = session.execute(
+            select(Study).where(Study.study_instance_uid == uid)
+        ).scalar_one_or_none()
+        if source is None:
+            if study is None:
+                raise JobError(f"study {uid} is not stored here; name a source to fetch it from")
+            if study.files_removed_at is not None:
+                raise JobError(
+                    f"the files of study {uid} were removed by retention; name a source to "
+                    "fetch it again"
+                )
+            if study.status not in (StudyStatus.COMPLETE, StudyStatus.UNMATCHED):
+                raise JobError(f"study {uid} is {study.status}, not complete; try again later")
+            return study
+        if study is None:
+            values = {k: v for k, v in (fields or {}).items() if v is not None}
+            study = Study(
+                study_instance_uid=uid,
+                status=StudyStatus.RETRIEVING,
+                instance_count=0,
+                first_received_at=now,
+                last_received_at=now,
+                **values,
+            )
+            session.add(study)
+            session.flush()
+        return study
 
     def retry(self, job_id: int) -> Job:
         """Queue a finished job again; failed deliveries are re-sent with the same UIDs."""
@@ -621,6 +799,9 @@ class JobQueue:
                 job.queued_at = now
                 job.attempts = 0
                 message = "retry requested: queued again"
+                if job.source is not None and job.retrieved_at is None:
+                    start_retrieve(session, job)
+                    message += f"; the study is fetched from {job.source} again"
             job.error = None
             job.finished_at = None
             add_event(session, job.id, "retry", message)
@@ -644,6 +825,7 @@ class JobQueue:
                     output.status = OutputStatus.FAILED
                     output.last_error = "job cancelled"
             add_event(session, job.id, "cancelled", "cancelled by an administrator")
+            end_retrieve(session, job, now)
             return job
 
     # -- queries ---------------------------------------------------------------------

@@ -22,6 +22,12 @@ _reactor_fix.install()
 _dul_tuning.apply()
 
 _NODELAY: list[Any] = [(evt.EVT_CONN_OPEN, set_nodelay)]
+# C-STORE warning statuses (PS3.4 Table B.2-1): stored, but not quite as sent.
+WARNING_STATUSES = {
+    0xB000: "coercion of data elements",
+    0xB006: "elements discarded",
+    0xB007: "data set does not match SOP Class",
+}
 
 
 def echo(
@@ -57,10 +63,15 @@ def collect_files(paths: Iterable[str | Path]) -> list[Path]:
 
 @dataclass
 class SendReport:
-    """Outcome of ``send``."""
+    """Outcome of a send (C-STORE here, STOW-RS in :mod:`dicomnode.dicomweb`).
+
+    ``failures``: the files not stored, each with a sentence; ``warnings``: files
+    stored with a warning from the peer (they count in ``sent``).
+    """
 
     sent: int = 0
     failures: dict[Path, str] = field(default_factory=dict)
+    warnings: dict[Path, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line for the admin."""
@@ -125,6 +136,10 @@ def send(
             code = getattr(status, "Status", None)
             if code in (0x0000, 0xB000, 0xB006, 0xB007):
                 report.sent += 1
+                if code:
+                    meaning = WARNING_STATUSES[code]
+                    comment = getattr(status, "ErrorComment", "")
+                    report.warnings[path] = f"status 0x{code:04X} ({meaning}) {comment}".strip()
             else:
                 comment = getattr(status, "ErrorComment", "") if code is not None else "no response"
                 report.failures[path] = (

@@ -4,8 +4,9 @@
 ``dicomnode worker`` starts only them (scale-out hosts). They run in separate
 processes so inference never competes with ingest for the GIL.
 
-One job: claim (lease) -> build the :class:`JobContext` from the database ->
-``pipeline.run`` -> record outputs (the job becomes ``sending`` or ``done``)
+One job: claim (lease) -> fetch the study from its source when the job names
+one (:mod:`dicomnode.retrieval.fetch`, the ``retrieve`` stage) -> build the
+:class:`JobContext` from the database -> ``pipeline.run`` -> record outputs (the job becomes ``sending`` or ``done``)
 or the error sentence (``failed``). A heartbeat thread renews the lease; if
 the job was cancelled or re-claimed meanwhile the pipeline is told to stop,
 and if it runs past its timeout the job is failed and the worker process
@@ -43,6 +44,9 @@ from dicomnode.database import make_engine, session_factory
 from dicomnode.jobs import ClaimedJob, JobQueue, add_event
 from dicomnode.models import Instance, Series, Study
 from dicomnode.pipelines import JobContext, Pipeline, PipelineError, SeriesInput, build_pipeline
+from dicomnode.retrieval import RetrieveError
+from dicomnode.retrieval.fetch import StudyFetch
+from dicomnode.store import InstanceStore
 from dicomnode.store.files import results_dir
 from dicomnode.wakeups import JOBS, Listener, Wakeups
 
@@ -101,6 +105,7 @@ class Worker:
         self.exit_on_timeout = exit_on_timeout
         self.storage = Path(settings.storage.path)
         self._loaded: dict[str, Pipeline] = {}
+        self._store: InstanceStore | None = None
         self.stop_event = threading.Event()
         self.stop_requested_at: float | None = None
 
@@ -163,6 +168,14 @@ class Worker:
         if name not in self._loaded:
             self._loaded[name] = build_pipeline(name, self.settings, self.device)
         return self._loaded[name]
+
+    def instance_store(self) -> InstanceStore:
+        """The store C-GET and WADO-RS retrieves write into (made on first use)."""
+        if self._store is None:
+            from dicomnode.receivers import make_store
+
+            self._store = make_store(self.settings)[0]
+        return self._store
 
     def _event(
         self, job_id: int, stage: str, message: str, duration: float | None, level: str
@@ -234,6 +247,10 @@ class Worker:
         log.info("job started", extra={**ids, "attempt": job.attempt, "worker": self.worker_id})
         outcome: str | None = "failed"
         try:
+            if job.needs_retrieve:
+                StudyFetch(
+                    self.settings, self.sessions, self.instance_store(), job, lost.is_set
+                ).run()
             context = self._context(job)
             context.cancelled = lost.is_set
             pipeline = self._pipeline(job.pipeline)
@@ -253,10 +270,12 @@ class Worker:
                 time.perf_counter() - started,
                 "info",
             )
-            outcome = self.queue.complete(job.id, self.worker_id, outputs)
+            outcome = self.queue.complete(
+                job.id, self.worker_id, outputs, model=pipeline.model_identity()
+            )
             if outcome is None:
                 log.warning("job finished after it was taken away", extra=ids)
-        except PipelineError as exc:
+        except (PipelineError, RetrieveError) as exc:
             self.queue.fail(job.id, self.worker_id, str(exc))
         except Exception as exc:
             log.error("pipeline crashed: %s", traceback.format_exc(), extra=ids)

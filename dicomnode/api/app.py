@@ -34,6 +34,8 @@ from dicomnode.api.schemas import Readiness
 from dicomnode.config import Settings
 from dicomnode.jobs import FilterError, JobError, UnknownJob
 from dicomnode.metrics import NodeMetrics
+from dicomnode.ondemand import RequestError
+from dicomnode.retrieval import QueryError, RetrieveError
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def conflict(request: Request, exc: Exception) -> Response:
         return _problem(409, str(exc))
 
+    async def unusable_request(request: Request, exc: Exception) -> Response:
+        return _problem(422, str(exc))
+
+    async def source_failed(request: Request, exc: Exception) -> Response:
+        return _problem(502, str(exc))
+
     async def database_down(request: Request, exc: Exception) -> Response:
         log.error("database error in API request: %s", type(exc).__name__)
         return _problem(503, "the job database is unavailable; try again shortly")
@@ -171,6 +179,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(rest.UnknownParameter, bad_filter)
     app.add_exception_handler(UnknownJob, unknown_job)
     app.add_exception_handler(JobError, conflict)
+    app.add_exception_handler(RequestError, unusable_request)
+    app.add_exception_handler(RetrieveError, source_failed)
+    app.add_exception_handler(QueryError, unusable_request)
     app.add_exception_handler(SQLAlchemyError, database_down)
 
 

@@ -18,7 +18,14 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
 from dicomnode.api.auth import Principal
 from dicomnode.api.context import admin, context, reader
-from dicomnode.api.schemas import JobDetailOut, JobPage, Problem, StudyOut, StudyPage
+from dicomnode.api.schemas import (
+    JobDetailOut,
+    JobPage,
+    JobRequest,
+    Problem,
+    StudyOut,
+    StudyPage,
+)
 from dicomnode.jobs import (
     JOB_LISTING,
     MAX_ID,
@@ -29,6 +36,7 @@ from dicomnode.jobs import (
     job_to_dict,
     parse_time,
 )
+from dicomnode.ondemand import request_study
 from dicomnode.stats import StatsWindow, job_statistics
 from dicomnode.studies import STUDY_LISTING, StudyFilter, find_studies
 
@@ -146,6 +154,40 @@ def list_jobs(request: Request, filters: JobQuery) -> dict[str, Any]:
     """Jobs, newest first, filtered like ``dicomnode jobs list``; ``since``/``until`` on creation time."""
     jobs, total = context(request).queue.find(filters)
     return _page(filters, total, [job_to_dict(j) for j in jobs])
+
+
+@router.post(
+    "/jobs",
+    response_model=JobDetailOut,
+    status_code=201,
+    responses={
+        **ACTION_ERRORS,
+        422: {"model": Problem, "description": "Unknown pipeline, source or destination."},
+        502: {"model": Problem, "description": "The source could not be queried."},
+    },
+    tags=["jobs"],
+)
+def create_job(
+    request: Request, body: JobRequest, who: Annotated[Principal, Depends(admin)]
+) -> dict[str, Any]:
+    """Queue a pipeline on one study (``dicomnode run``); with ``source`` the study is fetched
+    from that PACS first and the job's timeline shows the retrieve. Admin only."""
+    ctx = context(request)
+    job = request_study(
+        ctx.settings,
+        ctx.queue,
+        pipeline=body.pipeline,
+        study_instance_uid=body.study_instance_uid,
+        source=body.source,
+        requested_by=f"api:{who.name}",
+        send_to=body.send_to,
+        priority=body.priority,
+    )
+    log.info(
+        "job requested",
+        extra={"job": job.id, "study": job.study_instance_uid, "by": who.name},
+    )
+    return job_to_dict(ctx.queue.get(job.id), events=True)
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetailOut, responses=JOB_ERRORS, tags=["jobs"])

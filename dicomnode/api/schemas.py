@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class OutputOut(BaseModel):
@@ -22,6 +22,7 @@ class OutputOut(BaseModel):
     status: str  # pending, sent, failed
     attempts: int
     error: str | None
+    warning: str | None  # what the peer said beside success (a C-STORE or STOW-RS warning)
     path: str
 
 
@@ -34,6 +35,26 @@ class EventOut(BaseModel):
     duration_s: float | None
     level: str
     message: str
+
+
+class RetrieveOut(BaseModel):
+    """Progress of a job's retrieve stage: instances stored here of those the source announced."""
+
+    received: int | None
+    expected: int | None
+    finished_at: str | None
+
+
+class JobRequest(BaseModel):
+    """``POST /api/v1/jobs``: run a pipeline on one study, fetched from a source first."""
+
+    model_config = {"extra": "forbid"}
+
+    pipeline: str = Field(max_length=64)
+    study_instance_uid: str = Field(max_length=64)
+    source: str | None = Field(None, max_length=64, description="a [[sources]] name")
+    send_to: list[str] | None = Field(None, description="default: the pipeline's route's")
+    priority: int = Field(0, ge=-1000, le=1000)
 
 
 class JobOut(BaseModel):
@@ -54,6 +75,10 @@ class JobOut(BaseModel):
     queued_at: str | None
     started_at: str | None
     finished_at: str | None
+    requested_by: str | None  # on-demand and backfill jobs: who asked (None: a route)
+    model: str | None  # "name version" of the model that made the results
+    source: str | None  # the [[sources]] entry the study is fetched from
+    retrieve: RetrieveOut | None
     outputs: list[OutputOut]
 
 

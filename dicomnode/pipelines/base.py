@@ -142,5 +142,17 @@ class Pipeline:
         """Process one study; return the DICOM objects written under ``context.work_dir``."""
         raise NotImplementedError
 
+    def model_identity(self) -> str | None:
+        """The model that makes this pipeline's results, ``"name version"``; None: no model.
+
+        Recorded on each job it finishes: backfill skips studies this model did.
+        """
+        return type(self).configured_model(self.pipeline_name, self.options)
+
+    @classmethod
+    def configured_model(cls, name: str, options: PipelineOptions) -> str | None:
+        """What :meth:`model_identity` will be with *options*, without building the pipeline."""
+        return None
+
     def close(self) -> None:
         """Release what ``__init__`` took (GPU memory, files)."""

@@ -46,6 +46,19 @@ def resolve_bundle_path(configured: Path | None, default: str | Path) -> Path:
     raise PipelineError(f"model bundle {path} not found (looked in {tried})")
 
 
+def bundle_identity(root: Path) -> str:
+    """``name version`` of the bundle at *root* from its metadata, without loading it.
+
+    The same words as :attr:`Bundle.name` and :attr:`Bundle.version`: backfill
+    compares it with the ``model`` recorded on finished jobs.
+    """
+    try:
+        metadata = json.loads((root / "configs" / "metadata.json").read_text())
+    except (OSError, ValueError):
+        metadata = {}
+    return f"{metadata.get('name') or root.name} {metadata.get('version') or '0'}"
+
+
 @dataclass
 class Bundle:
     """A loaded bundle configuration (weights are loaded on request).

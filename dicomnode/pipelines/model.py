@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import numpy as np
 from pydicom import Dataset
 
-from dicomnode.config import ModelOptions, ResultOptions
+from dicomnode.config import ModelOptions, PipelineOptions, ResultOptions
 from dicomnode.pipelines.base import JobContext, Pipeline, PipelineError, ResultObject
-from dicomnode.pipelines.bundle import Bundle, load_bundle, resolve_bundle_path
+from dicomnode.pipelines.bundle import Bundle, bundle_identity, load_bundle, resolve_bundle_path
 from dicomnode.pipelines.inference import Runtime
 
 if TYPE_CHECKING:
@@ -66,8 +66,10 @@ def freeze(value: Any) -> Any:
 class ResultWriter:
     """What every result object of one job shares: model, series settings, the UID key.
 
-    Result UIDs derive from *uid_key* (the study and the job), so the same job
-    re-run resends the same objects.
+    Result UIDs derive from *uid_key* (the study, the job and the model), so the
+    same job re-run by the same model resends the same objects, and a re-run
+    after a model update (``dicomnode run``, backfill) makes new ones instead of
+    overwriting what radiologists already saw under the old UIDs.
     """
 
     algorithm: AlgorithmInfo
@@ -79,8 +81,9 @@ class ResultWriter:
     def for_job(
         cls, algorithm: AlgorithmInfo, options: ResultOptions, pipeline: str, context: JobContext
     ) -> ResultWriter:
-        """The writer of *context*'s job: UIDs keyed on its study and job id."""
-        return cls(algorithm, options, pipeline, f"{context.study_instance_uid}/{context.job_id}")
+        """The writer of *context*'s job: UIDs keyed on its study, job id and model."""
+        key = f"{context.study_instance_uid}/{context.job_id}/{algorithm.name} {algorithm.version}"
+        return cls(algorithm, options, pipeline, key)
 
     def series(self, kind: str) -> SeriesSpec:
         """Series Number and Description of result *kind* ("seg", "sr" or "sc")."""
@@ -127,6 +130,19 @@ class ModelPipeline(Pipeline, Generic[Selected, Loaded, Prepared, Raw, Findings]
         self.bundle: Bundle = load_bundle(self.options.bundle, self.default_bundle)
         self.algorithm = AlgorithmInfo(self.bundle.name, self.bundle.version, self.options.notice)
         self.load_model()
+
+    def model_identity(self) -> str | None:
+        """``name version`` of the loaded bundle (what the results' algorithm identification says)."""
+        return f"{self.algorithm.name} {self.algorithm.version}"
+
+    @classmethod
+    def configured_model(cls, name: str, options: PipelineOptions) -> str | None:
+        """``name version`` of the bundle *options* point at, read from its metadata only."""
+        bundle = options.bundle if isinstance(options, ModelOptions) else None
+        try:
+            return bundle_identity(resolve_bundle_path(bundle, cls.default_bundle))
+        except PipelineError:
+            return None
 
     @classmethod
     def check(cls, name: str, options: Any) -> list[str]:

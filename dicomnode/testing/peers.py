@@ -309,6 +309,7 @@ class Orthanc(_Process):
         aet: str = "ORTHANC",
         modalities: dict[str, list[Any]] | None = None,
         dicomweb: bool = False,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="orthanc-"))
         self.aet = aet
@@ -334,13 +335,22 @@ class Orthanc(_Process):
             "DicomAlwaysAllowEcho": True,
             "ConcurrentJobs": 2,
             "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"] if dicomweb else [],
+            **(config or {}),  # e.g. users and passwords, DicomAlwaysAllowFind
         }
         self.config_path = self.workdir / "orthanc.json"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(config, indent=1))
         import httpx
 
-        self.client: httpx.Client = httpx.Client(base_url=self.url, timeout=60, trust_env=False)
+        users = (config or {}).get("RegisteredUsers") or {}
+        auth = (
+            next(iter(users.items()))
+            if users and config and config.get("AuthenticationEnabled")
+            else None
+        )
+        self.client: httpx.Client = httpx.Client(
+            base_url=self.url, timeout=60, trust_env=False, auth=auth
+        )
 
     def start(self) -> None:
         with self.log.open("ab") as log:
@@ -363,6 +373,22 @@ class Orthanc(_Process):
     def destination(self, name: str = "pacs") -> dict[str, Any]:
         """This Orthanc as a dicomnode ``[[destinations]]`` entry."""
         return {"name": name, "ae_title": self.aet, "host": "127.0.0.1", "port": self.dicom_port}
+
+    def source(self, name: str = "pacs", **keys: Any) -> dict[str, Any]:
+        """This Orthanc as a DIMSE ``[[sources]]`` entry (*keys*: e.g. ``retrieve="get"``)."""
+        return {**self.destination(name), "kind": "dimse", **keys}
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root of the plugin (``dicomweb=True``)."""
+        return f"{self.url}/dicom-web"
+
+    def kill(self) -> None:
+        """SIGKILL: the process ends mid-whatever, as in a crash or power loss."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
 
     def upload(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         """POST one DICOM file to /instances."""
