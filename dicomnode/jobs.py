@@ -31,6 +31,7 @@ from dicomnode.models import (
     JobStatus,
     Output,
     OutputStatus,
+    ProducedInstance,
     Study,
     StudyStatus,
     utcnow,
@@ -597,6 +598,11 @@ class JobQueue:
                 return None
             job.model = model
             destinations = list(job.send_to or ())
+            for sop_uid, _, _ in outputs:
+                if session.get(ProducedInstance, sop_uid) is None:
+                    session.add(
+                        ProducedInstance(sop_instance_uid=sop_uid, job_id=job.id, produced_at=now)
+                    )
             for sop_uid, sop_class, path in outputs:
                 for dest in destinations:
                     session.add(

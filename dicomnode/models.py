@@ -63,7 +63,8 @@ class StudyStatus(enum.StrEnum):
     UNMATCHED = "unmatched"  # complete, but no route matched: recorded, not processed
     # A job fetches it from a source; assembly leaves it alone (the job runs when it is all here).
     RETRIEVING = "retrieving"
-    # A retrieve stopped part way: what arrived is kept, nothing is processed until a retry.
+    # A retrieve stopped part way: what arrived (and arrives later) is kept, nothing is
+    # processed until a retry of the job fetches the rest.
     INCOMPLETE = "incomplete"
 
 
@@ -262,3 +263,18 @@ class Output(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     job: Mapped[Job] = relationship(back_populates="outputs")
+
+
+class ProducedInstance(Base):
+    """Every SOP Instance UID a pipeline of this node wrote, kept when its job is re-run.
+
+    A PACS may send the node's own results back with the study (forwarding a
+    whole study, a retrieve after an earlier run); they are never the input of
+    a pipeline, and the outputs that named them may be gone by then.
+    """
+
+    __tablename__ = "produced_instances"
+
+    sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    produced_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

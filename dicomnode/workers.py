@@ -36,13 +36,13 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Settings
 from dicomnode.database import make_engine, session_factory
 from dicomnode.jobs import ClaimedJob, JobQueue, add_event
-from dicomnode.models import Instance, Series, Study
+from dicomnode.models import Instance, ProducedInstance, Series, Study
 from dicomnode.pipelines import JobContext, Pipeline, PipelineError, SeriesInput, build_pipeline
 from dicomnode.retrieval import RetrieveError
 from dicomnode.retrieval.fetch import StudyFetch
@@ -196,19 +196,26 @@ class Worker:
                 .all()
             )
             inputs = []
+            # The node's own results may come back with the study (a PACS forwarding it
+            # whole, a retrieve after an earlier run): never an input of a pipeline.
+            ours = exists().where(ProducedInstance.sop_instance_uid == Instance.sop_instance_uid)
             for s in series_rows:
-                rows = session.execute(
-                    select(Instance.path)
-                    .where(Instance.series_id == s.id)
-                    .order_by(Instance.instance_number, Instance.id)
-                ).scalars()
+                paths = list(
+                    session.execute(
+                        select(Instance.path)
+                        .where(Instance.series_id == s.id, ~ours)
+                        .order_by(Instance.instance_number, Instance.id)
+                    ).scalars()
+                )
+                if not paths:
+                    continue
                 inputs.append(
                     SeriesInput(
                         series_instance_uid=s.series_instance_uid,
                         modality=s.modality,
                         series_description=s.series_description,
                         attributes=dict(s.attributes or {}),
-                        paths=tuple(self.storage / p for p in rows),
+                        paths=tuple(self.storage / p for p in paths),
                     )
                 )
             study_info = {

@@ -71,6 +71,10 @@ class Source(Protocol):
         """The series of one study."""
         ...
 
+    def count_instances(self, study_instance_uid: str) -> int | None:
+        """How many instances the study has there, asked instance by instance."""
+        ...
+
     def retrieve_study(
         self,
         study: StudyMatch,

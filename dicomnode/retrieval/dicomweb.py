@@ -74,6 +74,18 @@ class WebSource:
             raise self._failed("QIDO-RS", exc) from exc
         return [SeriesMatch.from_dataset(Dataset.from_json(item)) for item in found]
 
+    def count_instances(self, study_instance_uid: str) -> int | None:
+        """The study's instances (QIDO-RS ``/studies/{uid}/instances``), when not counted."""
+        try:
+            found = self.web.search_for_instances(
+                study_instance_uid=study_instance_uid,
+                fields=["SOPInstanceUID"],
+                get_remaining=True,
+            )
+        except _WEB_ERRORS as exc:
+            raise self._failed("QIDO-RS", exc) from exc
+        return len(found)
+
     def retrieve_study(
         self,
         study: StudyMatch,

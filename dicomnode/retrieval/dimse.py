@@ -146,6 +146,16 @@ class DimseSource:
             if assoc.is_established:
                 assoc.release()
 
+    def _silence(self, since: float) -> str:
+        """Why no response came: a timeout, or the peer aborting (told apart by the time)."""
+        waited = time.monotonic() - since
+        if waited >= self.config.response_timeout - 0.5:
+            return f"no answer within {self.config.response_timeout:g} s (response_timeout)"
+        return (
+            f"it aborted the association after {waited:.1f} s (a PACS does so when it does "
+            f"not know the calling AE title {self.node.ae_title} as one of its peers)"
+        )
+
     # -- C-FIND ----------------------------------------------------------------------
 
     def _find(self, level: str, query: Dataset) -> list[Dataset]:
@@ -153,15 +163,14 @@ class DimseSource:
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         found: list[Dataset] = []
         with self._association(ae, "C-FIND") as assoc:
+            last = time.monotonic()
             for status, ident in assoc.send_c_find(
                 query, StudyRootQueryRetrieveInformationModelFind
             ):
                 code = getattr(status, "Status", None)
                 if code is None:
-                    raise RetrieveError(
-                        f"C-FIND at {self.name}: no answer within "
-                        f"{self.config.response_timeout:g} s, or the association was aborted"
-                    )
+                    raise RetrieveError(f"C-FIND at {self.name}: {self._silence(last)}")
+                last = time.monotonic()
                 if code in PENDING:
                     if ident is not None:
                         found.append(ident)
@@ -194,6 +203,34 @@ class DimseSource:
             ("StudyInstanceUID", *SERIES_RETURN_KEYS),
         )
         return [SeriesMatch.from_dataset(ds) for ds in self._find("SERIES", request)]
+
+    def count_instances(self, study_instance_uid: str) -> int | None:
+        """The study's instances, for a source that does not count them at study level.
+
+        The series' counts when the source gives them, else image-level C-FINDs,
+        one per series (hierarchical archives such as dcmqrscp need the series'
+        unique key at image level, and refuse keys they do not keep).
+        """
+        try:
+            series = self.find_series(study_instance_uid)
+        except RetrieveError:
+            series = self._series_uids(study_instance_uid)
+        counts = [s.instance_count for s in series]
+        if series and all(c is not None for c in counts):
+            return sum(c for c in counts if c is not None)
+        total = 0
+        for item in series:
+            keys = {
+                "StudyInstanceUID": study_instance_uid,
+                "SeriesInstanceUID": item.series_instance_uid,
+            }
+            total += len(self._find("IMAGE", identifier("IMAGE", keys, (*keys, "SOPInstanceUID"))))
+        return total
+
+    def _series_uids(self, study_instance_uid: str) -> list[SeriesMatch]:
+        keys = {"StudyInstanceUID": study_instance_uid}
+        found = self._find("SERIES", identifier("SERIES", keys, (*keys, "SeriesInstanceUID")))
+        return [SeriesMatch(str(ds.SeriesInstanceUID)) for ds in found]
 
     # -- C-MOVE / C-GET --------------------------------------------------------------
 
@@ -234,8 +271,8 @@ class DimseSource:
         ae = self._ae()
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
         classes = _storage_classes(study.sop_classes)
-        for sop_class in classes:
-            ae.add_requested_context(sop_class, GET_TRANSFER_SYNTAXES)
+        for sop_class, syntaxes in _get_contexts(classes, known=bool(study.sop_classes)):
+            ae.add_requested_context(sop_class, syntaxes)
         # The PACS sends C-STOREs on our association: we must be their SCP.
         roles = [build_role(sop_class, scp_role=True) for sop_class in classes]
         provenance = Provenance(
@@ -289,14 +326,38 @@ class DimseSource:
             )
         meaning = _RETRIEVE_FAILURES.get(code, f"refused it with status 0x{code:04X}")
         comment = f": {report.comment}" if report.comment else ""
-        raise RetrieveError(f"{method} from {self.name}: the source {meaning}{comment}")
+        hint = ""
+        if method == "C-MOVE" and not report.completed and code not in _RETRIEVE_FAILURES:
+            # Orthanc, among others, answers an unknown destination with 0xC000, not 0xA801.
+            hint = (
+                f"; if it does not know the move destination {self.node.ae_title}, add "
+                f"{self.node.ae_title} (this node's host, port {self.node.port}) to its DICOM peers"
+            )
+        raise RetrieveError(f"{method} from {self.name}: the source {meaning}{comment}{hint}")
+
+
+def _get_contexts(classes: list[str], *, known: bool) -> list[tuple[str, list[str]]]:
+    """The presentation contexts of a C-GET's storage SOP classes.
+
+    The PACS must send each instance in a transfer syntax accepted for its SOP
+    class, and an acceptor accepts one per context: with one context listing
+    every syntax, it picks one (Orthanc: Explicit VR Little Endian) and must
+    transcode everything else, which it may not be able to (Orthanc 1.10 cannot
+    decompress JPEG 2000). So when the study's SOP classes are known, each
+    (class, syntax) gets its own context and every instance travels as stored;
+    otherwise (too many classes) each class gets one context listing them all.
+    """
+    if known and len(classes) * len(GET_TRANSFER_SYNTAXES) < _MAX_CONTEXTS:
+        return [(c, [str(ts)]) for c in classes for ts in GET_TRANSFER_SYNTAXES]
+    return [(c, [str(ts) for ts in GET_TRANSFER_SYNTAXES]) for c in classes]
 
 
 def _storage_classes(in_study: tuple[str, ...]) -> list[str]:
-    """The storage SOP classes proposed for C-GET: the study's own first, then the common ones."""
+    """The storage SOP classes proposed for C-GET: the study's own when known, else the common ones."""
+    if in_study:
+        return list(dict.fromkeys(in_study))[: _MAX_CONTEXTS - 1]
     common = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
-    ordered = list(dict.fromkeys([*in_study, *common]))
-    return ordered[: _MAX_CONTEXTS - 1]  # one context is the C-GET's own
+    return common[: _MAX_CONTEXTS - 1]  # one context is the C-GET's own
 
 
 def _store_handler(store: InstanceStore, provenance: Provenance) -> Callable[[Any], int]:

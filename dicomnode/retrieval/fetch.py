@@ -4,8 +4,9 @@ The worker runs this before the pipeline when the job names a source
 (:attr:`dicomnode.jobs.ClaimedJob.needs_retrieve`). In order:
 
 1. query the source for the study: it must be there, and its
-   ``NumberOfStudyRelatedInstances`` (when the source counts) is what is
-   expected; the timeline says what is fetched, from where, and how;
+   ``NumberOfStudyRelatedInstances`` is what is expected (a source that does
+   not count at study level is asked per series, then per instance); the
+   timeline says what is fetched, from where, and how;
 2. retrieve it (C-MOVE, C-GET or WADO-RS) while a thread counts, once a
    second, the study's instances this node stored since the retrieve
    began: that count is the job's progress (``retrieve_received`` of
@@ -26,6 +27,7 @@ taken here: on several hosts their clocks must agree (NTP), as the leases do.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -100,6 +102,9 @@ class StudyFetch:
         study = matches[0]
         method = _method(config, self.settings.node.ae_title)
         expected = study.instance_count
+        if expected is None:  # not counted at study level (dcmqrscp): count the instances
+            expected = source.count_instances(uid)
+            study = dataclasses.replace(study, instance_count=expected)
         announced = f"{expected} instance(s) expected" if expected is not None else "count unknown"
         self._begin(expected, f"fetching the study from {source.name} by {method}; {announced}")
         began, started = utcnow(), time.perf_counter()

@@ -2,8 +2,8 @@
 
 One write transaction per instance (SQLite: ``BEGIN IMMEDIATE``, so the
 read-then-write below cannot deadlock on a lock upgrade). Any arrival
-re-opens its study for assembly (unless a job is retrieving it: see
-:class:`~dicomnode.models.StudyStatus`) and counts in ``times_received``; a SOP
+re-opens its study for assembly (unless a job is retrieving it or its
+retrieve stopped part way: see :class:`~dicomnode.models.StudyStatus`) and counts in ``times_received``; a SOP
 Instance UID stored under another series, or a series under another study,
 is a :class:`~dicomnode.store.errors.UIDClash`.
 
@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, bindparam, case, select
+from sqlalchemy import Engine, Table, bindparam, case, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
@@ -46,7 +46,7 @@ _STUDIES = cast(Table, Study.__table__)
 _SERIES = cast(Table, Series.__table__)
 _INSTANCES = cast(Table, Instance.__table__)
 _RECEIVING = StudyStatus.RECEIVING.value
-_RETRIEVING = StudyStatus.RETRIEVING.value
+_HELD = (StudyStatus.RETRIEVING.value, StudyStatus.INCOMPLETE.value)  # see "study_touch"
 
 
 @dataclass(frozen=True)
@@ -135,14 +135,20 @@ def _statements(dialect_name: str) -> dict[str, ClauseElement]:
         "series_touch": _SERIES.update()
         .where(_SERIES.c.id == bindparam("row_id"))
         .values(instance_count=_SERIES.c.instance_count + bindparam("added"), last_received_at=now),
-        # Any arrival re-opens the study for assembly, except while a job retrieves it:
-        # then that job, not assembly, decides when it is all here.
+        # Any arrival re-opens the study for assembly, except while a job retrieves it
+        # (that job, not assembly, decides when it is all here) or after its retrieve
+        # stopped part way (late C-STOREs of the broken move must not get half a study
+        # routed; a retry of the job completes it).
         "study_touch": _STUDIES.update()
         .where(_STUDIES.c.id == bindparam("row_id"))
         .values(
             instance_count=_STUDIES.c.instance_count + bindparam("added"),
             last_received_at=now,
-            status=case((_STUDIES.c.status == _RETRIEVING, _RETRIEVING), else_=_RECEIVING),
+            # (or_ rather than in_: an IN list compiles to an expanding parameter)
+            status=case(
+                (or_(*(_STUDIES.c.status == held for held in _HELD)), _STUDIES.c.status),
+                else_=_RECEIVING,
+            ),
         ),
     }
 

@@ -110,17 +110,28 @@ def dcmtk_tool(name: str) -> str:
     )
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A free TCP port on loopback.
+    """A free TCP port on loopback, never one this process handed out before.
+
+    The OS may give the same ephemeral port to two binds in a row once the
+    first socket is closed; a peer that needs two ports (Orthanc: DICOM and
+    HTTP) would then get one twice and fail to start.
 
     Returns
     -------
     int
         A port the OS just handed out; free until someone else binds it.
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _wait(
@@ -441,6 +452,69 @@ class Orthanc(_Process):
         """Remove every patient (and so every instance)."""
         for patient in self.client.get("/patients").json():
             self.client.delete(f"/patients/{patient}")
+
+
+class DcmQRSCP(_Process):
+    """DCMTK's dcmqrscp: a second, independent Query/Retrieve SCP (image archive).
+
+    Parameters
+    ----------
+    workdir
+        Its configuration and database folder.
+    aet
+        Its AE title.
+    peers
+        Move destinations it knows: name -> (AE title, host, port). An AE title
+        missing here is answered 0xA801 (move destination unknown).
+    """
+
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        aet: str = "DCMQRSCP",
+        peers: dict[str, tuple[str, str, int]] | None = None,
+    ) -> None:
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="dcmqrscp-"))
+        self.aet = aet
+        self.port = free_port()
+        self.peers = dict(peers or {})
+        self.database = self.workdir / "db"
+        self.config_path = self.workdir / "dcmqrscp.cfg"
+
+    def _write_config(self) -> None:
+        self.database.mkdir(parents=True, exist_ok=True)
+        hosts = "\n".join(f"{n} = ({a}, {h}, {p})" for n, (a, h, p) in self.peers.items())
+        self.config_path.write_text(
+            f"NetworkTCPPort = {self.port}\nMaxPDUSize = 65536\nMaxAssociations = 16\n"
+            f"HostTable BEGIN\n{hosts}\nHostTable END\n"
+            "VendorTable BEGIN\nVendorTable END\n"
+            f"AETable BEGIN\n{self.aet} {self.database} RW (1000, 1024mb) ANY\nAETable END\n"
+        )
+
+    def start(self) -> None:
+        self._write_config()
+        self.proc = subprocess.Popen(
+            [dcmtk_tool("dcmqrscp"), "-c", str(self.config_path), "-dhl", str(self.port)],
+            env=NODELAY_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait(
+            lambda: echoscu(host="127.0.0.1", port=self.port, called_aet=self.aet).returncode == 0,
+            15,
+            "dcmqrscp",
+        )
+
+    def load(self, paths: list[Path]) -> None:
+        """Store files into the archive (C-STORE by DCMTK storescu)."""
+        result = storescu(paths, host="127.0.0.1", port=self.port, called_aet=self.aet)
+        if result.returncode != 0:
+            raise RuntimeError(f"storescu into dcmqrscp failed: {result.stderr[-500:]!r}")
+
+    def source(self, name: str = "archive", **keys: Any) -> dict[str, Any]:
+        """This archive as a DIMSE ``[[sources]]`` entry."""
+        return {"name": name, "ae_title": self.aet, "host": "127.0.0.1", "port": self.port, **keys}
 
 
 def _pg_bin(name: str) -> str:

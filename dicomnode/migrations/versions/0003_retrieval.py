@@ -1,4 +1,4 @@
-"""jobs: on-demand and retrieve columns, the model that made the results; outputs.warning
+"""jobs: on-demand and retrieve columns, the model of the results; outputs.warning; produced_instances
 
 Revision ID: 0003
 Revises: 0002
@@ -31,9 +31,20 @@ def upgrade() -> None:
             batch.add_column(sa.Column(name, type_, nullable=True))
     with op.batch_alter_table("outputs") as batch:
         batch.add_column(sa.Column("warning", sa.Text(), nullable=True))
+    op.create_table(
+        "produced_instances",
+        sa.Column("sop_instance_uid", sa.String(64), nullable=False),
+        sa.Column("job_id", sa.Integer(), nullable=False),
+        sa.Column("produced_at", sa.DateTime(), nullable=False),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name="fk_produced_instances_job_id_jobs"),
+        sa.PrimaryKeyConstraint("sop_instance_uid", name="pk_produced_instances"),
+    )
+    op.create_index("ix_produced_instances_job_id", "produced_instances", ["job_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_produced_instances_job_id", table_name="produced_instances")
+    op.drop_table("produced_instances")
     with op.batch_alter_table("outputs") as batch:
         batch.drop_column("warning")
     with op.batch_alter_table("jobs") as batch:
