@@ -345,3 +345,92 @@ def test_destination_names_are_unique(tmp_path: Path) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError, match=r"^destinations\.1\.name: 'pacs' is used twice$"):
         load_settings(path, resolve=False, environ={})
+
+
+# -- sources, DICOMweb peers, STOW-RS ---------------------------------------------------------
+
+WEB = '[[sources]]\nname = "web"\nkind = "dicomweb"\nurl = "https://pacs.example/dicom-web/"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[[sources]]\nname = "pacs"\nhost = "h"\nport = 104\n',
+            'sources.0.ae_title: required for kind = "dimse"',
+        ),
+        (
+            '[[sources]]\nname = "web"\nkind = "dicomweb"\n',
+            'sources.0.url: required for kind = "dicomweb"',
+        ),
+        (
+            '[[sources]]\nname = "web"\nkind = "dicomweb"\nurl = "ftp://x"\n',
+            "sources.0.url: must be an http:// or https:// URL",
+        ),
+        (
+            WEB + 'auth = "basic"\nusername = "u"\n',
+            "sources.0.password: required with auth = 'basic'",
+        ),
+        (WEB + 'auth = "bearer"\n', "sources.0.token: required with auth = 'bearer'"),
+        (
+            WEB + 'auth = "oauth2"\ntoken_url = "https://idp/token"\nclient_id = "c"\n',
+            "sources.0.client_secret: required with auth = 'oauth2'",
+        ),
+        (
+            WEB + 'auth = "kerberos"\n',
+            "sources.0.auth: Input should be 'none', 'basic', 'bearer' or 'oauth2'",
+        ),
+        (
+            '[[sources]]\nname = "pacs"\nae_title = "P"\nhost = "h"\nport = 104\nretrieve = "fetch"\n',
+            "sources.0.retrieve: Input should be 'move' or 'get'",
+        ),
+        (
+            WEB + WEB,
+            "sources.1.name: 'web' is used twice",
+        ),
+        (
+            '[node]\nallowed_calling_aets = ["CT1"]\n'
+            '[[sources]]\nname = "pacs"\nae_title = "PACS"\nhost = "h"\nport = 104\n',
+            "sources.0.ae_title: PACS is not in node.allowed_calling_aets, so the C-STOREs of its "
+            "C-MOVEs would be refused; add it there",
+        ),
+        (
+            '[[destinations]]\nname = "web"\nkind = "dicomweb"\nauth = "bearer"\n'
+            'url = "http://h/dicom-web"\ntoken = "env:NOT_SET_ANYWHERE"\n',
+            "destinations.0.token: environment variable NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            '[api]\nstow = true\n[[api.tokens]]\ntoken = "read-token-0123456789"\n',
+            'api.stow: needs a token that may store: add [[api.tokens]] with role = "store"',
+        ),
+    ],
+)
+def test_sources_and_dicomweb_peers_are_checked(tmp_path: Path, text: str, expected: str) -> None:
+    assert error_of(tmp_path, text) == expected
+
+
+def test_sources_dicomweb_destinations_and_secrets_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DN_SECRET", "client-secret-value")
+    monkeypatch.setenv("DN_STORE_TOKEN", "store-token-0123456789")
+    text = (
+        WEB + 'auth = "oauth2"\ntoken_url = "https://idp.example/token"\nclient_id = "node"\n'
+        'client_secret = "env:DN_SECRET"\nscope = "dicom"\n'
+        '[[sources]]\nname = "pacs"\nae_title = "PACS"\nhost = "10.0.0.5"\nport = 104\n'
+        'retrieve = "get"\ntls = true\n'
+        '[[destinations]]\nname = "cloud"\nkind = "dicomweb"\nurl = "https://cloud/dicomweb"\n'
+        'auth = "basic"\nusername = "node"\npassword = "pw"\n'
+        '[api]\nstow = true\n[[api.tokens]]\ntoken = "env:DN_STORE_TOKEN"\nrole = "store"\n'
+    )
+    settings = load_settings(write(tmp_path, text), resolve=False, environ={})
+    web = settings.source("web")
+    assert web.url == "https://pacs.example/dicom-web"  # the trailing slash goes
+    assert web.client_secret == "client-secret-value" and web.address == web.url
+    pacs = settings.source("pacs")
+    assert pacs.retrieve == "get" and pacs.address == "PACS@10.0.0.5:104"
+    assert settings.destination("cloud").kind == "dicomweb"
+    assert settings.api.tokens[0].token == "store-token-0123456789"
+    assert settings.api.tokens[0].role == "store" and settings.api.stow
+    with pytest.raises(ValueError, match="cloud is a DICOMweb peer, not a DIMSE one"):
+        settings.destination("cloud").dimse_peer()

@@ -111,3 +111,21 @@ def test_skip_locked_claims_each_job_once(pg_url: str) -> None:
     assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 60
     with sessions() as session:
         assert set(session.execute(select(Job.status)).scalars()) == {"done"}
+
+
+def test_migrations_build_exactly_the_models_tables(pg_url: str, tmp_path: Path) -> None:
+    """Every table, column, index and constraint of dicomnode.models comes from a migration."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from dicomnode.database import upgrade
+    from dicomnode.models import Base
+
+    for url in (pg_url, f"sqlite:///{tmp_path / 'parity.db'}"):
+        upgrade(url)
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": False})
+            assert compare_metadata(context, Base.metadata) == [], url
+        engine.dispose()

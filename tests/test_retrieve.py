@@ -702,6 +702,9 @@ def test_post_jobs_needs_admin_and_answers_each_problem(orthanc: Orthanc, tmp_pa
         assert done["status"] == "done" and done["retrieve"]["received"] == 3
         shown = api.get(f"/api/v1/jobs/{job['id']}", headers=as_admin).json()
         assert shown["retrieve"] == done["retrieve"]
+        page = " ".join(api.get(f"/dashboard/jobs/{job['id']}", headers=as_admin).text.split())
+        assert '<th>Retrieve</th><td id="retrieve">from pacs: 3 of 3 instance(s)' in page
+        assert "<th>Requested by</th><td>api:ops</td>" in page
     finally:
         node.stop()
 
@@ -824,3 +827,64 @@ def test_study_query_checks_values_and_builds_dicom_ranges() -> None:
     assert not query.accepts(match)
     assert not StudyQuery(modality="MR", until=date(2026, 12, 1)).accepts(match)
     assert StudyQuery(modality="MR").accepts(match)
+
+
+_RETRIEVE_IN_A_PROCESS = """
+import json, sys
+from dicomnode.config import Settings
+from dicomnode.receivers import make_store
+from dicomnode.retrieval import StudyQuery, open_source
+
+def kib(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+
+settings = Settings.model_validate(json.loads(sys.argv[1]))
+store, _ = make_store(settings)
+source = open_source(settings.sources[0], settings.node)
+(match,) = source.find_studies(StudyQuery(study_instance_uid=sys.argv[2]))
+before = kib("VmRSS")
+report = source.retrieve_study(match, store, lambda: False, float("inf"))
+print(json.dumps({"before": before, "peak": kib("VmHWM"), "received": report.completed}))
+"""
+
+
+def test_wado_rs_holds_one_instance_at_a_time_not_the_study(
+    orthanc: Orthanc, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from dicomnode.database import upgrade
+    from dicomnode.testing.peers import write_large_instance
+
+    uid = str(generate_uid())
+    paths = [
+        write_large_instance(tmp_path / f"large{i}.dcm", 64, study_instance_uid=uid)
+        for i in range(8)
+    ]  # 8 instances of 32 MiB: a 256 MiB study
+    for path in paths:
+        orthanc.upload(path)
+    settings = node_settings(
+        tmp_path, sources=[{"name": "web", "kind": "dicomweb", "url": orthanc.dicomweb_url}]
+    )
+    upgrade(settings.database.url)
+    run = subprocess.run(
+        [sys.executable, "-c", _RETRIEVE_IN_A_PROCESS, settings.model_dump_json(), uid],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert figures["received"] == 8
+    growth_mib = (figures["peak"] - figures["before"]) / 1024
+    assert growth_mib < 160, f"memory grew by {growth_mib:.0f} MiB for a 256 MiB study"
+    stored = next((Path(settings.storage.path) / "instances").rglob("*.dcm"))
+    original = next(
+        p
+        for p in paths
+        if pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID == stored.stem
+    )
+    assert pydicom.dcmread(stored).PixelData == pydicom.dcmread(original).PixelData

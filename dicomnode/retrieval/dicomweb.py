@@ -137,17 +137,21 @@ class WebSource:
 
 
 def _store_dataset(store: InstanceStore, dataset: Dataset, provenance: Provenance) -> None:
-    """Write one WADO-RS instance through the store (its own transfer syntax, its UIDs)."""
+    """Write one WADO-RS instance through the store (its own transfer syntax, its UIDs).
+
+    Encoded once into a buffer, whose data set part is streamed into the store
+    without another copy: memory holds this instance about twice, never more.
+    """
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     part10 = buffer.getbuffer()
     # Part 10: preamble, "DICM", then (0002,0000) UL: the length of the rest of the meta.
     (meta_rest,) = struct.unpack_from("<I", part10, 132 + 8)
-    start = 132 + 12 + meta_rest
-    store.store(
-        bytes(part10[start:]),
+    incoming = store.receive(
+        str(dataset.SOPClassUID),
+        str(dataset.SOPInstanceUID),
         str(dataset.file_meta.TransferSyntaxUID),
-        sop_class_uid=str(dataset.SOPClassUID),
-        sop_instance_uid=str(dataset.SOPInstanceUID),
-        provenance=provenance,
+        provenance,
     )
+    incoming.write(part10[132 + 12 + meta_rest :])
+    incoming.finish()  # raises StoreError (the temporary file gone) when refused

@@ -597,7 +597,14 @@ class PostgresServer(_Process):
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def write_large_instance(path: Path, frames: int, *, rows: int = 512, columns: int = 512) -> Path:
+def write_large_instance(
+    path: Path,
+    frames: int,
+    *,
+    rows: int = 512,
+    columns: int = 512,
+    study_instance_uid: str | None = None,
+) -> Path:
     """A Multi-frame Grayscale Word Secondary Capture of *frames* 16-bit frames, written in chunks.
 
     The pixel data (``frames * rows * columns * 2`` bytes, e.g. 1 GiB for 2048
@@ -618,7 +625,8 @@ def write_large_instance(path: Path, frames: int, *, rows: int = 512, columns: i
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyInstanceUID = study_instance_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
     ds.PatientID, ds.PatientName, ds.Modality = "LARGE1", "Large^Object", "OT"
     ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20261201", "120000", ""
     ds.ReferringPhysicianName, ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "", "1", 1, 1
