@@ -31,11 +31,13 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from dicomnode.config import Settings
+from dicomnode.database import make_engine, session_factory, upgrade
 from dicomnode.models import Instance, Study
 from dicomnode.service import Node
+from dicomnode.store import InstanceStore
 from dicomnode.testing.node import NodeProcess, settings_data
 from dicomnode.testing.peers import Orthanc, free_port, write_large_instance
-from tests.conftest import NODE_AE
+from tests.conftest import NODE_AE, sample_paths
 from tests.test_durability import ct_study
 from tests.test_flow import wait_for_jobs
 from tests.test_receiver import ct_dataset, dataset_bytes, echo_ok
@@ -211,6 +213,32 @@ def test_dicomweb_client_stores_a_study_that_is_assembled_routed_and_processed(
             "127.0.0.1",
         )
         assert study.instance_count == len(sent)
+
+
+def test_every_transfer_syntax_is_stored_byte_identical(stow: Stow) -> None:
+    for path in sample_paths():  # one request each: several share a SOP Instance UID
+        response = stow.post(multipart(path.read_bytes()))
+        assert response.status_code == 200, (path.name, response.text[:500])
+        (uid,) = referenced(response.json())
+        (stored,) = [p for p in stow.node.store.iter_files() if p.stem == uid]
+        assert dataset_bytes(stored) == dataset_bytes(path), path.name
+
+
+def test_the_file_meta_is_found_whatever_the_chunks(tmp_path: Path) -> None:
+    """Part 10 files fed to the store a few bytes at a time up to their data set, then at once."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    upgrade(url)
+    store = InstanceStore(tmp_path / "storage", session_factory(make_engine(url)))
+    for path in sample_paths():
+        raw = path.read_bytes()
+        for step in (1, 7):
+            incoming = store.receive_file()
+            for start in range(0, 1024, step):
+                incoming.write(raw[start : min(start + step, 1024)])
+            incoming.write(raw[1024:])
+            stored = incoming.finish()
+            assert dataset_bytes(stored.path) == dataset_bytes(path), (path.name, step)
+    assert list(store.tmp_dir.iterdir()) == []
 
 
 # -- (b) Orthanc's own DICOMweb client pushes a study ------------------------------------------
@@ -465,6 +493,8 @@ def test_a_large_instance_streams_to_disk_in_bounded_memory(tmp_path: Path) -> N
     large = write_large_instance(tmp_path / "large.dcm", frames=128)  # 64 MiB of pixels
     data = settings_data(tmp_path / "node")
     data["api"] = {**stow_settings()["api"], "port": free_port()}
+    # STOW-RS runs in serve, beside receiver processes that own the DICOM port.
+    data["node"]["receiver_processes"] = 1
     with NodeProcess(data, tmp_path / "node") as node:
         assert node.proc is not None
         url = f"http://127.0.0.1:{data['api']['port']}"
