@@ -99,7 +99,7 @@ def boundary_of(content_type: str | None) -> bytes:
     if media != b"multipart/related":
         raise MalformedRequest(
             415,
-            'STOW-RS here takes multipart/related; type="application/dicom" bodies, '
+            'this node\'s STOW-RS takes multipart/related; type="application/dicom" bodies, '
             f"not {media.decode('latin-1') or 'a body without Content-Type'}",
         )
     part_type = parameters.get(b"type", b"").strip().lower().decode("latin-1")
