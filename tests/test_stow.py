@@ -358,8 +358,8 @@ def _with(**attributes: str) -> pydicom.Dataset:
         warnings.simplefilter("ignore")
         for keyword, value in attributes.items():
             setattr(ds, keyword, value)
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     return ds
 
 
