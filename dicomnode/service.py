@@ -166,6 +166,8 @@ class Node:
                 "storage": storage_check(self.store.root),
                 "receiver": self._receiver_check,
             },
+            store=self.store,
+            wakeups=self.wakeups,
         )
         server = APIServer(app, self.settings.api.host, self.settings.api.port)
         server.start()

@@ -6,6 +6,8 @@ serves it with :class:`dicomnode.api.server.APIServer`. Routes:
 - ``/api/v1/...`` REST (see :mod:`dicomnode.api.rest`), OpenAPI at ``/docs``
   (Swagger UI served from the package, no CDN) and ``/openapi.json``;
 - ``/dashboard`` the web page (see :mod:`dicomnode.api.dashboard`);
+- ``/dicomweb/studies`` STOW-RS, only with ``api.stow = true`` (see
+  :mod:`dicomnode.api.stow`);
 - ``/healthz`` (the process answers), ``/readyz`` (database reachable,
   storage writable, receiver listening), ``/metrics`` — these three need no
   token, as probes and Prometheus scrapers expect; they carry no patient data.
@@ -36,6 +38,8 @@ from dicomnode.jobs import FilterError, JobError, UnknownJob
 from dicomnode.metrics import NodeMetrics
 from dicomnode.ondemand import RequestError
 from dicomnode.retrieval import QueryError, RetrieveError
+from dicomnode.store import InstanceStore
+from dicomnode.wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,8 @@ def create_app(
     *,
     metrics: NodeMetrics | None = None,
     checks: dict[str, ReadinessCheck] | None = None,
+    store: InstanceStore | None = None,
+    wakeups: Wakeups | None = None,
 ) -> FastAPI:
     """The admin app.
 
@@ -59,6 +65,15 @@ def create_app(
         The node's metrics (default: a registry with only the database collector).
     checks
         Readiness checks beside the database one (storage, receiver).
+    store
+        The node's instance store; required with ``api.stow``.
+    wakeups
+        Rung when STOW-RS stored instances (assembly sees them at once).
+
+    Raises
+    ------
+    ValueError
+        When ``api.stow`` is on without a *store*.
     """
     app = FastAPI(
         docs_url=None,  # served by _install_docs from files in the package, not a CDN
@@ -75,11 +90,19 @@ def create_app(
         auth=TokenAuth(settings.api.tokens),
         metrics=metrics or NodeMetrics(sessions, settings.storage.path),
         checks={"database": database_check(sessions), **(checks or {})},
+        store=store,
+        wakeups=wakeups,
     )
     _install_guards(app)
     _install_error_handlers(app)
     app.include_router(rest.router)
     app.include_router(dashboard.router)
+    if settings.api.stow:
+        if store is None:
+            raise ValueError("api.stow needs the node's instance store (create_app(store=...))")
+        from dicomnode.api import stow  # pynetdicom's SOP class lists: only when it is on
+
+        app.include_router(stow.router)
     _install_probes(app)
     _install_docs(app)
     return app

@@ -1,4 +1,4 @@
-"""What the API's handlers share: settings, database, job queue, auth, metrics, readiness."""
+"""What the API's handlers share: settings, database, job queue, auth, metrics, readiness, store."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from dicomnode.api.auth import Principal, TokenAuth
 from dicomnode.config import Settings
 from dicomnode.jobs import JobQueue
 from dicomnode.metrics import NodeMetrics
+from dicomnode.store import InstanceStore
+from dicomnode.wakeups import Wakeups
 
 # name -> () -> (ok, sentence); run by /readyz.
 ReadinessCheck = Callable[[], tuple[bool, str]]
@@ -27,6 +29,9 @@ class APIContext:
     auth: TokenAuth
     metrics: NodeMetrics
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+    # STOW-RS: where pushed instances go, and who to wake once they are stored.
+    store: InstanceStore | None = None
+    wakeups: Wakeups | None = None
 
     @property
     def queue(self) -> JobQueue:
@@ -46,6 +51,11 @@ def context(request: Request) -> APIContext:
 def reader(request: Request) -> Principal:
     """Dependency: any valid token (401 otherwise)."""
     return context(request).auth.require(request, "read")
+
+
+def storer(request: Request) -> Principal:
+    """Dependency: a store (or admin) token (401 without a valid token, 403 with a read token)."""
+    return context(request).auth.require(request, "store")
 
 
 def admin(request: Request) -> Principal:

@@ -11,6 +11,15 @@ a partial one under ``tmp/`` (removed at start-up) or a complete one without
 its row (indexed at start-up by :meth:`InstanceStore.reindex_orphans`). A
 crash after the commit loses nothing, because the file was durable first.
 
+A whole Part 10 file (a STOW-RS part, :meth:`InstanceStore.receive_file`)
+takes the same steps, its transfer syntax and UIDs read from its own File
+Meta Information. STOW-RS splits the last step: each part is checked (header
+scanned, UIDs compared) and *parked* closed under ``tmp/``, and only once the
+request's whole body has parsed are the parked parts committed (rename,
+fsync, index row, in that order, each as above) or, when the body is
+broken, all removed. Until its commit a parked part is a file under ``tmp/``
+like any partial write: never acknowledged, removed at start-up.
+
 Receiving a SOP Instance UID that is already stored replaces the stored copy
 (the newest copy wins, as when a modality resends a corrected image), counts
 it in ``times_received`` and re-opens the study for assembly. The same SOP
@@ -27,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,10 +46,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.locks import SharedHostLock
 from dicomnode.store.errors import (
     IndexUnavailable,
+    InvalidFileMeta,
     InvalidUID,
     OutOfResources,
+    ProcessingFailure,
     RecoveryError,
+    SOPClassNotSupported,
     StoreError,
+    StudyMismatch,
+    TransferSyntaxNotSupported,
     UIDClash,
     UIDMismatch,
     UnreadableDataset,
@@ -50,6 +64,7 @@ from dicomnode.store.header import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     ROUTING_KEYWORDS,
+    FileMeta,
     InstanceHeader,
     is_valid_uid,
     parse_header,
@@ -57,23 +72,31 @@ from dicomnode.store.header import (
     read_file_header,
     require_uid,
 )
-from dicomnode.store.incoming import IncomingInstance
+from dicomnode.store.incoming import IncomingFile, IncomingInstance, ParkedInstance
 from dicomnode.store.index import InstanceIndex, Provenance
 
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
     "ROUTING_KEYWORDS",
+    "FileMeta",
+    "IncomingFile",
     "IncomingInstance",
     "IndexUnavailable",
     "InstanceHeader",
     "InstanceStore",
+    "InvalidFileMeta",
     "InvalidUID",
     "OutOfResources",
+    "ParkedInstance",
+    "ProcessingFailure",
     "Provenance",
     "RecoveryError",
+    "SOPClassNotSupported",
     "StoreError",
     "StoredInstance",
+    "StudyMismatch",
+    "TransferSyntaxNotSupported",
     "UIDClash",
     "UIDMismatch",
     "UnreadableDataset",
@@ -196,6 +219,18 @@ class InstanceStore:
     ) -> IncomingInstance:
         """A data set about to arrive (C-STORE): stream its bytes in, then ``finish()``."""
         return IncomingInstance(self, sop_class_uid, sop_instance_uid, transfer_syntax, provenance)
+
+    def receive_file(
+        self,
+        provenance: Provenance = _UNKNOWN_SENDER,
+        admit: Callable[[FileMeta], None] | None = None,
+    ) -> IncomingFile:
+        """A whole Part 10 file about to arrive (a STOW-RS part): stream it in, then finish or park.
+
+        *admit* may refuse the file once its File Meta Information is read
+        (see :class:`~dicomnode.store.incoming.IncomingFile`).
+        """
+        return IncomingFile(self, provenance, admit)
 
     def store(
         self,

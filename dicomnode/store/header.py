@@ -7,7 +7,8 @@ checks every length (a truncated data set is refused, not stored) and keeps
 only the elements the index needs, which pydicom then decodes, by tag rather
 than keyword (keyword lookups dominate the ingest path otherwise). The File
 Meta Information written in front of the stored dataset is encoded by hand
-for the same reason.
+for the same reason; that of a whole Part 10 file received (a STOW-RS part)
+is read by hand from its first bytes, before the data set arrives.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomnode import __version__
-from dicomnode.store.errors import InvalidUID, StoreError, UnreadableDataset
+from dicomnode.store.errors import InvalidFileMeta, InvalidUID, StoreError, UnreadableDataset
 
 # A 2.25 (UUID-derived) UID: ours without registering an org root (PS3.5 B.2).
 IMPLEMENTATION_CLASS_UID = "2.25.308984858765460496973767668715525361296"
@@ -503,3 +504,109 @@ def file_meta_bytes(
     )
     group_length = _meta_element(0x0000, b"UL", struct.pack("<I", len(body)))
     return b"\x00" * 128 + b"DICM" + group_length + body
+
+
+_PREAMBLE = 128
+_MAGIC = b"DICM"
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    """What the File Meta Information of a Part 10 file says about its data set.
+
+    The UIDs are as written (padding stripped), not yet checked.
+    """
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    length: int  # bytes from the start of the file to its data set
+
+
+def read_file_meta(data: bytes | bytearray | memoryview, *, complete: bool) -> FileMeta | None:
+    """The File Meta Information at the start of a Part 10 file, or None until more bytes arrive.
+
+    The group (explicit VR little endian, PS3.10 7.1) is walked element by
+    element until the first tag outside group 0002, as pydicom reads it: the
+    group length (0002,0000) is not trusted, since files with a wrong one are
+    read by other tools and must not have their data set misplaced here.
+
+    Parameters
+    ----------
+    data
+        The first bytes of the file.
+    complete
+        *data* is the whole file: the group may end where the data ends.
+
+    Raises
+    ------
+    InvalidFileMeta
+        When the bytes are not a Part 10 file (no preamble and ``DICM``, a
+        meta element without a VR, truncated, a required UID missing).
+    """
+    if len(data) < _PREAMBLE + len(_MAGIC):
+        if complete:
+            raise InvalidFileMeta(
+                f"not a DICOM file (PS3.10): {len(data)} bytes, shorter than the "
+                "128-byte preamble and 'DICM'"
+            )
+        return None
+    if bytes(data[_PREAMBLE : _PREAMBLE + 4]) != _MAGIC:
+        raise InvalidFileMeta("not a DICOM file (PS3.10): no 'DICM' after the 128-byte preamble")
+    values: dict[int, bytes] = {}
+    position = _PREAMBLE + len(_MAGIC)
+    while position + 2 <= len(data) and struct.unpack_from("<H", data, position)[0] == 0x0002:
+        element = _meta_element_at(data, position, complete)
+        if element is None:
+            return None
+        number, value, position = element
+        values[number] = value
+    if position + 2 > len(data) and not complete:
+        return None  # the next tag's group decides whether the meta goes on
+    return FileMeta(
+        sop_class_uid=_meta_text(values, 0x0002, "MediaStorageSOPClassUID"),
+        sop_instance_uid=_meta_text(values, 0x0003, "MediaStorageSOPInstanceUID"),
+        transfer_syntax=_meta_text(values, 0x0010, "TransferSyntaxUID"),
+        length=position,
+    )
+
+
+def _meta_element_at(
+    data: bytes | bytearray | memoryview, position: int, complete: bool
+) -> tuple[int, bytes, int] | None:
+    """(element number, value, next position) of the meta element at *position*, None if cut."""
+    vr = bytes(data[position + 4 : position + 6])
+    header = 12 if vr in _LONG_VRS else 8
+    if position + header > len(data):
+        _refuse_cut(position, complete)
+        return None
+    number = struct.unpack_from("<H", data, position + 2)[0]
+    if not (len(vr) == 2 and vr.isalpha() and vr.isupper()):
+        raise InvalidFileMeta(
+            f"the File Meta Information is not explicit VR little endian: (0002,{number:04X}) "
+            "has no VR"
+        )
+    long = header == 12  # a 4-byte length after 2 reserved bytes, else a 2-byte one
+    length = struct.unpack_from("<I" if long else "<H", data, position + (8 if long else 6))[0]
+    if length == _UNDEFINED:
+        raise InvalidFileMeta(
+            f"the File Meta Information element (0002,{number:04X}) has no length"
+        )
+    end = position + header + length
+    if end > len(data):
+        _refuse_cut(position, complete)
+        return None
+    return number, bytes(data[position + header : end]), end
+
+
+def _refuse_cut(position: int, complete: bool) -> None:
+    """An element cut short is an error only when no more bytes come."""
+    if complete:
+        raise InvalidFileMeta(f"the File Meta Information is truncated at byte {position}")
+    return None
+
+
+def _meta_text(values: dict[int, bytes], number: int, keyword: str) -> str:
+    if number not in values:
+        raise InvalidFileMeta(f"the File Meta Information has no {keyword} (0002,{number:04X})")
+    return values[number].decode("ascii", errors="replace").strip("\x00 ")
