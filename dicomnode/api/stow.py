@@ -36,17 +36,17 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from dicomnode.api.auth import Principal
 from dicomnode.api.context import context, storer
+from dicomnode.multipart import DicomParts, MultipartError
 from dicomnode.receiver import SUPPORTED_ABSTRACT_SYNTAXES, SUPPORTED_TRANSFER_SYNTAXES
 from dicomnode.store import (
     FileMeta,
@@ -63,9 +63,6 @@ from dicomnode.store import (
     is_valid_uid,
 )
 from dicomnode.wakeups import ARRIVALS
-
-if TYPE_CHECKING:
-    from python_multipart.multipart import MultipartCallbacks
 
 log = logging.getLogger(__name__)
 
@@ -158,63 +155,18 @@ class StowBody:
     def __init__(
         self, store: InstanceStore, boundary: bytes, provenance: Provenance, study: str | None
     ) -> None:
-        self.store = store
-        self.provenance = provenance
         self.study = study
         self.outcomes: list[PartOutcome] = []
-        self.ended = False  # the closing boundary was read
-        self._part: IncomingFile | None = None
-        self._part_refusal: StoreError | None = None
-        self._headers: dict[str, str] = {}
-        self._field = bytearray()
-        self._value = bytearray()
-        callbacks: MultipartCallbacks = {
-            "on_part_begin": self._part_begin,
-            "on_header_field": lambda data, start, end: self._field.extend(data[start:end]),
-            "on_header_value": lambda data, start, end: self._value.extend(data[start:end]),
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._part_data,
-            "on_part_end": self._part_end,
-            "on_end": self._end,
-        }
         try:
-            self.parser = MultipartParser(boundary, callbacks)
-        except FormParserError as exc:
-            raise MalformedRequest(400, f"the multipart boundary is unusable: {exc}") from None
+            self.parts = DicomParts(store, boundary, provenance, self._part_end, admit)
+        except MultipartError as exc:
+            raise MalformedRequest(400, str(exc)) from None
 
-    # -- parser callbacks -------------------------------------------------------------
-
-    def _part_begin(self) -> None:
-        self._headers = {}
-        self._part, self._part_refusal = None, None
-
-    def _header_end(self) -> None:
-        name = self._field.decode("latin-1").strip().lower()
-        self._headers[name] = self._value.decode("latin-1").strip()
-        self._field.clear()
-        self._value.clear()
-
-    def _headers_finished(self) -> None:
-        media = parse_options_header(self._headers.get("content-type", "application/dicom"))[0]
-        if media == b"application/dicom":
-            self._part = self.store.receive_file(self.provenance, admit)
-        else:
-            self._part_refusal = StoreError(
-                f"part {len(self.outcomes) + 1} is {media.decode('latin-1') or 'untyped'}, "
-                "not application/dicom"
-            )
-
-    def _part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._part is not None:
-            self._part.write(memoryview(data)[start:end])
-
-    def _part_end(self) -> None:
-        outcome = PartOutcome(len(self.outcomes) + 1)
+    def _part_end(self, number: int, part: IncomingFile | None, refusal: StoreError | None) -> None:
+        outcome = PartOutcome(number)
         self.outcomes.append(outcome)
-        part, self._part = self._part, None
         if part is None:
-            outcome.refusal = self._part_refusal or StoreError("the part has no headers")
+            outcome.refusal = refusal
             return
         outcome.sop_class_uid, outcome.sop_instance_uid = part.sop_class_uid, part.sop_instance_uid
         try:
@@ -236,9 +188,6 @@ class StowBody:
             )
         return parked
 
-    def _end(self) -> None:
-        self.ended = True
-
     # -- the request ------------------------------------------------------------------
 
     def write(self, chunks: Iterable[bytes]) -> None:
@@ -251,9 +200,9 @@ class StowBody:
         """
         for chunk in chunks:
             try:
-                self.parser.write(chunk)
-            except FormParserError as exc:
-                raise MalformedRequest(400, f"the multipart body is malformed: {exc}") from None
+                self.parts.write(chunk)
+            except MultipartError as exc:
+                raise MalformedRequest(400, str(exc)) from None
 
     def close(self) -> list[PartOutcome]:
         """The body is complete: commit every parked part, in order; return every part's outcome.
@@ -263,7 +212,7 @@ class StowBody:
         MalformedRequest
             400 when the body ended before its closing boundary, or held no part.
         """
-        if not self.ended:
+        if not self.parts.ended:
             raise MalformedRequest(
                 400, "the multipart body ends before its closing boundary (truncated?)"
             )
@@ -277,9 +226,7 @@ class StowBody:
 
     def discard(self) -> None:
         """Remove every part not committed (the body was broken, or the client went away)."""
-        if self._part is not None:
-            self._part.discard()
-            self._part = None
+        self.parts.discard()
         for outcome in self.outcomes:
             if outcome.parked is not None:
                 outcome.parked.discard()

@@ -1,27 +1,28 @@
-"""A DICOMweb source: QIDO-RS queries and WADO-RS retrieves (dicomweb-client).
+"""A DICOMweb source: QIDO-RS queries (dicomweb-client) and WADO-RS retrieves.
 
 A study is retrieved with one streamed WADO-RS request (``multipart/related;
 type="application/dicom"``, ``transfer-syntax=*``: each instance as the
-server holds it). dicomweb-client hands over one instance at a time as the
-response streams in; each is written through the store's durable path
-(validated, fsynced, indexed) before the next is read, so memory holds one
-instance, never the study.
+server holds it), on the same authenticated session as the queries. The
+response goes through :class:`~dicomnode.multipart.DicomParts` chunk by
+chunk, each part straight into the store's durable path (validated,
+fsynced, indexed before the next part is read), so memory holds one network
+chunk, never an instance or the study. (dicomweb-client's own ``iter_study``
+holds every instance whole, decoded and re-encoded: about six copies of the
+largest one.)
 """
 
 from __future__ import annotations
 
-import io
-import struct
 import time
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 from pydicom import Dataset
 
 from dicomnode.config import NodeConfig, SourceConfig
-from dicomnode.dicomweb import DICOMwebError, client, describe_failure
+from dicomnode.dicomweb import DICOMwebError, client, describe_failure, session
+from dicomnode.multipart import DicomParts, MultipartError, media_type
 from dicomnode.retrieval.base import RetrieveError, RetrieveReport
 from dicomnode.retrieval.query import (
     SERIES_RETURN_KEYS,
@@ -30,11 +31,13 @@ from dicomnode.retrieval.query import (
     StudyMatch,
     StudyQuery,
 )
-from dicomnode.store import InstanceStore, Provenance, StoreError
+from dicomnode.store import IncomingFile, InstanceStore, Provenance, StoreError
 
 # Ask for every instance as stored; a server that cannot ("*" is PS3.18, not
 # every server has it) is asked again for its default (Explicit VR Little Endian).
-AS_STORED = (("application/dicom", "*"),)
+AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+DEFAULT = 'multipart/related; type="application/dicom"'
+CHUNK = 256 * 1024
 _WEB_ERRORS = (requests.RequestException, DICOMwebError, ValueError)
 
 
@@ -46,6 +49,7 @@ class WebSource:
         self.node = node
         self.name = f"{config.name} ({config.url})"
         self.web = client(config)
+        self.http = session(config)  # its own: dicomweb-client changes the headers of its session
 
     def _failed(self, what: str, exc: Exception) -> RetrieveError:
         return RetrieveError(f"{what}: {describe_failure(self.config, exc)}")
@@ -93,65 +97,77 @@ class WebSource:
         cancelled: Callable[[], bool],
         deadline: float,
     ) -> RetrieveReport:
-        """WADO-RS of the whole study, each instance stored as it arrives."""
+        """WADO-RS of the whole study, each part streamed into the store as it arrives."""
         report = RetrieveReport("WADO-RS", completed=0)
         provenance = Provenance(
             called_aet=self.node.ae_title, host=urlsplit(str(self.config.url)).hostname
         )
-        uid = study.study_instance_uid
+
+        def stored(number: int, part: IncomingFile | None, refusal: StoreError | None) -> None:
+            if part is None:
+                raise RetrieveError(
+                    f"WADO-RS from {self.name}: {refusal.message if refusal else 'a part'} "
+                    "(asked for application/dicom)"
+                )
+            part.finish()  # durable and indexed before the next part is read
+            report.completed = number
+
         try:
-            instances = self._iter_study(uid)
-            for dataset in instances:
-                if cancelled():
-                    raise RetrieveError(f"WADO-RS from {self.name} stopped: the job was cancelled")
-                if time.monotonic() >= deadline:
-                    raise RetrieveError(
-                        f"WADO-RS from {self.name} stopped: still running at retrieve_timeout "
-                        f"({self.config.retrieve_timeout:g} s)"
-                    )
-                _store_dataset(store, dataset, provenance)
-                report.completed = (report.completed or 0) + 1
+            with self._get_study(study.study_instance_uid) as response:
+                parts = DicomParts(store, _boundary(response, self.name), provenance, stored)
+                try:
+                    for chunk in response.iter_content(chunk_size=CHUNK):
+                        self._check_time(cancelled, deadline)
+                        parts.write(chunk)
+                finally:
+                    parts.discard()
         except StoreError as exc:
             raise RetrieveError(
                 f"WADO-RS from {self.name}: an instance was refused by this node's store: "
                 f"{exc.message}"
             ) from exc
-        except _WEB_ERRORS as exc:
+        except (*_WEB_ERRORS, MultipartError) as exc:
+            cause = (
+                str(exc) if isinstance(exc, MultipartError) else describe_failure(self.config, exc)
+            )
             raise RetrieveError(
-                f"WADO-RS from {self.name} ended before it finished "
-                f"({describe_failure(self.config, exc)}); {report.completed} instance(s) "
-                "had arrived"
+                f"WADO-RS from {self.name} ended before it finished ({cause}); "
+                f"{report.completed} instance(s) had arrived"
             ) from exc
+        if not parts.ended:
+            raise RetrieveError(
+                f"WADO-RS from {self.name} ended before its last part (the connection closed); "
+                f"{report.completed} instance(s) had arrived"
+            )
         report.status = 0x0000
         return report
 
-    def _iter_study(self, uid: str) -> Any:
-        """The study's instances as they stream in, as stored where the server can."""
-        try:
-            return self.web.iter_study(uid, media_types=AS_STORED)
-        except requests.HTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else None
-            if status in (400, 406):  # no "transfer-syntax=*" here: take its default
-                return self.web.iter_study(uid)
-            raise
+    def _check_time(self, cancelled: Callable[[], bool], deadline: float) -> None:
+        if cancelled():
+            raise RetrieveError(f"WADO-RS from {self.name} stopped: the job was cancelled")
+        if time.monotonic() >= deadline:
+            raise RetrieveError(
+                f"WADO-RS from {self.name} stopped: still running at retrieve_timeout "
+                f"({self.config.retrieve_timeout:g} s)"
+            )
+
+    def _get_study(self, uid: str) -> requests.Response:
+        """The streamed response of ``GET {url}/studies/{uid}``, as stored where the server can."""
+        url = f"{self.config.url}/studies/{uid}"
+        timeout = (10.0, self.config.http_timeout)
+        response = self.http.get(url, headers={"Accept": AS_STORED}, stream=True, timeout=timeout)
+        if response.status_code in (400, 406):  # no "transfer-syntax=*" here: take its default
+            response.close()
+            response = self.http.get(url, headers={"Accept": DEFAULT}, stream=True, timeout=timeout)
+        response.raise_for_status()
+        return response
 
 
-def _store_dataset(store: InstanceStore, dataset: Dataset, provenance: Provenance) -> None:
-    """Write one WADO-RS instance through the store (its own transfer syntax, its UIDs).
-
-    Encoded once into a buffer, whose data set part is streamed into the store
-    without another copy: memory holds this instance about twice, never more.
-    """
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    part10 = buffer.getbuffer()
-    # Part 10: preamble, "DICM", then (0002,0000) UL: the length of the rest of the meta.
-    (meta_rest,) = struct.unpack_from("<I", part10, 132 + 8)
-    incoming = store.receive(
-        str(dataset.SOPClassUID),
-        str(dataset.SOPInstanceUID),
-        str(dataset.file_meta.TransferSyntaxUID),
-        provenance,
-    )
-    incoming.write(part10[132 + 12 + meta_rest :])
-    incoming.finish()  # raises StoreError (the temporary file gone) when refused
+def _boundary(response: requests.Response, name: str) -> bytes:
+    media, parameters = media_type(response.headers.get("Content-Type"))
+    if media != "multipart/related" or not parameters.get("boundary"):
+        raise RetrieveError(
+            f"WADO-RS from {name} answered {media or 'no media type'}, not multipart/related "
+            "with a boundary"
+        )
+    return parameters["boundary"].encode("latin-1")
