@@ -17,9 +17,13 @@ processes during the push (dicomnode: the largest receiver process).
 
 Then dicomnode alone, four associations, with its receiver processes and
 cores restricted by ``taskset``: 1 process on 1 core, 1 process on 2 cores,
-2 processes on 2 cores. Last, one large multi-frame instance (``--large-mib``,
-default 1024) to each receiver: time and memory growth, and whether
-dicomnode's stored copy is byte-identical.
+2 processes on 2 cores. Then DICOMweb: the same slices by STOW-RS (one
+request, streamed from the files) into dicomnode's endpoint and into
+Orthanc's DICOMweb plugin; and the study fetched from Orthanc into a fresh
+dicomnode by WADO-RS and by C-MOVE (both stored durably and indexed). Last,
+one large multi-frame instance (``--large-mib``, default 1024) to each
+receiver: time and memory growth, and whether dicomnode's stored copy is
+byte-identical.
 
 Usage: ``python bench/ingest.py [--slices 300] [--rounds 3] [--large-mib 1024]``
 """
@@ -44,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # bench/queue.py must not shadow the standard library's queue module.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
+from dicomnode.retrieval import Source, StudyMatch  # noqa: E402
 from dicomnode.synthetic import ct_series, write_series  # noqa: E402
 from dicomnode.testing.node import NodeProcess, settings_data  # noqa: E402
 from dicomnode.testing.peers import (  # noqa: E402
@@ -55,6 +60,7 @@ from dicomnode.testing.peers import (  # noqa: E402
 )
 
 STREAMS = (1, 4, 8, 16)
+SECTIONS = ("cstore", "scaling", "dicomweb", "many", "large")
 AE = "BENCHNODE"
 
 
@@ -250,7 +256,13 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--large-mib", type=int, default=1024, help="0: skip the large object")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated, of {', '.join(SECTIONS)} (default: all)",
+    )
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
 
     with tempfile.TemporaryDirectory(dir=ROOT if os.access(ROOT, os.W_OK) else None) as tmp_name:
         tmp = Path(tmp_name)
@@ -286,14 +298,19 @@ def main() -> int:
                 "orthanc": push_to_orthanc,
                 "dicomnode": dicomnode,
             }
-            for _ in range(args.rounds):
-                for streams in STREAMS:
-                    for name, run in receivers.items():
-                        results.setdefault((name, streams), []).append(run(streams))
-            report(results, len(files))
-            scaling(dicomnode, args.rounds)
-            many_associations(tmp)
-            if args.large_mib:
+            if "cstore" in sections:
+                for _ in range(args.rounds):
+                    for streams in STREAMS:
+                        for name, run in receivers.items():
+                            results.setdefault((name, streams), []).append(run(streams))
+                report(results, len(files))
+            if "scaling" in sections:
+                scaling(dicomnode, args.rounds)
+            if "dicomweb" in sections:
+                dicomweb(tmp, files, args.rounds)
+            if "many" in sections:
+                many_associations(tmp)
+            if args.large_mib and "large" in sections:
                 large_object(tmp, args.large_mib, scp, orthanc)
     return 0
 
@@ -316,6 +333,162 @@ def report(results: dict[tuple[str, int], list[Push]], count: int) -> None:
                 f"{med / ref_s:>11.2f}x {peak:>9.0f}"
             )
     print("(ratios are time ratios: below 1.00x is faster than the reference)")
+
+
+# -- DICOMweb ---------------------------------------------------------------------------
+
+STOW_TOKEN = "bench-store-token-0123456789"
+BOUNDARY = "dicomnode-bench-boundary"
+
+
+def stow(url: str, files: list[Path], headers: dict[str, str] | None = None) -> float:
+    """Seconds to STOW-RS *files* in one request, the body streamed from the files."""
+    import requests
+
+    def body() -> Iterator[bytes]:
+        for path in files:
+            yield f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            yield path.read_bytes()
+            yield b"\r\n"
+        yield f"--{BOUNDARY}--\r\n".encode()
+
+    content_type = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+    started = time.perf_counter()
+    response = requests.post(
+        url, data=body(), headers={"Content-Type": content_type, **(headers or {})}, timeout=900
+    )
+    seconds = time.perf_counter() - started
+    if response.status_code != 200:
+        raise RuntimeError(f"STOW-RS to {url}: HTTP {response.status_code} {response.text[:300]}")
+    return seconds
+
+
+@contextmanager
+def stow_node(workdir: Path) -> Iterator[tuple[NodeProcess, str]]:
+    """dicomnode serve with STOW-RS on; yields it and its /dicomweb/studies URL."""
+    from dicomnode.testing.peers import free_port
+
+    data = settings_data(workdir)
+    data["node"]["ae_title"] = AE
+    data["node"].pop("receiver_processes")
+    data["assembly"] = {"quiet_seconds": 3600}
+    port = free_port()
+    data["api"] = {
+        "enabled": True,
+        "port": port,
+        "stow": True,
+        "tokens": [{"token": STOW_TOKEN, "role": "store"}],
+    }
+    node = NodeProcess(data, workdir)
+    node.start()
+    _wait_http(f"http://127.0.0.1:{port}/healthz")
+    try:
+        yield node, f"http://127.0.0.1:{port}/dicomweb/studies"
+    finally:
+        node.stop()
+
+
+def _wait_http(url: str, timeout: float = 30) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer in {timeout:g} s")
+        time.sleep(0.1)
+
+
+def dicomweb(tmp: Path, files: list[Path], rounds: int) -> None:
+    """STOW-RS into dicomnode and Orthanc; WADO-RS against C-MOVE from Orthanc into dicomnode."""
+    bearer = {"Authorization": f"Bearer {STOW_TOKEN}"}
+    stows: dict[str, list[float]] = {"orthanc": [], "dicomnode": []}
+    pulls: dict[str, list[float]] = {"C-MOVE": [], "WADO-RS": []}
+    with Orthanc(workdir=tmp / "orthanc-web", dicomweb=True) as orthanc:
+        for i in range(rounds):
+            orthanc.delete_all()
+            stows["orthanc"].append(stow(f"{orthanc.dicomweb_url}/studies", files))
+            stored = orthanc.client.get("/statistics").json()["CountInstances"]
+            if stored != len(files):
+                raise RuntimeError(f"Orthanc stored {stored} of {len(files)} by STOW-RS")
+            workdir = tmp / f"stow-{i}"
+            with stow_node(workdir) as (_, url):
+                stows["dicomnode"].append(stow(url, files, bearer))
+            if count_rows(workdir) != len(files):
+                raise RuntimeError("dicomnode did not index every STOW-RS instance")
+            shutil.rmtree(workdir, ignore_errors=True)
+        # Orthanc now holds the study: fetch it into fresh nodes both ways.
+        for i in range(rounds):
+            pulls["C-MOVE"].append(_pull_by_move(tmp / f"move-{i}", orthanc, files))
+            pulls["WADO-RS"].append(_pull_by_wado(tmp / f"wado-{i}", orthanc, files))
+    n = len(files)
+    ref = statistics.median(stows["orthanc"])
+    print(f"\nSTOW-RS, {n} slices in one request (median of {rounds}):")
+    for name, seconds in stows.items():
+        med = statistics.median(seconds)
+        print(f"  {name:<10} {med:6.2f} s {n / med:6.0f} inst/s {med / ref:5.2f}x Orthanc")
+    ref = statistics.median(pulls["C-MOVE"])
+    print(f"retrieve of the {n}-slice study from Orthanc into dicomnode (stored, indexed):")
+    for name, seconds in pulls.items():
+        med = statistics.median(seconds)
+        print(f"  {name:<10} {med:6.2f} s {n / med:6.0f} inst/s {med / ref:5.2f}x C-MOVE")
+
+
+def _study_match(source: Source, files: list[Path]) -> StudyMatch:
+    import pydicom
+
+    from dicomnode.retrieval import StudyQuery
+
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    (match,) = source.find_studies(StudyQuery(study_instance_uid=uid))
+    return match
+
+
+def _pull_by_move(workdir: Path, orthanc: Orthanc, files: list[Path]) -> float:
+    from dicomnode.config import NodeConfig, SourceConfig
+    from dicomnode.retrieval import open_source
+
+    with dicomnode_server(workdir, None, None) as node:
+        orthanc.add_modality("bench", AE, "127.0.0.1", node.port)
+        source = open_source(
+            SourceConfig.model_validate(orthanc.source()), NodeConfig(ae_title=AE, port=node.port)
+        )
+        match = _study_match(source, files)
+        started = time.perf_counter()
+        # C-MOVE: the instances arrive at the node's receiver, no store is used here.
+        source.retrieve_study(match, None, lambda: False, float("inf"))  # type: ignore[arg-type]
+        seconds = time.perf_counter() - started
+    if count_rows(workdir) != len(files):
+        raise RuntimeError("C-MOVE: dicomnode did not index every instance")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return seconds
+
+
+def _pull_by_wado(workdir: Path, orthanc: Orthanc, files: list[Path]) -> float:
+    from dicomnode.config import Settings
+    from dicomnode.database import upgrade
+    from dicomnode.receivers import make_store
+    from dicomnode.retrieval import open_source
+
+    data = settings_data(workdir)
+    data["sources"] = [{"name": "web", "kind": "dicomweb", "url": orthanc.dicomweb_url}]
+    settings = Settings.model_validate(data)
+    upgrade(settings.database.url)
+    store, engine = make_store(settings)
+    source = open_source(settings.sources[0], settings.node)
+    match = _study_match(source, files)
+    started = time.perf_counter()
+    source.retrieve_study(match, store, lambda: False, float("inf"))
+    seconds = time.perf_counter() - started
+    engine.dispose()
+    if count_rows(workdir) != len(files):
+        raise RuntimeError("WADO-RS: dicomnode did not index every instance")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return seconds
 
 
 def many_associations(tmp: Path, streams: int = 16, each: int = 100) -> None:
