@@ -25,7 +25,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 from dicomnode.cli import main as cli
-from dicomnode.config import Settings
+from dicomnode.config import Settings, SourceConfig
 from dicomnode.jobs import JobQueue, job_to_dict
 from dicomnode.models import Instance, Job, Study
 from dicomnode.ondemand import RequestError, request_study
@@ -831,7 +831,7 @@ def test_study_query_checks_values_and_builds_dicom_ranges() -> None:
 
 _RETRIEVE_IN_A_PROCESS = """
 import json, sys
-from dicomnode.config import Settings
+from dicomnode.config import Settings, SourceConfig
 from dicomnode.receivers import make_store
 from dicomnode.retrieval import StudyQuery, open_source
 
@@ -851,9 +851,7 @@ print(json.dumps({"before": before, "peak": kib("VmHWM"), "received": report.com
 """
 
 
-def test_wado_rs_streams_a_study_in_bounded_memory(
-    orthanc: Orthanc, tmp_path: Path
-) -> None:
+def test_wado_rs_streams_a_study_in_bounded_memory(orthanc: Orthanc, tmp_path: Path) -> None:
     import subprocess
     import sys
 
@@ -890,3 +888,89 @@ def test_wado_rs_streams_a_study_in_bounded_memory(
         if pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID == stored.stem
     )
     assert pydicom.dcmread(stored).PixelData == pydicom.dcmread(original).PixelData
+
+
+def _scripted_pacs(move: str, node_port: int) -> Any:
+    """A pynetdicom Q/R SCP whose C-MOVE hangs or refuses: faults a real PACS rarely shows on cue.
+
+    C-FIND answers one study of 300 instances; C-MOVE either never answers
+    (``"hang"``) or refuses with 0xA702 (``"refuse"``).
+    """
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelMove,
+    )
+
+    release = threading.Event()
+
+    def on_find(event: Any) -> Iterator[tuple[int, pydicom.Dataset | None]]:
+        ds = pydicom.Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.StudyInstanceUID = "1.2.3.4"
+        ds.NumberOfStudyRelatedInstances = 300
+        yield 0xFF00, ds
+
+    def on_move(event: Any) -> Iterator[Any]:
+        yield "127.0.0.1", node_port  # the sub-operations' association goes to the node
+        yield 300
+        if move == "hang":
+            release.wait(30)
+        yield 0xA702, None
+
+    ae = AE(ae_title="SCRIPTED")
+    ae.add_requested_context(pydicom.uid.CTImageStorage)  # for the sub-operations' association
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelMove)
+    server = ae.start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[(evt.EVT_C_FIND, on_find), (evt.EVT_C_MOVE, on_move)],
+    )
+    server.release = release  # type: ignore[attr-defined]
+    return server
+
+
+@pytest.mark.parametrize("move", ["hang", "refuse"])
+def test_a_hung_or_refusing_move_ends_in_a_sentence(tmp_path: Path, move: str) -> None:
+    settings = node_settings(tmp_path)
+    server = _scripted_pacs(move, settings.node.port)
+    try:
+        port = server.server_address[1]
+        source = {"name": "pacs", "ae_title": "SCRIPTED", "host": "127.0.0.1", "port": port}
+        settings = settings.model_copy(
+            update={"sources": [SourceConfig.model_validate({**source, "retrieve_timeout": 1})]}
+        )
+        node = Node(settings, workers=0)
+        node.start()
+        try:
+            queue = JobQueue(node.sessions)
+            job = request_study(
+                settings,
+                queue,
+                pipeline="summary",
+                study_instance_uid="1.2.3.4",
+                source="pacs",
+                requested_by="test",
+            )
+            started = time.monotonic()
+            Worker(settings, sessions=node.sessions).run_once()
+            failed = job_to_dict(queue.get(job.id))
+            where = f"pacs (SCRIPTED@127.0.0.1:{port})"
+            if move == "hang":
+                assert time.monotonic() - started < 10
+                assert failed["error"] == (
+                    f"C-MOVE from {where} ended before it finished (still running after 1 s "
+                    "(retrieve_timeout)); 0 instance(s) had been sent"
+                )
+            else:
+                assert failed["error"] == (
+                    f"C-MOVE from {where}: the source is out of resources and cannot send the "
+                    "instances"
+                )
+            assert study_row(node, "1.2.3.4").status == "incomplete"
+        finally:
+            node.stop()
+    finally:
+        server.release.set()
+        server.shutdown()

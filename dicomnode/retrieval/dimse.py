@@ -401,6 +401,11 @@ def _watchdog(
             else:
                 continue
             assoc.abort()
+            # pynetdicom's DIMSE wait does not see the abort until its dimse_timeout:
+            # hand it the "no message" it would get then (the queue _reactor_fix checks).
+            waiting = getattr(getattr(assoc, "dimse", None), "msg_queue", None)
+            if waiting is not None:
+                waiting.put((None, None))
             return
 
     thread = threading.Thread(target=watch, name="retrieve-watchdog", daemon=True)
