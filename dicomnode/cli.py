@@ -145,12 +145,20 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([job], indent=1))
         return 0
+    retrieve = job["retrieve"]
+    if retrieve is not None:
+        of = f" of {retrieve['expected']}" if retrieve["expected"] is not None else ""
+        done = f", done {retrieve['finished_at']}" if retrieve["finished_at"] else ""
+        job["retrieve"] = f"from {job['source']}: {retrieve['received'] or 0}{of} instance(s){done}"
     for key in (
         "id",
         "status",
         "pipeline",
         "route",
         "study_instance_uid",
+        "requested_by",
+        "retrieve",
+        "model",
         "error",
         "attempts",
         "created_at",
@@ -377,7 +385,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     require_valid_pipelines(settings)
     print(
         f"{args.file}: OK ({len(settings.routes)} route(s), {len(settings.destinations)} "
-        f"destination(s), AE {settings.node.ae_title} on port {settings.node.port})"
+        f"destination(s), {len(settings.sources)} source(s), AE {settings.node.ae_title} on "
+        f"port {settings.node.port})"
     )
     return 0
 

@@ -129,6 +129,7 @@ def test_storescu_to_node_to_plugin_to_orthanc(plugin_site: Path, tmp_path: Path
             "infer",
             "postprocess",
             "write",
+            "delivery",  # the node's own stage, timed too: the results reached Orthanc
         ]
         messages = [e["message"] for e in job["events"]]
         assert "2 spot(s) above 150 HU" in messages, messages

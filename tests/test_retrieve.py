@@ -241,6 +241,10 @@ def test_run_from_a_pacs_by_c_move_sends_results_into_the_same_study(
         assert "by C-MOVE to TESTNODE; 8 instance(s) expected" in begun["message"]
         assert finished["message"].startswith("8 of 8 instance(s) retrieved from pacs")
         assert finished["duration_s"] is not None
+        assert cli(["jobs", "show", str(job_row.id), "--config", str(path)]) == 0
+        shown = capsys.readouterr().out
+        assert "retrieve: from pacs: 8 of 8 instance(s), done " in shown
+        assert "requested_by: cli:" in shown
         # Fetched, not pushed: no route made a second job; the study is complete.
         assert len(JobQueue(node.sessions).list()) == 1
         row = study_row(node, uid)
