@@ -149,9 +149,29 @@ class ClientCredentials(requests.auth.AuthBase):
         return response
 
 
+class _Session(requests.Session):
+    """A session whose own CA bundle wins over ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``.
+
+    Plain requests lets those variables override ``Session.verify``
+    (psf/requests#3829, open since 2017): on a host that sets one (many
+    images do) a source's ``ca_certificates`` would be silently ignored and
+    its site CA refused. Proxies and the rest of the environment still apply.
+    """
+
+    def merge_environment_settings(  # type: ignore[override]
+        self, url: str, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> dict[str, Any]:
+        settings: dict[str, Any] = super().merge_environment_settings(
+            url, proxies, stream, verify, cert
+        )
+        if verify is None and self.verify is not True:
+            settings["verify"] = self.verify
+        return settings
+
+
 def session(remote: RemoteConfig) -> requests.Session:
     """A ``requests`` session for *remote*: its CA bundle and its authentication."""
-    http = requests.Session()
+    http = _Session()
     verify: bool | str = str(remote.ca_certificates) if remote.ca_certificates else True
     http.verify = verify
     if remote.auth == "basic":
@@ -200,6 +220,8 @@ def describe_failure(remote: RemoteConfig, exc: Exception) -> str:
             404: "; check the peer's url (the DICOMweb root, e.g. .../dicom-web)",
         }.get(status, "")
         return f"{where} answered HTTP {status}: {_snippet(response)}{hint}"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return f"cannot connect to {where}: {_root_cause(exc)}; check ca_certificates"
     if isinstance(exc, requests.ConnectionError):
         return f"cannot connect to {where}: {_root_cause(exc)}"
     if isinstance(exc, requests.Timeout):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -47,6 +48,28 @@ def echo(
     if code == 0:
         return True, f"{aet}@{host}:{port}: C-ECHO Success"
     return False, f"{aet}@{host}:{port}: C-ECHO status {code}"
+
+
+def tls_problem(host: str, port: int, tls: ssl.SSLContext, timeout: float = 10) -> str | None:
+    """Why a TLS handshake with *host*:*port* fails, or None when it succeeds.
+
+    pynetdicom reports a failed handshake as an association that "did not
+    answer"; after such a failure this says what really happened (an
+    untrusted certificate, a name mismatch, a peer that does not speak TLS),
+    which is what an admin needs to fix it.
+    """
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            tls.wrap_socket(raw, server_hostname=host),
+        ):
+            return None
+    except ssl.SSLCertVerificationError as exc:
+        return f"its TLS certificate is not trusted ({exc.verify_message}); check ca_certificates"
+    except ssl.SSLError as exc:
+        return f"the TLS handshake failed ({exc.reason or exc}); does the peer speak TLS?"
+    except OSError as exc:
+        return f"cannot connect: {exc}"
 
 
 def collect_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -119,6 +142,8 @@ def send(
         return report
     if not assoc.is_established:
         why = "rejected the association" if assoc.is_rejected else "did not answer"
+        if not assoc.is_rejected and tls is not None:
+            why = tls_problem(host, port, tls, timeout) or why
         for path, _ in datasets:
             report.failures[path] = f"{aet}@{host}:{port} {why}"
         return report

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -32,9 +33,10 @@ from dicomnode.ondemand import RequestError, request_study
 from dicomnode.retrieval import RetrieveError, StudyQuery, open_source
 from dicomnode.service import Node
 from dicomnode.testing.node import NODE_AE, settings_data, toml_document
-from dicomnode.testing.peers import DcmQRSCP, Orthanc, free_port
+from dicomnode.testing.peers import DcmQRSCP, Orthanc, TLSTerminator, free_port
 from dicomnode.workers import Worker
 from tests.conftest import sample_paths
+from tests.pki import make_pki
 from tests.test_durability import ct_study
 
 pytestmark = pytest.mark.slow
@@ -978,3 +980,75 @@ def test_a_hung_or_refusing_move_ends_in_a_sentence(tmp_path: Path, move: str) -
     finally:
         server.release.set()
         server.shutdown()
+
+
+# -- TLS ----------------------------------------------------------------------------------
+
+
+def test_tls_to_the_pacs_with_the_sites_ca_and_an_untrusted_certificate_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DICOM TLS (C-FIND, C-GET) and HTTPS (QIDO-RS, WADO-RS) to the PACS, trusting a site CA.
+
+    Orthanc speaks DICOM TLS itself; its DICOMweb is behind a TLS terminator
+    (see :class:`TLSTerminator` for why). Without the CA, each kind of source
+    fails with a sentence that says the certificate is not trusted, not that
+    the peer "did not answer".
+    """
+    # Many hosts set this; it must not override a source's own CA (psf/requests#3829).
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ssl.get_default_verify_paths().openssl_cafile)
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    with (
+        Orthanc(tmp_path / "orthanc", dicomweb=True, tls=pki) as orthanc,
+        TLSTerminator(("127.0.0.1", orthanc.http_port), pki / "server.pem", pki / "server.key")
+        as https,
+    ):
+        orthanc.add_modality("dicomnode", NODE_AE, "127.0.0.1", free_port())
+        studies = [ct(3, PatientID="TLS-1"), ct(2, PatientID="TLS-2")]
+        for n, datasets in enumerate(studies):
+            upload(orthanc, write_datasets(tmp_path / f"s{n}", datasets))
+        web = {"kind": "dicomweb", "url": f"{https.url}/dicom-web"}
+        settings = node_settings(
+            tmp_path,
+            sources=[
+                orthanc.source("pacs", retrieve="get"),
+                {"name": "pacsweb", **web, "ca_certificates": str(pki / "ca.pem")},
+                {**orthanc.source("untrusted"), "ca_certificates": None},
+                {"name": "webuntrusted", **web},
+            ],
+            # Results go back by STOW-RS over HTTPS, and by C-STORE over DICOM TLS.
+            destinations=[
+                {"name": "pacs", **web, "ca_certificates": str(pki / "ca.pem")},
+                {**orthanc.source("pacstls"), "kind": "dimse"},
+            ],
+            routes=[{**ROUTE, "send_to": ["pacs", "pacstls"]}],
+        )
+        for name, datasets in zip(("pacs", "pacsweb"), studies, strict=True):
+            (match,) = open_source(settings.source(name), settings.node).find_studies(
+                StudyQuery(patient_id=str(datasets[0].PatientID))
+            )
+            assert match.study_instance_uid == datasets[0].StudyInstanceUID
+        with pytest.raises(RetrieveError, match="its TLS certificate is not trusted"):
+            open_source(settings.source("untrusted"), settings.node).find_studies(StudyQuery())
+        with pytest.raises(RetrieveError, match="CERTIFICATE_VERIFY_FAILED.*check ca_certificates"):
+            open_source(settings.source("webuntrusted"), settings.node).find_studies(StudyQuery())
+        node = Node(settings, workers=1)
+        node.start()
+        try:
+            for source, datasets in zip(("pacs", "pacsweb"), studies, strict=True):
+                job = request_study(
+                    settings,
+                    JobQueue(node.sessions),
+                    pipeline="summary",
+                    study_instance_uid=str(datasets[0].StudyInstanceUID),
+                    source=source,
+                    requested_by="test",
+                )
+                done = wait_job(node, job.id)
+                assert done["status"] == "done", done
+                assert done["retrieve"]["received"] == len(datasets)
+                _assert_stored_as_sent(node, datasets)
+                assert [o["status"] for o in done["outputs"]] == ["sent", "sent"], done
+        finally:
+            node.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,63 +10,13 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from tests.conftest import NODE_AE
-
-
-def openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+from tests.pki import make_pki
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA."""
-    root = tmp_path_factory.mktemp("pki")
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test-ca",
-        "-keyout",
-        str(root / "ca.key"),
-        "-out",
-        str(root / "ca.pem"),
-    )
-    (root / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            f"/CN={name}",
-            "-keyout",
-            str(root / f"{name}.key"),
-            "-out",
-            str(root / f"{name}.csr"),
-        )
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            str(root / f"{name}.csr"),
-            "-CA",
-            str(root / "ca.pem"),
-            "-CAkey",
-            str(root / "ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            str(root / "san.cnf"),
-            "-out",
-            str(root / f"{name}.pem"),
-        )
-    return root
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def tls_echo(port: int, pki: Path, *, with_client_cert: bool) -> bool:

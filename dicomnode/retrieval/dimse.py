@@ -56,7 +56,10 @@ from dicomnode.retrieval.query import (
     StudyQuery,
     identifier,
 )
-from dicomnode.scu import _NODELAY  # also installs the pynetdicom fixes every SCU here needs
+from dicomnode.scu import (  # also installs the pynetdicom fixes every SCU here needs
+    _NODELAY,
+    tls_problem,
+)
 from dicomnode.store import InstanceStore, Provenance, StoreError
 
 log = logging.getLogger(__name__)
@@ -139,6 +142,9 @@ class DimseSource:
                 why = "rejected the association (is this node's AE title allowed there?)"
             else:
                 why = "did not answer (is it running, and is the port right?)"
+                if tls is not None:
+                    problem = tls_problem(str(config.host), int(config.port or 0), tls)
+                    why = f"refused TLS: {problem}" if problem else why
             raise RetrieveError(f"{what}: {self.name} {why}")
         try:
             yield assoc

@@ -12,6 +12,7 @@ the environment is on PATH.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import glob
 import json
@@ -20,8 +21,10 @@ import pwd
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -321,13 +324,17 @@ class Orthanc(_Process):
         modalities: dict[str, list[Any]] | None = None,
         dicomweb: bool = False,
         config: dict[str, Any] | None = None,
+        tls: Path | None = None,
     ) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="orthanc-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.aet = aet
         self.dicom_port = free_port()
         self.http_port = free_port()
+        self.tls = tls
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.log = self.workdir / "orthanc.log"
+        config = {**self._tls_config(tls), **(config or {})}
         config = {
             "Name": "dicomnode-test",
             "DicomAet": aet,
@@ -349,7 +356,6 @@ class Orthanc(_Process):
             **(config or {}),  # e.g. users and passwords, DicomAlwaysAllowFind
         }
         self.config_path = self.workdir / "orthanc.json"
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(config, indent=1))
         import httpx
 
@@ -360,8 +366,29 @@ class Orthanc(_Process):
             else None
         )
         self.client: httpx.Client = httpx.Client(
-            base_url=self.url, timeout=60, trust_env=False, auth=auth
+            base_url=self.url,
+            timeout=60,
+            trust_env=False,
+            auth=auth,
         )
+
+    def _tls_config(self, tls: Path | None) -> dict[str, Any]:
+        """DICOM TLS with *tls*'s ``server.pem``/``server.key`` (CA ``ca.pem``).
+
+        Client certificates are not required, so a node without one can
+        connect. HTTP stays plain: Debian's Orthanc 1.10.1 crashes (SIGSEGV) on
+        its first HTTPS request with OpenSSL 3, so HTTPS is tested through a
+        :class:`TLSTerminator` in front of it, as sites often run nginx.
+        """
+        if tls is None:
+            return {}
+        return {
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(tls / "server.pem"),
+            "DicomTlsPrivateKey": str(tls / "server.key"),
+            "DicomTlsTrustedCertificates": str(tls / "ca.pem"),
+            "DicomTlsRemoteCertificateRequired": False,
+        }
 
     def start(self) -> None:
         with self.log.open("ab") as log:
@@ -386,8 +413,12 @@ class Orthanc(_Process):
         return {"name": name, "ae_title": self.aet, "host": "127.0.0.1", "port": self.dicom_port}
 
     def source(self, name: str = "pacs", **keys: Any) -> dict[str, Any]:
-        """This Orthanc as a DIMSE ``[[sources]]`` entry (*keys*: e.g. ``retrieve="get"``)."""
-        return {**self.destination(name), "kind": "dimse", **keys}
+        """This Orthanc as a DIMSE ``[[sources]]`` entry (*keys*: e.g. ``retrieve="get"``).
+
+        With TLS, the entry turns it on and trusts the test CA.
+        """
+        tls = {"tls": True, "ca_certificates": str(self.tls / "ca.pem")} if self.tls else {}
+        return {**self.destination(name), "kind": "dimse", **tls, **keys}
 
     @property
     def dicomweb_url(self) -> str:
@@ -452,6 +483,65 @@ class Orthanc(_Process):
         """Remove every patient (and so every instance)."""
         for patient in self.client.get("/patients").json():
             self.client.delete(f"/patients/{patient}")
+
+
+class TLSTerminator:
+    """HTTPS in front of a plain HTTP server on loopback, as nginx would be at a site.
+
+    ``https://127.0.0.1:{port}`` forwards every byte, decrypted, to *target*;
+    a client that does not trust *certificate* fails its handshake here.
+    asyncio does the TLS (one event loop in a daemon thread), which is safe
+    where reading and writing one ``ssl.SSLSocket`` from two threads is not.
+    """
+
+    def __init__(self, target: tuple[str, int], certificate: Path, private_key: Path) -> None:
+        self.target = target
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._context.load_cert_chain(str(certificate), str(private_key))
+        self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(self._quiet_handshake_failures)
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    @staticmethod
+    def _quiet_handshake_failures(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """A client refusing our certificate is what some tests want, not an error to print."""
+        if not isinstance(context.get("exception"), ssl.SSLError | ConnectionError):
+            loop.default_exception_handler(context)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    async def _connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        await asyncio.gather(
+            self._pump(reader, upstream_writer), self._pump(upstream_reader, writer)
+        )
+
+    async def _serve(self) -> asyncio.Server:
+        return await asyncio.start_server(
+            self._connection, "127.0.0.1", self.port, ssl=self._context
+        )
+
+    def __enter__(self) -> TLSTerminator:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
 
 
 class DcmQRSCP(_Process):
