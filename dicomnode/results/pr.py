@@ -176,6 +176,9 @@ def write_presentation_state(
         graphic_annotations=graphic_annotations,
         graphic_layers=list(layers.values()),
     )
+    for layer in gsps.GraphicLayerSequence:
+        # Viewers of the grayscale era read this one, not the CIELab colour: full white.
+        layer.GraphicLayerRecommendedDisplayGrayscaleValue = 0xFFFF
     gsps.SeriesDescription = series.described(algorithm.notice)
     copy_body_part(gsps, referenced[0])
     return declare_private_schemes(gsps)
