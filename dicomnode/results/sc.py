@@ -23,6 +23,7 @@ from dicomnode.results.common import (
     SeriesSpec,
     copy_body_part,
     result_uid,
+    software_versions,
 )
 from dicomnode.results.palette import RGB
 
@@ -118,7 +119,15 @@ def _secondary_capture(
     sc.SeriesDescription = series.described(algorithm.notice)
     sc.ImageComments = f"{algorithm.name} {algorithm.version}: {algorithm.notice}"[:10240]
     sc.BurnedInAnnotation = "YES"
+    sc.ManufacturerModelName = algorithm.name[:64]
+    sc.SoftwareVersions = software_versions()
     copy_body_part(sc, image)
+    # The image it was made from (General Image, Source Image Sequence).
+    source = Dataset()
+    source.ReferencedSOPClassUID = image.SOPClassUID
+    source.ReferencedSOPInstanceUID = image.SOPInstanceUID
+    sc.SourceImageSequence = [source]
+    sc.DerivationDescription = f"{algorithm.name} {algorithm.version}: findings drawn"[:1024]
     return sc
 
 

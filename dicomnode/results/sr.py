@@ -143,6 +143,9 @@ class ClassificationFinding:
     answer_concept: Code | None = None
     # The probability of the answer (0..1), as DCM "Certainty of Finding".
     certainty: float | None = None
+    # False: the class values are a model's scores, not calibrated probabilities, and are
+    # stated as "Score of <class>".
+    calibrated: bool = True
     # The box of the graded area of the source image, (left, top, right, bottom) in image
     # coordinates (0, 0: the top left corner of the top left pixel); default: all of it.
     # The SR draws the ellipse inscribed in it.
@@ -171,8 +174,12 @@ class SegmentVolumeFinding:
 
 
 def _observation_context(algorithm: AlgorithmInfo, uid_key: str) -> hd.sr.ObservationContext:
+    # TID 1004: the model is the observer (IHE AIR wants it identified by name and version).
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=result_uid(uid_key, "device"), name=algorithm.name[:64], manufacturer_name=MANUFACTURER
+        uid=result_uid(uid_key, "device"),
+        name=algorithm.name[:64],
+        manufacturer_name=MANUFACTURER,
+        model_name=f"{algorithm.name} {algorithm.version}"[:64],
     )
     return hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
@@ -477,8 +484,9 @@ def _classification_group(
     if result.certainty is not None:
         numbers.append((CERTAINTY, _significant(100.0 * result.certainty), PERCENT))
     ranked = sorted(enumerate(result.probabilities.items()), key=lambda item: -item[1][1])
+    kind, prefix = ("Probability", "P") if result.calibrated else ("Score", "S")
     numbers += [
-        (private(f"P{n}", f"Probability of {name}"[:64]), _significant(100.0 * p), PERCENT)
+        (private(f"{prefix}{n}", f"{kind} of {name}"[:64]), _significant(100.0 * p), PERCENT)
         for n, (name, p) in ranked
     ]
     numbers += [(name, _significant(value), unit) for name, value, unit in result.measurements]
