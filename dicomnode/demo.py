@@ -180,13 +180,10 @@ def run_demo(workdir: Path, *, keep: bool = False, timeout: float = 300.0) -> in
 
 
 def _kind(sop_class_uid: str) -> str:
-    """SEG, SR or SC for the job table."""
-    from pydicom.uid import UID
+    """SEG, SR, GSPS or SC for the job table."""
+    from dicomnode.outputs import output_kind
 
-    name = UID(sop_class_uid).name
-    if "Segmentation" in name:
-        return "SEG"
-    return "SR" if "SR" in name else "SC" if "Capture" in name else "?"
+    return (output_kind(sop_class_uid) or "?").upper()
 
 
 def _wait_for_jobs(queue: JobQueue, *, expected: int, timeout: float) -> list[dict[str, object]]:
