@@ -20,8 +20,9 @@ finding's SEG segment label) and one Tracking UID (the segment's):
   it spans, its key slice first (TID 1411, what OHIF draws), with the volume
   (mL) of its SEG segment, then its centre as a point (TID 1410);
 - graded images (:func:`write_classification_report`): the graded area of the
-  image as a rectangle (TID 1410) with the coded answer, its certainty,
-  probabilities, flags and the heat maps as "Illustration of ROI".
+  image as an ellipse (TID 1410; the round field of view of a photograph)
+  with the coded answer, its certainty, probabilities, flags and the heat
+  maps as "Illustration of ROI".
 
 "Nothing found" is a group too: the evaluation "<finding>: Absent" over every
 source image (TID 1411, a rectangle of each whole image).
@@ -347,6 +348,32 @@ def _report(
     return declare_private_schemes(sr)
 
 
+def _segment_report(
+    source_images: Sequence[Dataset],
+    groups: list[Any],
+    *,
+    segmentation: Dataset | None,
+    algorithm: AlgorithmInfo,
+    series: SeriesSpec,
+    uid_key: str,
+    procedure: Code,
+    empty_finding: Code,
+) -> hd.sr.Comprehensive3DSR:
+    """The tail of the nodule and volume reports: "nothing found" when empty, the SEG as evidence."""
+    if not groups:
+        identification = algorithm.sr_identification()
+        groups = [_absent_group(empty_finding, source_images, identification, uid_key)]
+    return _report(
+        source_images,
+        groups,
+        procedure=procedure,
+        algorithm=algorithm,
+        series=series,
+        uid_key=uid_key,
+        derived=[segmentation] if segmentation is not None else [],
+    )
+
+
 # -- nodules: centre, key-slice ellipse, outlines with volume and certainty -------------------
 
 
@@ -444,16 +471,15 @@ def write_measurement_report(
                 finding, index, source_images, segmentation, identification, uid_key, score_concept
             )
         )
-    if not groups:
-        groups = [_absent_group(empty_finding, source_images, identification, uid_key)]
-    return _report(
+    return _segment_report(
         source_images,
         groups,
-        procedure=procedure,
+        segmentation=segmentation,
         algorithm=algorithm,
         series=series,
         uid_key=uid_key,
-        derived=[segmentation] if segmentation is not None else [],
+        procedure=procedure,
+        empty_finding=empty_finding,
     )
 
 
@@ -638,14 +664,13 @@ def write_volume_report(
         for finding in findings
         for group in _volume_groups(finding, source_images, segmentation, identification, uid_key)
     ]
-    if not groups:
-        groups = [_absent_group(empty_finding, source_images, identification, uid_key)]
-    return _report(
+    return _segment_report(
         source_images,
         groups,
-        procedure=procedure,
+        segmentation=segmentation,
         algorithm=algorithm,
         series=series,
         uid_key=uid_key,
-        derived=[segmentation] if segmentation is not None else [],
+        procedure=procedure,
+        empty_finding=empty_finding,
     )
