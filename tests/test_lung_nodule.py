@@ -20,6 +20,7 @@ from dicomnode.pipelines.lung_nodule.detector import detector_settings
 from dicomnode.pipelines.lung_nodule.findings import grow_mask, measure
 from dicomnode.pipelines.lung_nodule.preprocessing import boxes_to_lps, lps_to_boxes, network_input
 from dicomnode.pipelines.volume import Volume, load_series
+from dicomnode.results.codes import SCORE
 from dicomnode.synthetic.ct import Nodule, nodule_labels, write_chest_ct_study
 from dicomnode.testing.peers import dciodvfy
 from tests.readers import absent, nodule_findings
@@ -266,7 +267,10 @@ def test_model_zoo_bundle_runs_on_raw_dicom(tmp_path: Path) -> None:
     for result in results:
         assert dciodvfy(result.path) == []
     # Random weights: two boxes with the top scores, each reported with a mask inside the CT.
-    assert len(nodule_findings(next(r.path for r in results if r.sop_class_uid == SR_CLASS))) == 2
+    found = nodule_findings(next(r.path for r in results if r.sop_class_uid == SR_CLASS))
+    assert len(found) == 2
+    # A bundle without a calibration states the detector's score as a score.
+    assert {f["score_concept"].value for f in found} == {SCORE.value}
 
 
 # -- end to end: storescu → node → lung_nodule → Orthanc ------------------------------------

@@ -151,14 +151,20 @@ def write_report(
     overlays: Sequence[Dataset | None],
     writer: ResultWriter,
     rules: GradingRules,
+    *,
+    calibrated: bool,
 ) -> Dataset:
-    """The SR: a group per photograph, then one per eye (graded as its worst photograph)."""
+    """The SR: a group per photograph, then one per eye (graded as its worst photograph).
+
+    Calibrated probabilities are stated as probabilities, the answer's as its
+    "Certainty of Finding"; uncalibrated ones as scores, without a certainty.
+    """
     from dicomnode.results import write_classification_report
 
     c = grade_codes()
 
     def finding(members: list[int], label: str, eye: str | None = None) -> ClassificationFinding:
-        return _finding(graded, overlays, members, label, eye, rules, c)
+        return _finding(graded, overlays, members, label, eye, rules, c, calibrated)
 
     findings = [finding([n], f"Image {n + 1}") for n in range(len(graded))]
     for eye, label in (("R", "Right eye"), ("L", "Left eye")):
@@ -184,6 +190,7 @@ def _finding(
     eye: str | None,
     rules: GradingRules,
     c: dict[str, Any],
+    calibrated: bool,
 ) -> ClassificationFinding:
     """One group: a photograph, or an eye (graded as its worst photograph)."""
     from pydicom.sr.codedict import codes
@@ -204,7 +211,8 @@ def _finding(
         source_indices=tuple(members),
         finding=c["grades"][grade],
         answer_concept=c["question"][laterality],
-        certainty=float(item.probabilities[grade]),
+        certainty=float(item.probabilities[grade]) if calibrated else None,
+        calibrated=calibrated,
         region=graded_area(item),
         probabilities={
             name: float(p) for name, p in zip(GRADE_NAMES, item.probabilities, strict=True)

@@ -17,8 +17,8 @@ from dicomnode.pipelines.volume import Volume
 
 if TYPE_CHECKING:
     from pydicom import Dataset
-    from pydicom.sr.coding import Code
 
+    from dicomnode.pipelines.calibration import ScoreCalibration
     from dicomnode.pipelines.model import ResultWriter
     from dicomnode.results import NoduleFinding, SegmentSpec
 
@@ -29,16 +29,17 @@ def write_results(
     writer: ResultWriter,
     *,
     key_images: bool,
-    score_concept: Code | None = None,
+    calibration: ScoreCalibration | None = None,
 ) -> list[Dataset]:
     """SEG, GSPS and key image (when there are nodules and they are asked for), then the SR.
 
-    No nodule is a valid result: an SR saying "Nodule: Absent". *score_concept*
-    is what the SR calls each nodule's score (default: "Certainty of Finding",
-    for a calibrated probability).
+    No nodule is a valid result: an SR saying "Nodule: Absent". With a
+    *calibration* each nodule's score becomes the probability that it is one,
+    stated as "Certainty of Finding"; without, the detector's score is stated as
+    such ("Score").
     """
     from dicomnode.results import segment_annotations, write_measurement_report
-    from dicomnode.results.codes import CERTAINTY
+    from dicomnode.results.codes import CERTAINTY, SCORE
     from dicomnode.results.outlines import segment_outlines
 
     source = list(volume.source)
@@ -52,10 +53,10 @@ def write_results(
         outputs.append(segmentation)
         drawn = segment_outlines(labels)
     nodules = [
-        _nodule(found, number, volume, drawn.get(number, {}))
+        _nodule(found, number, volume, drawn.get(number, {}), calibration)
         for number, found in enumerate(findings, start=1)
     ]
-    texts = {n: f"Nodule {n} {f.long_axis_mm:.0f} mm" for n, f in enumerate(nodules, start=1)}
+    texts = {n: _text(n, f, calibration is not None) for n, f in enumerate(nodules, start=1)}
     gsps = writer.presentation_state(
         source, segment_annotations(segments, drawn, writer.uid_key, texts)
     )
@@ -71,10 +72,16 @@ def write_results(
             algorithm=writer.algorithm,
             series=writer.series("sr"),
             uid_key=writer.uid_key,
-            score_concept=score_concept or CERTAINTY,
+            score_concept=CERTAINTY if calibration is not None else SCORE,
         )
     )
     return outputs
+
+
+def _text(number: int, nodule: NoduleFinding, calibrated: bool) -> str:
+    """The GSPS label: what a radiologist with only the presentation state reads."""
+    score = f"{100 * nodule.score:.0f} %" if calibrated else f"score {nodule.score:.2f}"
+    return f"Nodule {number} {nodule.long_axis_mm:.0f} mm {score}"
 
 
 def _labels(findings: Sequence[Detection], volume: Volume) -> np.ndarray:
@@ -95,7 +102,11 @@ def _segments(findings: Sequence[Detection]) -> list[SegmentSpec]:
 
 
 def _nodule(
-    found: Detection, number: int, volume: Volume, drawn: dict[int, list[np.ndarray]]
+    found: Detection,
+    number: int,
+    volume: Volume,
+    drawn: dict[int, list[np.ndarray]],
+    calibration: ScoreCalibration | None,
 ) -> NoduleFinding:
     from dicomnode.results import NoduleFinding, Outline
     from dicomnode.results.sr import ellipsoid_of
@@ -106,7 +117,7 @@ def _nodule(
         center_mm=found.center_lps,
         long_axis_mm=round(found.long_axis_mm, 1),
         volume_mm3=round(found.volume_mm3, 1),
-        score=round(found.score, 3),
+        score=round(float(calibration(found.score)) if calibration else found.score, 3),
         key_slice=int(np.clip(centre_slice, 0, len(volume.source) - 1)),
         segment_number=number,
         label=f"Nodule {number}",
