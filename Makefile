@@ -8,7 +8,9 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools postgresql libgdcm-tools docker-compose openssl chromium chromium-driver
 PYTEST_ARGS ?=
 
-.PHONY: demo test install system-deps lint typecheck bench clean
+VIEWER := tests/viewer
+
+.PHONY: demo test install system-deps viewer-deps lint typecheck bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -41,13 +43,28 @@ system-deps:
 	  else echo "make test: missing $(APT_PACKAGES); install them (as root) first" >&2; exit 1; fi; \
 	fi
 
+# Readers we did not write, for tests/test_viewers.py: the Cornerstone3D adapters (npm ci,
+# from the committed lock file) and the prebuilt OHIF viewer (its integrity pinned in
+# tests/viewer/package.json). Node.js and npm come from Debian when root and missing.
+viewer-deps: $(VIEWER)/node_modules/.installed $(VIEWER)/ohif-dist/.version
+
+$(VIEWER)/node_modules/.installed: $(VIEWER)/package.json $(VIEWER)/package-lock.json
+	@command -v npm >/dev/null || { if [ "$$(id -u)" = 0 ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; \
+	  else echo "make test: install Node.js and npm first" >&2; exit 1; fi; }
+	cd $(VIEWER) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(VIEWER)/ohif-dist/.version: $(VIEWER)/package.json | $(VIEWER)/node_modules/.installed
+	python3 $(VIEWER)/install_ohif.py
+
 lint: install
 	$(VENV)/bin/ruff check dicomnode tests bench train
 
 typecheck: install
 	$(VENV)/bin/mypy dicomnode train
 
-test: install system-deps
+test: install system-deps viewer-deps
 	$(VENV)/bin/ruff check dicomnode tests bench train
 	$(VENV)/bin/mypy dicomnode train
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -61,4 +78,4 @@ bench: install system-deps
 	$(PY) bench/fundus.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(VIEWER)/node_modules $(VIEWER)/ohif-dist

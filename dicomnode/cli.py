@@ -128,9 +128,9 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
         print(json.dumps(jobs, indent=1))
         return 0
     for job in jobs:
-        job["outputs"] = (
-            f"{sum(o['status'] == 'sent' for o in job['outputs'])}/{len(job['outputs'])} sent"
-        )
+        # Objects a destination does not take (its `outputs`) are not owed to it.
+        owed = [o for o in job["outputs"] if o["status"] != "skipped"]
+        job["outputs"] = f"{sum(o['status'] == 'sent' for o in owed)}/{len(owed)} sent"
         job["error"] = (job["error"] or "")[:60]
     _print_table(
         jobs, ["id", "status", "pipeline", "study_instance_uid", "created_at", "outputs", "error"]

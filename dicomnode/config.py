@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dicomnode.outputs import OUTPUT_KINDS, OutputKind, every_kind
+
 ENV_PREFIX = "DICOMNODE_"
 DEFAULT_CONFIG_NAME = "dicomnode.toml"
 
@@ -344,6 +346,21 @@ class RemoteConfig(_Section):
 class DestinationConfig(RemoteConfig):
     """A peer results are sent to: C-STORE (``kind = "dimse"``) or STOW-RS (``"dicomweb"``)."""
 
+    # Which result objects this peer gets (dicomnode.outputs): e.g. a PACS that shows
+    # neither SEG nor SR takes ["gsps", "sc"]. Default: all of them.
+    outputs: list[OutputKind] = Field(default_factory=every_kind)
+
+    @field_validator("outputs")
+    @classmethod
+    def _some_outputs(cls, value: list[OutputKind]) -> list[OutputKind]:
+        if not value:
+            raise ValueError(f"must list at least one of {', '.join(OUTPUT_KINDS)}")
+        return value
+
+    def takes(self, kind: str | None) -> bool:
+        """Whether this destination gets objects of *kind* (None: a kind no filter covers)."""
+        return kind is None or kind in self.outputs
+
 
 class SourceConfig(RemoteConfig):
     """A PACS the node may query and retrieve studies from (``[[sources]]``).
@@ -419,6 +436,7 @@ class ResultOptions(PipelineOptions):
     seg_series_number: int = Field(9901, ge=1, description="Series Number of the SEG")
     sr_series_number: int = Field(9902, ge=1, description="Series Number of the SR")
     sc_series_number: int = Field(9903, ge=1, description="Series Number of key images")
+    pr_series_number: int = Field(9904, ge=1, description="Series Number of the GSPS")
     series_description: str | None = Field(
         None, description="start of result Series Descriptions (default: the pipeline name)"
     )
@@ -426,15 +444,24 @@ class ResultOptions(PipelineOptions):
         True, description="Secondary Capture copies for viewers without SEG/SR"
     )
     omit_empty_frames: bool = Field(True, description="SEG frames only where a segment is")
+    presentation_states: bool = Field(
+        True, description="a GSPS outlining the findings on the source images (greyscale only)"
+    )
 
     def result_series(self, kind: str, pipeline: str) -> tuple[int, str]:
-        """(Series Number, Series Description) for result *kind* ("seg", "sr" or "sc")."""
+        """(Series Number, Series Description) for result *kind* ("seg", "sr", "sc" or "pr")."""
         number = {
             "seg": self.seg_series_number,
             "sr": self.sr_series_number,
             "sc": self.sc_series_number,
+            "pr": self.pr_series_number,
         }[kind]
-        label = {"seg": "segmentation", "sr": "report", "sc": "key images"}[kind]
+        label = {
+            "seg": "segmentation",
+            "sr": "report",
+            "sc": "key images",
+            "pr": "outlines",
+        }[kind]
         return number, f"{self.series_description or pipeline} {label}"
 
 

@@ -16,6 +16,10 @@ SOP Instance UIDs never change and a PACS sees at most a duplicate it ignores.
 Destination ``sender`` is the calling AE of the study: its address comes from
 ``[[senders]]`` in config, else from the association's peer address on the
 node's port configured for that AE title.
+
+A destination gets only the kinds of object its ``outputs`` lists (SEG, SR,
+GSPS, SC: :mod:`dicomnode.outputs`); the others are marked ``skipped`` for it,
+never sent. ``sender`` gets every kind.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from dicomnode.database import write_transaction
 from dicomnode.jobs import add_event
 from dicomnode.metrics import NodeMetrics
 from dicomnode.models import Job, JobStatus, Output, OutputStatus, Study, utcnow
+from dicomnode.outputs import output_kind
 from dicomnode.scu import SendReport, send
 
 log = logging.getLogger(__name__)
@@ -136,8 +141,20 @@ class Deliverer:
             tls=peer.tls,
         )
 
+    def _taken(self, destination: str, outputs: list[Output]) -> list[Output]:
+        """The outputs *destination* takes by its ``outputs`` kinds (``sender``: all)."""
+        try:
+            dest = self.settings.destination(destination)
+        except KeyError:
+            return outputs
+        return [o for o in outputs if dest.takes(output_kind(o.sop_class_uid))]
+
     def _deliver(self, job_id: int, destination: str, outputs: list[Output], study: Study) -> int:
-        paths = {o.id: self.storage / o.path for o in outputs}
+        taken = self._taken(destination, outputs)
+        skipped = [o.id for o in outputs if o not in taken]
+        if not taken:
+            return self._record(job_id, destination, {}, 0.0, skipped=skipped)
+        paths = {o.id: self.storage / o.path for o in taken}
         started = time.perf_counter()
         warnings: dict[int, str] = {}
         try:
@@ -145,9 +162,14 @@ class Deliverer:
             errors = {oid: report.failures.get(path) for oid, path in paths.items()}
             warnings = {oid: report.warnings[p] for oid, p in paths.items() if p in report.warnings}
         except (DeliveryError, KeyError, OSError) as exc:
-            errors = {o.id: str(exc) for o in outputs}
+            errors = {o.id: str(exc) for o in taken}
         return self._record(
-            job_id, destination, errors, time.perf_counter() - started, warnings=warnings
+            job_id,
+            destination,
+            errors,
+            time.perf_counter() - started,
+            warnings=warnings,
+            skipped=skipped,
         )
 
     def _record(
@@ -158,12 +180,25 @@ class Deliverer:
         seconds: float,
         *,
         warnings: dict[int, str] | None = None,
+        skipped: list[int] | None = None,
     ) -> int:
         warnings = warnings or {}
         now = utcnow()
         sent = 0
         with write_transaction(self.sessions) as session:
             job = session.get_one(Job, job_id)
+            if skipped:
+                for output in session.execute(
+                    select(Output).where(Output.id.in_(skipped))
+                ).scalars():
+                    output.status = OutputStatus.SKIPPED
+                kinds = ", ".join(self.settings.destination(destination).outputs)
+                add_event(
+                    session,
+                    job_id,
+                    "delivery",
+                    f"{len(skipped)} object(s) not for {destination} (it takes {kinds})",
+                )
             for output in session.execute(
                 select(Output).where(Output.id.in_(list(errors)))
             ).scalars():
@@ -205,7 +240,8 @@ class Deliverer:
                 )
             session.flush()
             self._settle(session, job, now)
-        self._count(job_id, job.study_instance_uid, destination, sent, len(failed))
+        if errors:
+            self._count(job_id, job.study_instance_uid, destination, sent, len(failed))
         return sent
 
     def _count(self, job_id: int, study: str, destination: str, sent: int, failed: int) -> None:

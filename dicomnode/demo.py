@@ -110,8 +110,12 @@ def demo_settings(workdir: Path, port: int, pacs_port: int | None = None) -> Set
     )
 
 
-def _generate(folder: Path) -> dict[str, list[Path]]:
-    """One synthetic study per pipeline: chest CT, four-sequence head MR, both-eye fundus."""
+def demo_studies(folder: Path) -> dict[str, list[Path]]:
+    """The demo's studies under *folder*: chest CT, four-sequence head MR, both-eye fundus.
+
+    Seeded, so every run (and tests/test_viewers.py, which opens their results
+    in OHIF) gets the same images. Returns label -> files.
+    """
     from dicomnode.synthetic.ct import write_chest_ct_study
     from dicomnode.synthetic.fundus import write_fundus_study
     from dicomnode.synthetic.mr import write_mr_study
@@ -145,7 +149,7 @@ def run_demo(workdir: Path, *, keep: bool = False, timeout: float = 300.0) -> in
     node.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            studies = _generate(Path(tmp))
+            studies = demo_studies(Path(tmp))
             for label, files in studies.items():
                 started = time.perf_counter()
                 # Generous timeouts: the first worker is loading three models on the same CPU meanwhile.
@@ -176,13 +180,10 @@ def run_demo(workdir: Path, *, keep: bool = False, timeout: float = 300.0) -> in
 
 
 def _kind(sop_class_uid: str) -> str:
-    """SEG, SR or SC for the job table."""
-    from pydicom.uid import UID
+    """SEG, SR, GSPS or SC for the job table."""
+    from dicomnode.outputs import output_kind
 
-    name = UID(sop_class_uid).name
-    if "Segmentation" in name:
-        return "SEG"
-    return "SR" if "SR" in name else "SC" if "Capture" in name else "?"
+    return (output_kind(sop_class_uid) or "?").upper()
 
 
 def _wait_for_jobs(queue: JobQueue, *, expected: int, timeout: float) -> list[dict[str, object]]:

@@ -89,6 +89,7 @@ class OutputStatus(enum.StrEnum):
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
+    SKIPPED = "skipped"  # the destination does not take this kind of object (its ``outputs``)
 
 
 naming_convention = {

@@ -45,11 +45,14 @@ from dicomnode.synthetic.mr import (
     write_mr_study,
 )
 from dicomnode.testing.peers import dciodvfy
+from tests.readers import absent, region_volumes
 
 SEED = 21  # held out: train/brain uses seeds 1000+ (training) and 5000+ (validation)
 MODEL_ZOO = Path(__file__).parent / "data" / "model_zoo" / "brats_mri_segmentation"
 SHIPPED_BUNDLE = Path(__file__).parents[1] / "models" / "brain_tumor_mri"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+PR_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"
 
 
 @pytest.fixture(scope="module")
@@ -386,14 +389,7 @@ def check_results(paths: dict[str, Path], study: MRStudyTruth) -> dict[str, floa
     """Dice of the SEG against the truth, SR volumes relative to the truth volumes (-1: none)."""
     labels = seg_labels(paths["seg"], study.series["T1c"])
     truth = study.labels
-    content = hd.sr.srread(paths["sr"]).content
-    volumes = {
-        g.tracking_identifier: g.get_measurements(name=codes.SCT.Volume)[0].value
-        for g in [
-            *content.get_volumetric_roi_measurement_groups(),
-            *content.get_image_measurement_groups(),
-        ]
-    }
+    volumes = {label: found["volume"] for label, found in region_volumes(paths["sr"]).items()}
     # The whole-tumour group is the sum of the segment groups.
     assert sum(v for k, v in volumes.items() if k != "Whole tumour") == pytest.approx(
         volumes["Whole tumour"], abs=0.01
@@ -439,18 +435,19 @@ def test_storescu_to_node_to_orthanc(
         assert time.monotonic() - start < 240
         queued = next(e for e in job["events"] if e["stage"] == "queued")
         assert "required series present" in queued["message"]
-        assert [o["status"] for o in job["outputs"]] == ["sent", "sent"]
+        assert [o["status"] for o in job["outputs"]] == ["sent"] * 3  # SEG, GSPS, SR
         paths = {}
+        kinds = {SEG_CLASS: "seg", SR_CLASS: "sr", PR_CLASS: "pr"}
         for output in job["outputs"]:
             path = node.store.root / output["path"]
             assert dciodvfy(path) == []
-            paths["seg" if output["sop_class_uid"] == SEG_CLASS else "sr"] = path
+            paths[kinds[output["sop_class_uid"]]] = path
         orthanc_study = orthanc.find_study(study.study_instance_uid)
         assert orthanc_study is not None
         modalities = sorted(
             s["MainDicomTags"]["Modality"] for s in orthanc.series_of_study(orthanc_study)
         )
-        assert modalities == ["SEG", "SR"]  # results in the source study (sources not pushed)
+        assert modalities == ["PR", "SEG", "SR"]  # results in the source study (sources not pushed)
         scores = check_results(paths, study)
         print(scores)
         assert scores["WT"] >= 0.9 and scores["TC"] >= 0.85 and scores["ET"] >= 0.8, scores
@@ -472,6 +469,4 @@ def test_no_tumour_gives_an_empty_report_and_no_seg(
     (report,) = pipeline.run(context(series, tmp_path / "work", events))
     assert report.sop_class_uid == "1.2.840.10008.5.1.4.1.1.88.34"
     assert dciodvfy(report.path) == []
-    (group,) = hd.sr.srread(report.path).content.get_image_measurement_groups()
-    evaluation = group.get_qualitative_evaluations(name=codes.SCT.Neoplasm)[0]
-    assert evaluation.value == codes.SCT.Absent
+    assert absent(report.path, codes.SCT.Neoplasm)

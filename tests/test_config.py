@@ -434,3 +434,36 @@ def test_sources_dicomweb_destinations_and_secrets_from_the_environment(
     assert settings.api.tokens[0].role == "store" and settings.api.stow
     with pytest.raises(ValueError, match="cloud is a DICOMweb peer, not a DIMSE one"):
         settings.destination("cloud").dimse_peer()
+
+
+def test_destination_outputs_choose_the_kinds_of_result_it_gets(tmp_path: Path) -> None:
+    from dicomnode.outputs import output_kind
+
+    path = tmp_path / "dicomnode.toml"
+    path.write_text(
+        SPEC_EXAMPLE
+        + '[[destinations]]\nname = "legacy"\nae_title = "OLDPACS"\nhost = "10.0.0.9"\n'
+        + 'port = 104\noutputs = ["gsps", "sc"]\n'
+    )
+    settings = load_settings(path, resolve=False, environ={})
+    modern, legacy = settings.destination("pacs"), settings.destination("legacy")
+    assert modern.outputs == ["seg", "sr", "gsps", "sc"]  # default: everything
+    assert legacy.outputs == ["gsps", "sc"]
+    seg, sr, gsps, sc, ct = (
+        "1.2.840.10008.5.1.4.1.1.66.4",
+        "1.2.840.10008.5.1.4.1.1.88.34",
+        "1.2.840.10008.5.1.4.1.1.11.1",
+        "1.2.840.10008.5.1.4.1.1.7",
+        "1.2.840.10008.5.1.4.1.1.2",
+    )
+    assert [legacy.takes(output_kind(uid)) for uid in (seg, sr, gsps, sc)] == [
+        False,
+        False,
+        True,
+        True,
+    ]
+    assert legacy.takes(output_kind(ct))  # a kind no filter covers goes everywhere
+    for bad, message in (('["pdf"]', "outputs.0: Input should be"), ("[]", "outputs: must list")):
+        path.write_text(SPEC_EXAMPLE.replace("port = 4242\n", f"port = 4242\noutputs = {bad}\n"))
+        with pytest.raises(ConfigError, match=rf"^destinations\.0\.{message}"):
+            load_settings(path, resolve=False, environ={})

@@ -1,4 +1,4 @@
-"""Delivery: retries to exhaustion, admin retry, restart, 'sender', TLS destinations."""
+"""Delivery: retries to exhaustion, admin retry, restart, 'sender', TLS, per-destination outputs."""
 
 from __future__ import annotations
 
@@ -141,3 +141,52 @@ def test_tls_destination(make_settings, start_node, tmp_path: Path, pki: Path) -
     with pacs.sessions() as session:
         uids = session.execute(select(Instance.sop_instance_uid)).scalars().all()
     assert uids == [job["outputs"][0]["sop_instance_uid"]]
+
+
+def test_each_destination_gets_the_kinds_of_result_it_takes(
+    make_settings, start_node, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from dicomnode.outputs import output_kind
+    from dicomnode.synthetic import Nodule, ct_series, write_series
+
+    # A PACS that shows SEG and SR, and one of the kind that shows only GSPS and images.
+    with (
+        Orthanc(tmp_path / "modern", aet="MODERN") as modern,
+        Orthanc(tmp_path / "legacy", aet="LEGACY") as legacy,
+    ):
+        settings = make_settings(
+            destinations=[
+                {**modern.destination("modern"), "outputs": ["seg", "sr"]},
+                {**legacy.destination("legacy"), "outputs": ["gsps", "sc"]},
+            ],
+            routes=[
+                {
+                    "pipeline": "spheres",
+                    "match": {"Modality": "CT"},
+                    "send_to": ["modern", "legacy"],
+                }
+            ],
+            pipelines={"spheres": {"type": "tests.pipelines:HyperdenseSpheres"}},
+        )
+        node = start_node(settings, workers=1)
+        nodule = Nodule((0.0, 0.0, 15.0), 12.0, hu=300.0)
+        series = ct_series(24, 64, 64, pixel_spacing=(4.0, 4.0), seed=4, nodules=[nodule])
+        storescu(
+            write_series(series, tmp_path / "ct"),
+            host="127.0.0.1",
+            port=node.receiver.port,
+            called_aet=NODE_AE,
+        )
+        (job,) = wait_for_jobs(node)
+        assert job["status"] == "done", job
+        got: dict[str, set[str | None]] = {"modern": set(), "legacy": set()}
+        for output in job["outputs"]:
+            assert output["status"] in ("sent", "skipped"), output
+            if output["status"] == "sent":
+                got[output["destination"]].add(output_kind(output["sop_class_uid"]))
+        assert got == {"modern": {"seg", "sr"}, "legacy": {"gsps", "sc"}}, job["outputs"]
+        for orthanc, modalities in ((modern, ["SEG", "SR"]), (legacy, ["OT", "PR"])):
+            (study,) = orthanc.studies()
+            found = sorted(s["MainDicomTags"]["Modality"] for s in orthanc.series_of_study(study))
+            assert found == modalities
+        assert any("not for legacy (it takes gsps, sc)" in e["message"] for e in job["events"])

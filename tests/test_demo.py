@@ -31,10 +31,11 @@ def test_demo_runs_every_pipeline_and_delivers_valid_results(tmp_path: Path) -> 
     assert [p.name for p in workdir.iterdir()] == ["pacs"]
     received = sorted((workdir / "pacs").glob("*.dcm"))
     modalities = sorted(str(dcmread(p, stop_before_pixels=True).Modality) for p in received)
-    # CT: SEG + SR + key image; MR: SEG + SR; fundus: SR + one heat map per eye.
+    # CT: SEG + GSPS + SR + key image; MR: SEG + GSPS + SR; fundus: SR + one heat map per eye.
     assert modalities.count("SEG") == 2
+    assert modalities.count("PR") == 2
     assert modalities.count("SR") == 3
-    assert len(received) >= 7
+    assert len(received) >= 9
     for path in received:
         assert dciodvfy(path) == [], path.name
         assert str(path) in out  # the table says where each result went

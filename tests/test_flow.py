@@ -337,7 +337,7 @@ def test_seg_sr_and_key_image_reach_orthanc_in_the_same_study(
         orthanc.store_to("dicomnode", [study_id])
         (job,) = wait_for_jobs(node, timeout=90)
         assert job["status"] == "done", job
-        assert [o["status"] for o in job["outputs"]] == ["sent"] * 3
+        assert [o["status"] for o in job["outputs"]] == ["sent"] * 4
         for output in job["outputs"]:
             assert dciodvfy(node.store.root / output["path"]) == []
         assert orthanc.find_study(job["study_instance_uid"]) == study_id
@@ -345,7 +345,7 @@ def test_seg_sr_and_key_image_reach_orthanc_in_the_same_study(
             s["MainDicomTags"]["Modality"]: s["MainDicomTags"]
             for s in orthanc.series_of_study(study_id)
         }
-        assert sorted(series) == ["CT", "OT", "SEG", "SR"]  # results in the source study
+        assert sorted(series) == ["CT", "OT", "PR", "SEG", "SR"]  # results in the source study
         assert series["SEG"]["SeriesNumber"] == "9901"
         assert series["SEG"]["SeriesDescription"] == "spheres segmentation (Not for diagnostic use)"
         sr_path = next(
@@ -356,4 +356,4 @@ def test_seg_sr_and_key_image_reach_orthanc_in_the_same_study(
         import highdicom as hd
 
         groups = hd.sr.srread(sr_path).content.get_volumetric_roi_measurement_groups()
-        assert len(groups) == 2
+        assert len(groups) == 4  # per sphere: its outlines with the volume, its 3D ellipsoid

@@ -119,7 +119,7 @@ def test_unknown_test_time_augmentation_is_a_config_error() -> None:
 
 
 def eye_groups(sr_path: Path) -> dict[str, Any]:
-    groups = hd.sr.srread(sr_path).content.get_image_measurement_groups()
+    groups = hd.sr.srread(sr_path).content.get_planar_roi_measurement_groups()
     return {g.tracking_identifier: g for g in groups if g.tracking_identifier.endswith("eye")}
 
 

@@ -20,14 +20,17 @@ from dicomnode.pipelines.lung_nodule.detector import detector_settings
 from dicomnode.pipelines.lung_nodule.findings import grow_mask, measure
 from dicomnode.pipelines.lung_nodule.preprocessing import boxes_to_lps, lps_to_boxes, network_input
 from dicomnode.pipelines.volume import Volume, load_series
+from dicomnode.results.codes import SCORE
 from dicomnode.synthetic.ct import Nodule, nodule_labels, write_chest_ct_study
 from dicomnode.testing.peers import dciodvfy
+from tests.readers import absent, nodule_findings
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_ZOO = ROOT / "tests" / "data" / "model_zoo" / "lung_nodule_ct_detection"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+PR_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"  # Grayscale Softcopy Presentation State
 
 
 def run(
@@ -54,25 +57,6 @@ def run(
         "write",
     ]
     return results
-
-
-def sr_findings(path: Path) -> list[dict[str, Any]]:
-    """Centre (LPS), long axis, volume, score and segment number of each nodule in a TID 1500 SR."""
-    content = hd.sr.srread(path).content
-    found: dict[str, dict[str, Any]] = {}
-    for group in content.get_planar_roi_measurement_groups():
-        item = found.setdefault(str(group.tracking_uid), {})
-        long_axis = group.get_measurements(name=codes.SCT.LongAxis)
-        if long_axis:
-            item["long_axis"] = long_axis[0].value
-        elif isinstance(group.roi, hd.sr.ImageRegion3D):
-            item["center"] = np.asarray(group.roi.value, dtype=float)[0]
-    for group in content.get_volumetric_roi_measurement_groups():
-        item = found[str(group.tracking_uid)]
-        item["volume"] = group.get_measurements(name=codes.SCT.Volume)[0].value
-        item["score"] = group.get_measurements(name=codes.DCM.CertaintyOfFinding)[0].value / 100
-        item["segment"] = group.referenced_segment.referenced_segment_numbers[0]
-    return list(found.values())
 
 
 # -- geometry and settings ---------------------------------------------------------------
@@ -177,12 +161,13 @@ def test_shipped_model_finds_the_nodules_with_measurements(
 ) -> None:
     results = run(shipped, chest.paths, tmp_path)
     by_class = {r.sop_class_uid: r.path for r in results}
-    assert set(by_class) == {SEG_CLASS, SR_CLASS, SC_CLASS}  # key image: config default
+    # Key image and GSPS: config defaults.
+    assert set(by_class) == {SEG_CLASS, SR_CLASS, SC_CLASS, PR_CLASS}
     for result in results:
         assert dciodvfy(result.path) == [], dciodvfy(result.path)
     sr = pydicom.dcmread(by_class[SR_CLASS])
     assert sr.StudyInstanceUID == chest.study_instance_uid
-    found = sr_findings(by_class[SR_CLASS])
+    found = nodule_findings(by_class[SR_CLASS])
     seg = hd.seg.segread(by_class[SEG_CLASS])
     volume = load_series(chest.paths)
     labels = seg.get_pixels_by_source_instance(
@@ -215,9 +200,7 @@ def test_no_nodule_is_reported_as_absent(shipped: LungNodulePipeline, tmp_path: 
     (result,) = run(shipped, study.paths, tmp_path / "out")
     assert result.sop_class_uid == SR_CLASS
     assert dciodvfy(result.path) == []
-    content = hd.sr.srread(result.path).content
-    (group,) = content.get_image_measurement_groups()
-    assert group.get_qualitative_evaluations(name=codes.SCT.Nodule)[0].value == codes.SCT.Absent
+    assert absent(result.path, codes.SCT.Nodule)
 
 
 def test_no_usable_ct_series_is_a_sentence(shipped: LungNodulePipeline, tmp_path: Path) -> None:
@@ -280,11 +263,14 @@ def test_model_zoo_bundle_runs_on_raw_dicom(tmp_path: Path) -> None:
     )
     # 85 x 85 x 25 voxels at the Zoo's spacing: four 64 x 64 x 32 windows.
     results = run(pipeline, study.paths, tmp_path / "out")
-    assert {r.sop_class_uid for r in results} == {SEG_CLASS, SR_CLASS}
+    assert {r.sop_class_uid for r in results} == {SEG_CLASS, SR_CLASS, PR_CLASS}
     for result in results:
         assert dciodvfy(result.path) == []
     # Random weights: two boxes with the top scores, each reported with a mask inside the CT.
-    assert len(sr_findings(next(r.path for r in results if r.sop_class_uid == SR_CLASS))) == 2
+    found = nodule_findings(next(r.path for r in results if r.sop_class_uid == SR_CLASS))
+    assert len(found) == 2
+    # A bundle without a calibration states the detector's score as a score.
+    assert {f["score_concept"].value for f in found} == {SCORE.value}
 
 
 # -- end to end: storescu → node → lung_nodule → Orthanc ------------------------------------
@@ -317,14 +303,14 @@ def test_storescu_to_node_to_orthanc(make_settings, start_node, tmp_path: Path) 
         ]
         assert {o["status"] for o in job["outputs"]} == {"sent"}
         paths = {o["sop_class_uid"]: node.store.root / o["path"] for o in job["outputs"]}
-        assert set(paths) == {SEG_CLASS, SR_CLASS, SC_CLASS}
+        assert set(paths) == {SEG_CLASS, SR_CLASS, SC_CLASS, PR_CLASS}
         for path in paths.values():
             assert dciodvfy(path) == []
         modalities = sorted(
             s["MainDicomTags"]["Modality"] for s in orthanc.series_of_study(study_id)
         )
-        assert modalities == ["CT", "OT", "SEG", "SR"]  # the results joined the source study
-        found = sr_findings(paths[SR_CLASS])
+        assert modalities == ["CT", "OT", "PR", "SEG", "SR"]  # the results joined the source study
+        found = nodule_findings(paths[SR_CLASS])
         for nodule in study.nodules:
             if nodule.diameter_mm >= 6.0:
                 distance = min(

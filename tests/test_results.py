@@ -25,6 +25,7 @@ from dicomnode.results import (
 )
 from dicomnode.synthetic import Nodule, ct_series, nodule_labels
 from dicomnode.testing.peers import dciodvfy, dcmtk_tool
+from tests.readers import absent, nodule_findings
 
 ALGORITHM = AlgorithmInfo("test-detector", "1.2.3", "Not for diagnostic use")
 NODULES = [Nodule((-60.0, -20.0, 20.0), 10.0), Nodule((70.0, 10.0, 40.0), 8.0)]
@@ -53,7 +54,7 @@ def test_seg_and_sr_round_trip(source: list[pydicom.Dataset], tmp_path: Path) ->
             f"Nodule {n}",
             codes.SCT.MorphologicallyAbnormalStructure,
             codes.SCT.Nodule,
-            tracking_id=f"Finding {n}",
+            tracking_id=f"Nodule {n}",
             anatomic_region=codes.SCT.Lung,
         )
         for n in (1, 2)
@@ -76,6 +77,7 @@ def test_seg_and_sr_round_trip(source: list[pydicom.Dataset], tmp_path: Path) ->
             score=0.9 - 0.1 * i,
             key_slice=round(n.center_mm[2] / 1.5),
             segment_number=i,
+            label=f"Nodule {i}",
         )
         for i, n in enumerate(NODULES, start=1)
     ]
@@ -109,18 +111,25 @@ def test_seg_and_sr_round_trip(source: list[pydicom.Dataset], tmp_path: Path) ->
 
     report = hd.sr.srread(sr_path)
     assert report.StudyInstanceUID == source[0].StudyInstanceUID
-    content = report.content
-    groups = content.get_volumetric_roi_measurement_groups()
-    assert len(groups) == 2
-    assert groups[0].referenced_segment.referenced_segment_numbers == [1]
-    assert groups[0].referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
-    assert groups[0].get_measurements(name=codes.SCT.Volume)[0].value == pytest.approx(
-        findings[0].volume_mm3
-    )
-    planar = content.get_planar_roi_measurement_groups()
-    long_axes = [g.get_measurements(name=codes.SCT.LongAxis) for g in planar]
-    assert [m[0].value for m in long_axes if m] == [10.0, 8.0]
-    assert groups[0].tracking_uid == planar[0].tracking_uid
+    found = nodule_findings(sr_path)
+    assert [f["label"] for f in found] == ["Nodule 1", "Nodule 2"]  # the segments' labels
+    assert [f["segment"] for f in found] == [1, 2]
+    assert {f["seg"] for f in found} == {seg.SOPInstanceUID}
+    assert [f["volume"] for f in found] == pytest.approx([f.volume_mm3 for f in findings])
+    assert [f["long_axis"] for f in found] == [10.0, 8.0]
+    assert [f["score"] for f in found] == pytest.approx([0.8, 0.7])
+    # Every group has coordinates; the first one of each finding is its key-slice centre.
+    for finding, nodule in zip(found, findings, strict=True):
+        image, (column, row) = finding["point"]
+        assert image == source[nodule.key_slice].SOPInstanceUID
+        assert np.allclose(finding["center"], nodule.center_mm, atol=0.01)
+    # The SEG segment and the SR finding share a Tracking UID: viewers link them.
+    uids = [str(g.tracking_uid) for g in report.content.get_planar_roi_measurement_groups()]
+    assert uids[0] == str(back.get_segment_description(1).tracking_uid)
+    library = [
+        i for i in report.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111028"
+    ]
+    assert len(library) == 1  # TID 1600 Image Library
     dump = subprocess.run(
         [dcmtk_tool("dsrdump"), str(sr_path)], capture_output=True, text=True, timeout=60
     )
@@ -147,10 +156,10 @@ def test_same_key_same_uids_no_nodule_report(source: list[pydicom.Dataset], tmp_
     )
     assert a.SOPInstanceUID == b.SOPInstanceUID and a.SeriesInstanceUID == b.SeriesInstanceUID
     save(a, tmp_path / "empty.dcm")
-    content = hd.sr.srread(tmp_path / "empty.dcm").content
-    assert content.get_planar_roi_measurement_groups() == []
-    (group,) = content.get_image_measurement_groups()
-    assert group.get_qualitative_evaluations(name=codes.SCT.Nodule)[0].value == codes.SCT.Absent
+    assert absent(tmp_path / "empty.dcm", codes.SCT.Nodule)
+    # Drawn over every source image, so viewers show where the statement applies.
+    (group,) = hd.sr.srread(tmp_path / "empty.dcm").content.get_volumetric_roi_measurement_groups()
+    assert len(group.roi) == len(source)
     with pytest.raises(ValueError, match="no segment has any pixel"):
         write_segmentation(
             source,
@@ -174,7 +183,10 @@ def test_key_image_and_classification_report(source: list[pydicom.Dataset], tmp_
     sc_path = save(sc, tmp_path / "sc.dcm")
     back = pydicom.dcmread(sc_path)
     assert back.StudyInstanceUID == image.StudyInstanceUID and back.SamplesPerPixel == 3
-    assert tuple(back.pixel_array[40, 25]) == (255, 64, 64)  # on the ring
+    assert tuple(back.pixel_array[40, 25]) == KeyImageMark(0, 0, 0).colour  # on the ring
+    # A CT slice is of no side: no (empty) Laterality; explicit VR like every result.
+    assert "Laterality" not in back and back.BodyPartExamined == image.BodyPartExamined
+    assert back.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     grades = [
         ClassificationFinding(
             source_index=0,

@@ -111,7 +111,7 @@ def test_eye_group_covers_its_images_and_references_the_overlays(
         for item in series.ReferencedSOPSequence
     }
     assert {o.SOPInstanceUID for o in overlays} <= evidence
-    first, second = hd.sr.srread(path).content.get_image_measurement_groups()
+    first, second = hd.sr.srread(path).content.get_planar_roi_measurement_groups()
     assert first.tracking_identifier == "Right eye" and second.tracking_identifier == "Image 2"
     assert first.finding_type == Code("4855003", "SCT", "Diabetic retinopathy")
     assert second.finding_type == codes.SCT.Retina
@@ -119,10 +119,16 @@ def test_eye_group_covers_its_images_and_references_the_overlays(
     assert first.get_qualitative_evaluations(name=REVIEW)[0].value == codes.SCT.Yes
     # The answer is readable by its concept, apart from the finding type.
     assert first.get_qualitative_evaluations(name=SEVERITY)[0].value == codes.SCT.Absent
-    assert [s.referenced_sop_instance_uid for s in first.source_images] == [
-        photographs[1].SOPInstanceUID,
-        photographs[0].SOPInstanceUID,
-    ]
+    # Drawn on the image it was graded on (the whole image here: the inscribed ellipse)...
+    assert first.roi.graphic_type == hd.sr.GraphicTypeValues.ELLIPSE
+    drawn_on = first.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert drawn_on == photographs[1].SOPInstanceUID
+    rows, columns = photographs[1].Rows, photographs[1].Columns
+    assert np.allclose(
+        first.roi.value, [[0, rows / 2], [columns, rows / 2], [columns / 2, 0], [columns / 2, rows]]
+    )
+    # ...and about both photographs of the eye: both in the evidence.
+    assert {photographs[0].SOPInstanceUID, photographs[1].SOPInstanceUID} <= evidence
     (entropy,) = first.get_measurements(name=Code("ENTROPY", "99DICOMNODE", "Predictive entropy"))
     assert entropy.value == pytest.approx(0.61)
     pictures = [

@@ -1,4 +1,4 @@
-"""TID 1500 volume report: per-segment TID 1411 groups, composites, empty result; dciodvfy clean."""
+"""TID 1500 volume report: outlines with the segment's volume, centres, composites, empty result."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from dicomnode.results import AlgorithmInfo, SegmentSpec, SeriesSpec, write_segmentation
-from dicomnode.results.sr import SegmentVolumeFinding, write_volume_report
+from dicomnode.results.outlines import segment_outlines
+from dicomnode.results.sr import Outline, SegmentVolumeFinding, write_volume_report
 from dicomnode.synthetic import ct_series
 from dicomnode.testing.peers import dciodvfy, dcmtk_tool
+from tests.readers import absent, region_volumes
 
 ALGORITHM = AlgorithmInfo("test-volumes", "0.1", "Not for diagnostic use")
 
@@ -45,10 +47,34 @@ def test_segment_volumes_reference_their_segments(
     )
     save(seg, tmp_path / "seg.dcm")
     volumes = [float((labels == n).sum() * 8.0 / 1000.0) for n in (1, 2)]
+    drawn = segment_outlines(labels)
+    union = segment_outlines((labels > 0).astype(np.uint8))[1]
     findings = [
-        SegmentVolumeFinding("Enhancing tumour", codes.SCT.Neoplasm, volumes[0], 1, key_slice=5),
-        SegmentVolumeFinding("Oedema", codes.SCT.Edema, volumes[1], 2, key_slice=5),
-        SegmentVolumeFinding("Whole tumour", codes.SCT.Neoplasm, sum(volumes), None, key_slice=5),
+        SegmentVolumeFinding(
+            "Enhancing tumour",
+            codes.SCT.Neoplasm,
+            volumes[0],
+            1,
+            5,
+            outlines=Outline.all_of(drawn[1]),
+        ),
+        SegmentVolumeFinding(
+            "Oedema",
+            codes.SCT.Edema,
+            volumes[1],
+            2,
+            6,
+            outlines=Outline.all_of(drawn[2]),
+            center_mm=(62.0, 74.0, 12.0),
+        ),
+        SegmentVolumeFinding(
+            "Whole tumour",
+            codes.SCT.Neoplasm,
+            sum(volumes),
+            None,
+            5,
+            outlines=Outline.all_of(union),
+        ),
     ]
     sr = write_volume_report(
         source,
@@ -59,20 +85,34 @@ def test_segment_volumes_reference_their_segments(
         uid_key="v1",
     )
     path = save(sr, tmp_path / "sr.dcm")
-    content = hd.sr.srread(path).content
-    groups = content.get_volumetric_roi_measurement_groups()
-    assert [g.referenced_segment.referenced_segment_numbers for g in groups] == [[1], [2]]
-    assert all(
-        g.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID for g in groups
-    )
-    measured = [g.get_measurements(name=codes.SCT.Volume)[0] for g in groups]
-    assert [m.value for m in measured] == pytest.approx([3.2, 0.8])
-    assert measured[0].unit.value == "ml"
+    found = region_volumes(path)
+    assert list(found) == ["Enhancing tumour", "Oedema", "Whole tumour"]
+    assert [found[k]["segment"] for k in found] == [1, 2, None]
+    assert {found[k]["seg"] for k in ("Enhancing tumour", "Oedema")} == {seg.SOPInstanceUID}
+    assert [found[k]["volume"] for k in found] == pytest.approx([3.2, 0.8, 4.0])
+    assert found["Oedema"]["unit"] == "ml"
+    # An outline per slice each region spans (one region per slice here).
+    assert [found[k]["outlines"] for k in found] == [4, 2, 6]
     # The SR finding and its SEG segment share a tracking UID, so viewers link them.
     back = hd.seg.segread(tmp_path / "seg.dcm")
-    assert groups[0].tracking_uid == back.get_segment_description(1).tracking_uid
-    (whole,) = content.get_image_measurement_groups()
-    assert whole.get_measurements(name=codes.SCT.Volume)[0].value == pytest.approx(4.0)
+    assert found["Enhancing tumour"]["tracking_uid"] == back.get_segment_description(1).tracking_uid
+    content = hd.sr.srread(path).content
+    volumetric = content.get_volumetric_roi_measurement_groups()
+    # The key slice's outline comes first: viewers draw a finding by its first region.
+    first = volumetric[1].roi[0].ContentSequence[0].ReferencedSOPSequence[0]
+    assert first.ReferencedSOPInstanceUID == source[6].SOPInstanceUID
+    (point,) = content.get_planar_roi_measurement_groups()  # only the oedema has a centre
+    assert point.tracking_identifier == "Oedema"
+    assert np.allclose(np.asarray(point.roi.value)[0], (62.0, 74.0, 12.0))
+    with pytest.raises(ValueError, match="needs its outline"):
+        write_volume_report(
+            source,
+            [SegmentVolumeFinding("x", codes.SCT.Neoplasm, 1.0, 1)],
+            segmentation=seg,
+            algorithm=ALGORITHM,
+            series=SeriesSpec(9902, "volumes"),
+            uid_key="v1",
+        )
     dump = subprocess.run(
         [dcmtk_tool("dsrdump"), str(path)], capture_output=True, text=True, timeout=60
     )
@@ -90,8 +130,4 @@ def test_no_finding_is_an_explicit_absent_report(
         series=SeriesSpec(9902, "volumes"),
         uid_key="v2",
     )
-    content = hd.sr.srread(save(sr, tmp_path / "empty.dcm")).content
-    assert content.get_volumetric_roi_measurement_groups() == []
-    (group,) = content.get_image_measurement_groups()
-    evaluation = group.get_qualitative_evaluations(name=codes.SCT.Neoplasm)[0]
-    assert evaluation.value == codes.SCT.Absent
+    assert absent(save(sr, tmp_path / "empty.dcm"), codes.SCT.Neoplasm)

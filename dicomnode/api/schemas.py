@@ -19,7 +19,7 @@ class OutputOut(BaseModel):
     sop_instance_uid: str
     sop_class_uid: str
     destination: str
-    status: str  # pending, sent, failed
+    status: str  # pending, sent, failed, skipped (the destination does not take its kind)
     attempts: int
     error: str | None
     warning: str | None  # what the peer said beside success (a C-STORE or STOW-RS warning)

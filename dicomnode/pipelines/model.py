@@ -33,6 +33,7 @@ from dicomnode.pipelines.inference import Runtime
 
 if TYPE_CHECKING:
     from dicomnode.results import AlgorithmInfo, SegmentSpec, SeriesSpec
+    from dicomnode.results.pr import Annotation
 
 STAGES = ("select", "load", "preprocess", "infer", "postprocess", "write")
 
@@ -86,7 +87,7 @@ class ResultWriter:
         return cls(algorithm, options, pipeline, key)
 
     def series(self, kind: str) -> SeriesSpec:
-        """Series Number and Description of result *kind* ("seg", "sr" or "sc")."""
+        """Series Number and Description of result *kind* ("seg", "sr", "sc" or "pr")."""
         from dicomnode.results import SeriesSpec
 
         return SeriesSpec(*self.options.result_series(kind, self.pipeline))
@@ -105,6 +106,22 @@ class ResultWriter:
             series=self.series("seg"),
             uid_key=self.uid_key,
             omit_empty_frames=self.options.omit_empty_frames,
+        )
+
+    def presentation_state(
+        self, source: Sequence[Dataset], annotations: Sequence[Annotation]
+    ) -> Dataset | None:
+        """A GSPS of *annotations* on *source*; None when the options ask for none or none is drawn."""
+        from dicomnode.results.pr import write_presentation_state
+
+        if not self.options.presentation_states or not any(a.outlines for a in annotations):
+            return None
+        return write_presentation_state(
+            source,
+            annotations,
+            algorithm=self.algorithm,
+            series=self.series("pr"),
+            uid_key=self.uid_key,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import highdicom as hd
+from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
@@ -58,6 +59,28 @@ def result_uid(key: str, role: str) -> str:
     return str(generate_uid(entropy_srcs=[key, role]))
 
 
+def finding_uid(key: str, number: int | str) -> str:
+    """The Tracking UID of finding *number* of a job: SEG segment, SR groups and GSPS share it."""
+    return result_uid(key, f"finding-{number}")
+
+
 def software_versions() -> str:
     """Software Versions of produced objects."""
     return f"dicomnode {__version__}"
+
+
+def copy_body_part(result: Dataset, source: Dataset) -> None:
+    """Body Part Examined and General Series Laterality of a new series from its *source* image.
+
+    Laterality (2C) is for a paired body part: an image of one side (Laterality or
+    Image Laterality R or L) gives it; otherwise the body part goes in instead
+    (a CT chest is unpaired: no Laterality at all, rather than an empty one), and
+    only when even that is unknown is Laterality left empty, as Type 2 allows.
+    """
+    laterality = source.get("Laterality", "") or source.get("ImageLaterality", "")
+    if source.get("BodyPartExamined"):
+        result.BodyPartExamined = source.BodyPartExamined
+    if laterality in ("R", "L"):
+        result.Laterality = laterality
+    elif not source.get("BodyPartExamined"):
+        result.Laterality = ""

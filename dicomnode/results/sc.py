@@ -15,19 +15,27 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
-from dicomnode.results.common import MANUFACTURER, AlgorithmInfo, SeriesSpec, result_uid
-
-COLOURS = [(255, 64, 64), (64, 255, 64), (64, 160, 255), (255, 220, 0), (255, 64, 255)]
+from dicomnode.results.common import (
+    MANUFACTURER,
+    AlgorithmInfo,
+    SeriesSpec,
+    copy_body_part,
+    result_uid,
+    software_versions,
+)
+from dicomnode.results.palette import RGB
 
 
 @dataclass(frozen=True)
 class KeyImageMark:
-    """A circle to draw: centre (row, column) and radius in pixels."""
+    """A circle to draw: centre (row, column) and radius in pixels, in the finding's colour."""
 
     row: float
     column: float
     radius: float
+    colour: RGB = (255, 165, 0)
 
 
 def _window(image: Dataset, pixels: np.ndarray) -> np.ndarray:
@@ -64,8 +72,8 @@ def write_key_image(
     """An RGB Secondary Capture of *image* with *marks* drawn, in *image*'s study."""
     grey = _window(image, image.pixel_array)
     rgb = np.repeat(grey[:, :, None], 3, axis=2)
-    for n, mark in enumerate(marks):
-        _draw_circle(rgb, mark, COLOURS[n % len(COLOURS)])
+    for mark in marks:
+        _draw_circle(rgb, mark, mark.colour)
     return _secondary_capture(
         image,
         rgb,
@@ -87,7 +95,10 @@ def _secondary_capture(
     instance_number: int,
     patient_orientation: tuple[str, str],
 ) -> hd.sc.SCImage:
-    """An RGB Secondary Capture of *rgb* in *image*'s study and patient."""
+    """An RGB Secondary Capture of *rgb* in *image*'s study and patient, explicit VR.
+
+    Body part and laterality come from *image* (:func:`~dicomnode.results.common.copy_body_part`).
+    """
     # highdicom's hint says ints; the attribute is DS (mm).
     spacing: Any = tuple(float(v) for v in image.PixelSpacing) if "PixelSpacing" in image else None
     sc = hd.sc.SCImage.from_ref_dataset(
@@ -103,14 +114,20 @@ def _secondary_capture(
         manufacturer=MANUFACTURER,
         pixel_spacing=spacing,
         patient_orientation=patient_orientation,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     sc.SeriesDescription = series.described(algorithm.notice)
     sc.ImageComments = f"{algorithm.name} {algorithm.version}: {algorithm.notice}"[:10240]
     sc.BurnedInAnnotation = "YES"
-    # General Series Laterality is 2C; dciodvfy wants it present (empty is allowed).
-    # A photograph of one eye carries it as Image Laterality (R, L; B for both: no series value).
-    laterality = image.get("Laterality", "") or image.get("ImageLaterality", "")
-    sc.Laterality = laterality if laterality in ("R", "L") else ""
+    sc.ManufacturerModelName = algorithm.name[:64]
+    sc.SoftwareVersions = software_versions()
+    copy_body_part(sc, image)
+    # The image it was made from (General Image, Source Image Sequence).
+    source = Dataset()
+    source.ReferencedSOPClassUID = image.SOPClassUID
+    source.ReferencedSOPInstanceUID = image.SOPInstanceUID
+    sc.SourceImageSequence = [source]
+    sc.DerivationDescription = f"{algorithm.name} {algorithm.version}: findings drawn"[:1024]
     return sc
 
 

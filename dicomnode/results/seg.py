@@ -14,14 +14,21 @@ from dicomnode.results.common import (
     MANUFACTURER,
     AlgorithmInfo,
     SeriesSpec,
+    finding_uid,
     result_uid,
     software_versions,
 )
+from dicomnode.results.palette import RGB, cielab, colour_of
 
 
 @dataclass(frozen=True)
 class SegmentSpec:
-    """One segment: what it is (SNOMED CT category and type) and how to track it."""
+    """One segment: what it is (SNOMED CT category and type), how to track it, its colour.
+
+    The colour defaults to the palette's colour of the property type
+    (:mod:`dicomnode.results.palette`); the SEG carries it as the segment's
+    Recommended Display CIELab Value.
+    """
 
     label: str
     category: Code
@@ -29,6 +36,11 @@ class SegmentSpec:
     tracking_id: str | None = None
     tracking_uid: str | None = None
     anatomic_region: Code | None = None
+    colour: RGB | None = None
+
+    def display_colour(self, index: int = 0) -> RGB:
+        """This segment's colour (*index*: which fallback colour, for unlisted types)."""
+        return self.colour or colour_of(self.property_type, index)
 
     @classmethod
     def numbered(
@@ -72,10 +84,11 @@ def _descriptions(
             algorithm_identification=identification,
             tracking_id=spec.tracking_id,
             # Same UID as the SR's finding n by default, so viewers link them.
-            tracking_uid=(spec.tracking_uid or result_uid(uid_key, f"finding-{number}"))
+            tracking_uid=(spec.tracking_uid or finding_uid(uid_key, number))
             if spec.tracking_id
             else None,
             anatomic_regions=[spec.anatomic_region] if spec.anatomic_region else None,
+            display_color=cielab(spec.display_colour(number - 1)),
         )
         for number, spec in enumerate(segments, start=1)
     ]

@@ -1,22 +1,41 @@
-"""Comprehensive 3D SR, TID 1500 Measurement Report: findings a viewer can display.
+"""Comprehensive 3D SR, TID 1500 Measurement Report: findings every viewer can draw.
 
-Per finding (:class:`NoduleFinding`):
+Every measurement group carries image coordinates (a SCOORD or SCOORD3D
+region), because viewers draw, and list, a finding by its coordinates: OHIF
+merges the groups of one Tracking UID and draws the first region among them,
+and stops on a finding that has none; the Cornerstone3D adapters skip (with
+an error) a group without one. ``docs/viewers.md`` has the details.
 
-- a tracking identifier and UID shared by all its groups;
-- a TID 1410 planar group with a SCOORD ellipse on the key slice (what OHIF
-  draws) and the long-axis diameter;
-- a TID 1410 planar group with the 3D centre as a SCOORD3D point;
-- a TID 1411 volumetric group referencing the SEG segment, with the volume
-  and the detection score.
+Per finding, all groups share one tracking identifier (the same text as the
+finding's SEG segment label) and one Tracking UID (the segment's):
 
-Measurements use UCUM units; the finding type and site are SNOMED CT codes;
-the algorithm (TID 4019) carries the model name, version and the notice.
-:func:`write_classification_report` is the variant for per-image grades.
+- nodules (:func:`write_measurement_report`): the centre as a point on the
+  key slice (TID 1410; first, so that it is what OHIF draws, on that slice,
+  and can load as a measurement), an ellipse on the key slice with the long
+  axis (TID 1410), the nodule's outline on every slice it spans (TID 1411)
+  with its volume, measured on the SEG segment it references, and the
+  detector's certainty, and the nodule in 3D as a SCOORD3D ellipsoid (TID
+  1411) with the nodule's centroid and second moments;
+- segmented regions (:func:`write_volume_report`): the outline on every slice
+  it spans, its key slice first (TID 1411, what OHIF draws), with the volume
+  (mL) of its SEG segment, then its centre as a point (TID 1410);
+- graded images (:func:`write_classification_report`): the graded area of the
+  image as an ellipse (TID 1410; the round field of view of a photograph)
+  with the coded answer, its certainty, probabilities, flags and the heat
+  maps as "Illustration of ROI".
+
+"Nothing found" is a group too: the evaluation "<finding>: Absent" over every
+source image (TID 1411, a rectangle of each whole image).
+
+Each report has an Image Library (TID 1600) of the source images it
+references; measurements use UCUM units; finding types and sites are SNOMED CT
+codes; the algorithm (TID 4019) carries the model name, version and the
+notice; private concepts are declared (:mod:`dicomnode.results.codes`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +45,40 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from dicomnode.results.common import MANUFACTURER, AlgorithmInfo, SeriesSpec, result_uid
+from dicomnode.results.codes import CERTAINTY, declare_private_schemes, private
+from dicomnode.results.common import (
+    MANUFACTURER,
+    AlgorithmInfo,
+    SeriesSpec,
+    finding_uid,
+    result_uid,
+)
+from dicomnode.results.outlines import bounding_rectangle
 
 MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
 MM3 = hd.sr.CodedConcept("mm3", "UCUM", "cubic millimeter")
+ML = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
 PERCENT = hd.sr.CodedConcept("%", "UCUM", "percent")
+
+Group = (
+    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+)
+
+
+@dataclass(frozen=True)
+class Outline:
+    """A closed outline of a finding on one source image: ``(n, 2)`` (column, row) points."""
+
+    source_index: int
+    points: np.ndarray
+
+    @classmethod
+    def all_of(cls, by_slice: Mapping[int, Sequence[np.ndarray]]) -> tuple[Outline, ...]:
+        """Every outline of slice index -> outlines (as ``segment_outlines`` gives them)."""
+        return tuple(
+            cls(index, loop) for index, loops in sorted(by_slice.items()) for loop in loops
+        )
 
 
 @dataclass(frozen=True)
@@ -40,11 +88,36 @@ class NoduleFinding:
     center_mm: tuple[float, float, float]
     long_axis_mm: float
     volume_mm3: float
-    score: float  # detection score, 0..1
+    score: float  # detection score or calibrated probability, 0..1 (see ``score_concept``)
     key_slice: int  # index into the source images
     segment_number: int | None = None  # its segment in the SEG, if any
     finding_type: Code = codes.SCT.Nodule
     finding_site: Code | None = codes.SCT.Lung
+    label: str | None = None  # tracking identifier; default "<finding type> <n>"
+    outlines: tuple[Outline, ...] = ()  # on every slice it spans; default: the key ellipse
+    # (6, 3) end points (LPS, mm) of the ellipsoid's three axes, as SCOORD3D ELLIPSOID
+    # wants them; default: the sphere of the long axis around the centre.
+    ellipsoid_mm: np.ndarray | None = None
+
+
+def ellipsoid_of(points_mm: np.ndarray) -> np.ndarray:
+    """The axis end points of the ellipsoid with the centroid and second moments of *points_mm*.
+
+    A solid ellipsoid of semi-axis a has variance a**2 / 5 along that axis, so the
+    semi-axes are sqrt(5 * eigenvalue) of the points' covariance (at least half a
+    millimetre, for masks of one voxel). Returns ``(6, 3)``: major, middle, minor axis
+    end points in turn.
+    """
+    points = np.asarray(points_mm, dtype=float).reshape(-1, 3)
+    centre = points.mean(axis=0)
+    covariance = np.cov(points.T) if len(points) > 1 else np.zeros((3, 3))
+    values, vectors = np.linalg.eigh(np.atleast_2d(covariance))
+    order = np.argsort(values)[::-1]
+    ends = []
+    for k in order:
+        semi = max(float(np.sqrt(5.0 * max(values[k], 0.0))), 0.5)
+        ends += [centre - semi * vectors[:, k], centre + semi * vectors[:, k]]
+    return np.array(ends)
 
 
 @dataclass(frozen=True)
@@ -69,17 +142,74 @@ class ClassificationFinding:
     # has a finding type: highdicom reads the finding type as "Finding" too, and two
     # "Finding" items in one group make the answer unreadable by name.
     answer_concept: Code | None = None
+    # The probability of the answer (0..1), as DCM "Certainty of Finding".
+    certainty: float | None = None
+    # False: the class values are a model's scores, not calibrated probabilities, and are
+    # stated as "Score of <class>".
+    calibrated: bool = True
+    # The box of the graded area of the source image, (left, top, right, bottom) in image
+    # coordinates (0, 0: the top left corner of the top left pixel); default: all of it.
+    # The SR draws the ellipse inscribed in it.
+    region: tuple[float, float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class SegmentVolumeFinding:
+    """The volume of one segmented region (e.g. a tumour sub-region), in mL.
+
+    With a ``segment_number`` its volume references that SEG segment; without
+    one it is a composite (e.g. the whole tumour, the union of several segments).
+    """
+
+    label: str  # tracking identifier, e.g. "Enhancing tumour"
+    finding_type: Code
+    volume_ml: float
+    segment_number: int | None = None
+    key_slice: int = 0  # index into the source images: the slice shown first
+    finding_site: Code | None = None
+    outlines: tuple[Outline, ...] = ()  # on every slice it spans (at least one)
+    center_mm: tuple[float, float, float] | None = None  # its centre, a point group
+
+
+# -- shared parts ------------------------------------------------------------------------------
 
 
 def _observation_context(algorithm: AlgorithmInfo, uid_key: str) -> hd.sr.ObservationContext:
+    # TID 1004: the model is the observer (IHE AIR wants it identified by name and version).
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=result_uid(uid_key, "device"), name=algorithm.name[:64], manufacturer_name=MANUFACTURER
+        uid=result_uid(uid_key, "device"),
+        name=algorithm.name[:64],
+        manufacturer_name=MANUFACTURER,
+        model_name=f"{algorithm.name} {algorithm.version}"[:64],
     )
     return hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
             observer_type=codes.DCM.Device, observer_identifying_attributes=device
         )
     )
+
+
+def _region(image: Dataset, graphic_type: str, points: np.ndarray) -> hd.sr.ImageRegion:
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues(graphic_type),
+        graphic_data=np.asarray(points, dtype=float),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(image),
+    )
+
+
+def _whole_image(image: Dataset) -> np.ndarray:
+    return bounding_rectangle(0.0, 0.0, float(image.Columns), float(image.Rows))
+
+
+def _significant(value: float, digits: int = 4) -> float:
+    """*value* to *digits* significant digits: a small probability stays non-zero."""
+    return float(f"{value:.{digits}g}")
+
+
+def _inscribed_ellipse(left: float, top: float, right: float, bottom: float) -> np.ndarray:
+    """Axis end points (column, row) of the ellipse inscribed in a box: a circle in a square."""
+    cx, cy = (left + right) / 2.0, (top + bottom) / 2.0
+    return np.array([[left, cy], [right, cy], [cx, top], [cx, bottom]], dtype=float)
 
 
 def _ellipse(image: Dataset, center: tuple[float, float, float], diameter_mm: float) -> np.ndarray:
@@ -98,131 +228,112 @@ def _ellipse(image: Dataset, center: tuple[float, float, float], diameter_mm: fl
     )
 
 
-def _finding_groups(
-    finding: NoduleFinding,
-    index: int,
-    source_images: Sequence[Dataset],
+def _outline_regions(
+    outlines: Sequence[Outline], key_slice: int, source_images: Sequence[Dataset]
+) -> list[hd.sr.ImageRegion]:
+    """One POLYLINE region per outline, those on the key slice first (the one viewers show)."""
+    ordered = sorted(outlines, key=lambda o: (o.source_index != key_slice, o.source_index))
+    return [_region(source_images[o.source_index], "POLYLINE", o.points) for o in ordered]
+
+
+def _volume(
+    value: float,
+    unit: hd.sr.CodedConcept,
     segmentation: Dataset | None,
-    algorithm: hd.sr.AlgorithmIdentification,
-    uid_key: str,
-) -> list[
-    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-]:
-    tracking = hd.sr.TrackingIdentifier(
-        uid=result_uid(uid_key, f"finding-{index}"), identifier=f"Finding {index}"
+    segment_number: int | None,
+) -> hd.sr.Measurement:
+    """The volume, INFERRED FROM its SEG segment (Referenced Segment Number) when there is one."""
+    references = None
+    if segmentation is not None and segment_number is not None:
+        references = [
+            hd.sr.SourceImageForMeasurement(segmentation.SOPClassUID, segmentation.SOPInstanceUID)
+        ]
+    measurement = hd.sr.Measurement(
+        name=codes.SCT.Volume, value=value, unit=unit, referenced_images=references
     )
-    image = source_images[finding.key_slice]
-    sites = (
-        [hd.sr.FindingSite(anatomic_location=finding.finding_site)]
-        if finding.finding_site
-        else None
-    )
-    common: dict[str, Any] = {
-        "tracking_identifier": tracking,
-        "finding_type": finding.finding_type,
-        "algorithm_id": algorithm,
-        "finding_sites": sites,
-    }
-    planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        referenced_region=hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.ELLIPSE,
-            graphic_data=_ellipse(image, finding.center_mm, finding.long_axis_mm),
-            source_image=hd.sr.SourceImageForRegion.from_source_image(image),
-        ),
-        measurements=[
-            hd.sr.Measurement(
-                name=codes.SCT.LongAxis, value=round(finding.long_axis_mm, 2), unit=MM
-            )
-        ],
-        **common,
-    )
-    centre = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        referenced_region=hd.sr.ImageRegion3D(
-            graphic_type=hd.sr.GraphicTypeValues3D.POINT,
-            graphic_data=np.array([finding.center_mm], dtype=float),
-            frame_of_reference_uid=image.FrameOfReferenceUID,
-        ),
-        **common,
-    )
-    volumetric_measurements = [
-        hd.sr.Measurement(name=codes.SCT.Volume, value=round(finding.volume_mm3, 1), unit=MM3),
-        hd.sr.Measurement(
-            name=codes.DCM.CertaintyOfFinding, value=round(100.0 * finding.score, 1), unit=PERCENT
-        ),
-    ]
-    if segmentation is not None and finding.segment_number is not None:
-        volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            referenced_segment=hd.sr.ReferencedSegment(
-                sop_class_uid=segmentation.SOPClassUID,
-                sop_instance_uid=segmentation.SOPInstanceUID,
-                segment_number=finding.segment_number,
-                source_series=hd.sr.SourceSeriesForSegmentation(image.SeriesInstanceUID),
-            ),
-            measurements=volumetric_measurements,
-            **common,
-        )
-    else:
-        volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            referenced_regions=[
-                hd.sr.ImageRegion(
-                    graphic_type=hd.sr.GraphicTypeValues.ELLIPSE,
-                    graphic_data=_ellipse(image, finding.center_mm, finding.long_axis_mm),
-                    source_image=hd.sr.SourceImageForRegion.from_source_image(image),
-                )
-            ],
-            measurements=volumetric_measurements,
-            **common,
-        )
-    return [planar, centre, volumetric]
+    if references:
+        for item in measurement[0].ContentSequence:
+            if item.ValueType == "IMAGE":
+                item.ReferencedSOPSequence[0].ReferencedSegmentNumber = segment_number
+    return measurement
+
+
+def _sites(site: Code | None, laterality: Code | None = None) -> list[hd.sr.FindingSite] | None:
+    return [hd.sr.FindingSite(anatomic_location=site, laterality=laterality)] if site else None
+
+
+def _tracking(uid: str, label: str) -> hd.sr.TrackingIdentifier:
+    return hd.sr.TrackingIdentifier(uid=uid, identifier=label[:64])
 
 
 def _absent_group(
     empty_finding: Code,
-    image: Dataset,
+    source_images: Sequence[Dataset],
     identification: hd.sr.AlgorithmIdentification,
     uid_key: str,
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """ "Nothing found" is a result: a coded group saying so (e.g. "Nodule: Absent"), not silence."""
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=result_uid(uid_key, "finding-none"), identifier="No findings"
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """ "Nothing found" is a result: "<finding>: Absent" over every source image.
+
+    The region is each whole image (the middle one first, which viewers show),
+    so that the statement is drawn where it applies rather than left out.
+    """
+    middle = len(source_images) // 2
+    order = [middle, *(i for i in range(len(source_images)) if i != middle)]
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(
+            finding_uid(uid_key, "none"), f"No {empty_finding.meaning.lower()}"
         ),
+        referenced_regions=[
+            _region(source_images[i], "POLYLINE", _whole_image(source_images[i])) for i in order
+        ],
         algorithm_id=identification,
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(name=empty_finding, value=codes.SCT.Absent)
         ],
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(image)],
     )
 
 
-def _evidence(
-    source_images: Sequence[Dataset], key_slices: Sequence[int], segmentation: Dataset | None
-) -> list[Dataset]:
-    """The key slices (the first slice when there are none) and the SEG, if any."""
-    evidence = [source_images[i] for i in sorted(set(key_slices)) or [0]]
-    if segmentation is not None:
-        evidence.append(segmentation)
-    return evidence
+def _referenced_sources(groups: Sequence[Any], source_images: Sequence[Dataset]) -> list[int]:
+    """Indices of the source images the groups' regions and measurements reference."""
+    wanted: set[str] = set()
+
+    def walk(items: Sequence[Dataset]) -> None:
+        for item in items:
+            for reference in item.get("ReferencedSOPSequence", []):
+                wanted.add(str(reference.ReferencedSOPInstanceUID))
+            walk(item.get("ContentSequence", []))
+
+    walk([item for group in groups for item in group])  # a group is a list of content items
+    return [i for i, ds in enumerate(source_images) if str(ds.SOPInstanceUID) in wanted]
 
 
 def _report(
     source_images: Sequence[Dataset],
-    groups: Sequence[object],
+    groups: Sequence[Any],
     *,
     procedure: Code,
     algorithm: AlgorithmInfo,
     series: SeriesSpec,
     uid_key: str,
-    evidence: Sequence[Dataset],
+    derived: Sequence[Dataset] = (),
+    about: Sequence[int] = (),
 ) -> hd.sr.Comprehensive3DSR:
+    """The SR: *groups*, the source images they reference as Image Library and evidence.
+
+    *about* are further source images (indices) the findings are about without a
+    region on them; *derived* are result objects the groups reference (the SEG,
+    heat maps): they join the evidence, not the Image Library.
+    """
+    indices = sorted({*_referenced_sources(groups, source_images), *about})
+    referenced = [source_images[i] for i in indices]
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm, uid_key),
         procedure_reported=procedure,
-        imaging_measurements=list(groups),  # type: ignore[arg-type]
+        imaging_measurements=list(groups),
+        referenced_images=referenced,
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=list(evidence),
+        evidence=[*referenced, *derived],
         content=report,
         series_instance_uid=result_uid(uid_key, "sr-series"),
         series_number=series.number,
@@ -234,13 +345,12 @@ def _report(
         is_verified=False,
     )
     sr.SeriesDescription = series.described(algorithm.notice)
-    return sr
+    return declare_private_schemes(sr)
 
 
 def _segment_report(
     source_images: Sequence[Dataset],
-    groups: list[object],
-    key_slices: Sequence[int],
+    groups: list[Any],
     *,
     segmentation: Dataset | None,
     algorithm: AlgorithmInfo,
@@ -249,14 +359,10 @@ def _segment_report(
     procedure: Code,
     empty_finding: Code,
 ) -> hd.sr.Comprehensive3DSR:
-    """The tail of the measurement and volume reports: "nothing found", the evidence, the SR.
-
-    No group is an explicit ``empty_finding: Absent`` group; the evidence is the
-    key slices (the first slice without any) and the SEG.
-    """
+    """The tail of the nodule and volume reports: "nothing found" when empty, the SEG as evidence."""
     if not groups:
         identification = algorithm.sr_identification()
-        groups = [_absent_group(empty_finding, source_images[0], identification, uid_key)]
+        groups = [_absent_group(empty_finding, source_images, identification, uid_key)]
     return _report(
         source_images,
         groups,
@@ -264,8 +370,79 @@ def _segment_report(
         algorithm=algorithm,
         series=series,
         uid_key=uid_key,
-        evidence=_evidence(source_images, key_slices, segmentation),
+        derived=[segmentation] if segmentation is not None else [],
     )
+
+
+# -- nodules: centre, key-slice ellipse, outlines with volume and certainty -------------------
+
+
+def _finding_groups(
+    finding: NoduleFinding,
+    index: int,
+    source_images: Sequence[Dataset],
+    segmentation: Dataset | None,
+    algorithm: hd.sr.AlgorithmIdentification,
+    uid_key: str,
+    score_concept: Code,
+) -> list[Group]:
+    label = finding.label or f"{finding.finding_type.meaning} {index}"
+    image = source_images[finding.key_slice]
+    common: dict[str, Any] = {
+        "tracking_identifier": _tracking(finding_uid(uid_key, index), label),
+        "finding_type": finding.finding_type,
+        "algorithm_id": algorithm,
+        "finding_sites": _sites(finding.finding_site),
+    }
+    ellipse = _ellipse(image, finding.center_mm, finding.long_axis_mm)
+    # The centre on the key slice comes first: it is what OHIF draws, on that slice, and
+    # can load as a measurement. The nodule in 3D is an ellipsoid (its centre the
+    # nodule's), not a second point, which OHIF would load as a second measurement.
+    centre = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        referenced_region=_region(image, "POINT", (ellipse[0:1] + ellipse[1:2]) / 2.0),
+        **common,
+    )
+    if finding.ellipsoid_mm is not None:
+        axes = np.asarray(finding.ellipsoid_mm, dtype=float)
+    else:
+        radius = finding.long_axis_mm / 2.0
+        axes = np.asarray(finding.center_mm) + np.repeat(np.eye(3), 2, axis=0) * np.tile(
+            [[-radius], [radius]], (3, 1)
+        )
+    in_3d = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        referenced_volume_surface=hd.sr.VolumeSurface(
+            graphic_type=hd.sr.GraphicTypeValues3D.ELLIPSOID,
+            graphic_data=axes,
+            frame_of_reference_uid=image.FrameOfReferenceUID,
+            source_series=hd.sr.SourceSeriesForSegmentation(image.SeriesInstanceUID),
+        ),
+        **common,
+    )
+    planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        referenced_region=_region(image, "ELLIPSE", ellipse),
+        measurements=[
+            hd.sr.Measurement(
+                name=codes.SCT.LongAxis, value=round(finding.long_axis_mm, 2), unit=MM
+            )
+        ],
+        **common,
+    )
+    regions = (
+        _outline_regions(finding.outlines, finding.key_slice, source_images)
+        if finding.outlines
+        else [_region(image, "ELLIPSE", ellipse)]
+    )
+    volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        referenced_regions=regions,
+        measurements=[
+            _volume(round(finding.volume_mm3, 1), MM3, segmentation, finding.segment_number),
+            hd.sr.Measurement(
+                name=score_concept, value=round(100.0 * finding.score, 1), unit=PERCENT
+            ),
+        ],
+        **common,
+    )
+    return [centre, planar, volumetric, in_3d]
 
 
 def write_measurement_report(
@@ -278,24 +455,25 @@ def write_measurement_report(
     uid_key: str,
     procedure: Code = codes.LN.CTUnspecifiedBodyRegion,
     empty_finding: Code = codes.SCT.Nodule,
+    score_concept: Code = CERTAINTY,
 ) -> hd.sr.Comprehensive3DSR:
     """TID 1500 report of *findings*; no finding is a valid, explicit empty report.
 
     With no findings the report holds one group stating ``empty_finding: Absent``.
-
-    The evidence is the key slices (and the SEG), so the SR stays small for a
-    300-slice series while every referenced instance is listed.
+    The score goes in as *score_concept*: "Certainty of Finding" for a calibrated
+    probability, :data:`dicomnode.results.codes.SCORE` for a raw detector score.
     """
     identification = algorithm.sr_identification()
-    groups: list[object] = []
+    groups: list[Any] = []
     for index, finding in enumerate(findings, start=1):
         groups.extend(
-            _finding_groups(finding, index, source_images, segmentation, identification, uid_key)
+            _finding_groups(
+                finding, index, source_images, segmentation, identification, uid_key, score_concept
+            )
         )
     return _segment_report(
         source_images,
         groups,
-        [f.key_slice for f in findings],
         segmentation=segmentation,
         algorithm=algorithm,
         series=series,
@@ -303,6 +481,9 @@ def write_measurement_report(
         procedure=procedure,
         empty_finding=empty_finding,
     )
+
+
+# -- graded images: the graded area, the answer, its certainty --------------------------------
 
 
 def _classification_group(
@@ -313,8 +494,29 @@ def _classification_group(
     identification: hd.sr.AlgorithmIdentification,
     finding_type: Code,
     uid_key: str,
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """One TID 1501 group: the coded answer, probabilities, flags and illustrations."""
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """One TID 1410 group: the graded area, the coded answer, certainty, probabilities, flags.
+
+    The graded area is drawn as the ellipse inscribed in ``region`` (the round
+    field of view of a fundus photograph in the square the network saw), not as
+    a rectangle: Cornerstone3D takes a closed 5-point polyline for its
+    RectangleROI tool and fails on a group that also holds measurements.
+    """
+    image = source_images[result.source_index]
+    box = result.region or (0.0, 0.0, float(image.Columns), float(image.Rows))
+    # Viewers list a group's numbers in order and show only the first few (OHIF: five), and
+    # no coded value: the certainty first, then the probabilities, most probable first.
+    numbers: list[tuple[Code | hd.sr.CodedConcept, float, Code | hd.sr.CodedConcept]] = []
+    if result.certainty is not None:
+        numbers.append((CERTAINTY, _significant(100.0 * result.certainty), PERCENT))
+    ranked = sorted(enumerate(result.probabilities.items()), key=lambda item: -item[1][1])
+    kind, prefix = ("Probability", "P") if result.calibrated else ("Score", "S")
+    numbers += [
+        (private(f"{prefix}{n}", f"{kind} of {name}"[:64]), _significant(100.0 * p), PERCENT)
+        for n, (name, p) in ranked
+    ]
+    numbers += [(name, _significant(value), unit) for name, value, unit in result.measurements]
+    measurements = [hd.sr.Measurement(name=n, value=v, unit=u) for n, v, u in numbers]
     evaluations = [
         hd.sr.QualitativeEvaluation(
             name=result.answer_concept or codes.DCM.Finding, value=result.finding
@@ -323,45 +525,23 @@ def _classification_group(
     evaluations += [
         hd.sr.QualitativeEvaluation(name=name, value=value) for name, value in result.evaluations
     ]
-    measurements = [
-        hd.sr.Measurement(
-            name=hd.sr.CodedConcept(f"P{n}", "99DICOMNODE", f"Probability of {name}"[:64]),
-            value=round(100.0 * p, 2),
-            unit=PERCENT,
+    evaluations += [
+        hd.sr.QualitativeEvaluation(
+            name=private(flag[:16].upper(), flag[:64]),
+            value=codes.SCT.Yes if value else codes.SCT.No,
         )
-        for n, (name, p) in enumerate(result.probabilities.items())
+        for flag, value in result.flags.items()
     ]
-    measurements += [
-        hd.sr.Measurement(name=name, value=round(value, 4), unit=unit)
-        for name, value, unit in result.measurements
-    ]
-    for flag, value in result.flags.items():
-        evaluations.append(
-            hd.sr.QualitativeEvaluation(
-                name=hd.sr.CodedConcept(flag[:16].upper(), "99DICOMNODE", flag[:64]),
-                value=codes.SCT.Yes if value else codes.SCT.No,
-            )
-        )
-    indices = [result.source_index, *(i for i in result.source_indices if i != result.source_index)]
-    site = (
-        [hd.sr.FindingSite(result.finding_site, laterality=result.finding_site_laterality)]
-        if result.finding_site
-        else None
-    )
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=result_uid(uid_key, f"finding-{index}"),
-            identifier=result.label or f"Image {index}",
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(
+            finding_uid(uid_key, index), result.label or f"Image {index}"
         ),
+        referenced_region=_region(image, "ELLIPSE", _inscribed_ellipse(*box)),
         finding_type=result.finding_type or finding_type,
         algorithm_id=identification,
-        finding_sites=site,
+        finding_sites=_sites(result.finding_site, result.finding_site_laterality),
         measurements=measurements or None,
         qualitative_evaluations=evaluations,
-        source_images=[
-            hd.sr.SourceImageForMeasurementGroup.from_source_image(source_images[i])
-            for i in indices
-        ],
     )
     for picture in result.illustrations:
         # TID 1410 names a picture of the finding "Illustration of ROI" (DCM 121200).
@@ -386,11 +566,12 @@ def write_classification_report(
     procedure: Code,
     finding_type: Code,
 ) -> hd.sr.Comprehensive3DSR:
-    """TID 1500 report with one coded finding per group: the answer, probabilities, flags.
+    """TID 1500 report with one coded finding per group, drawn as the graded area of its image.
 
-    A finding may cover several source images (``source_indices``), carry further
-    coded evaluations and measurements, and reference result images (``illustrations``,
-    e.g. heat maps), which then join the report's evidence.
+    A finding about several images (``source_indices``: e.g. an eye's
+    photographs, graded as its worst) is drawn on its ``source_index`` image;
+    the others join the evidence and the Image Library. Result images (``illustrations``, e.g. heat
+    maps) are referenced as "Illustration of ROI" and join the evidence.
     """
     identification = algorithm.sr_identification()
     groups = [
@@ -412,76 +593,52 @@ def write_classification_report(
         algorithm=algorithm,
         series=series,
         uid_key=uid_key,
-        evidence=[*source_images, *illustrations.values()],
+        derived=list(illustrations.values()),
+        about=[i for f in findings for i in f.source_indices],
     )
 
 
-# -- volumetric findings: one group per SEG segment ----------------------------------------
-
-ML = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
+# -- segmented regions: outlines with the volume, then the centre -----------------------------
 
 
-@dataclass(frozen=True)
-class SegmentVolumeFinding:
-    """The volume of one segmented region (e.g. a tumour sub-region), in mL.
-
-    With a ``segment_number`` it becomes a TID 1411 volumetric group that
-    references that SEG segment; without one (a composite such as the whole
-    tumour, the union of several segments) a TID 1501 group on the key slice.
-    """
-
-    label: str  # tracking identifier, e.g. "Enhancing tumour"
-    finding_type: Code
-    volume_ml: float
-    segment_number: int | None = None
-    key_slice: int = 0  # index into the source images (composite groups)
-    finding_site: Code | None = None
-
-
-def _volume_group(
+def _volume_groups(
     finding: SegmentVolumeFinding,
     source_images: Sequence[Dataset],
     segmentation: Dataset | None,
     algorithm: hd.sr.AlgorithmIdentification,
     uid_key: str,
-) -> (
-    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-    | hd.sr.MeasurementsAndQualitativeEvaluations
-):
+) -> list[Group]:
+    if not finding.outlines:
+        raise ValueError(f"{finding.label}: a finding needs its outline on at least one image")
     # Segment findings share the SEG segment's tracking UID (seg.py's default), so viewers link them.
-    role = (
-        f"finding-{finding.segment_number}"
-        if finding.segment_number is not None
-        else f"finding-{finding.label}"
-    )
+    number = finding.label if finding.segment_number is None else finding.segment_number
     common: dict[str, Any] = {
-        "tracking_identifier": hd.sr.TrackingIdentifier(
-            uid=result_uid(uid_key, role), identifier=finding.label[:64]
-        ),
+        "tracking_identifier": _tracking(finding_uid(uid_key, number), finding.label),
         "finding_type": finding.finding_type,
         "algorithm_id": algorithm,
-        "finding_sites": [hd.sr.FindingSite(anatomic_location=finding.finding_site)]
-        if finding.finding_site
-        else None,
-        "measurements": [
-            hd.sr.Measurement(name=codes.SCT.Volume, value=round(finding.volume_ml, 3), unit=ML)
-        ],
+        "finding_sites": _sites(finding.finding_site),
     }
-    image = source_images[finding.key_slice]
-    if segmentation is not None and finding.segment_number is not None:
-        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            referenced_segment=hd.sr.ReferencedSegment(
-                sop_class_uid=segmentation.SOPClassUID,
-                sop_instance_uid=segmentation.SOPInstanceUID,
-                segment_number=finding.segment_number,
-                source_series=hd.sr.SourceSeriesForSegmentation(image.SeriesInstanceUID),
-            ),
+    groups: list[Group] = [
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            referenced_regions=_outline_regions(finding.outlines, finding.key_slice, source_images),
+            measurements=[
+                _volume(round(finding.volume_ml, 3), ML, segmentation, finding.segment_number)
+            ],
             **common,
         )
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(image)],
-        **common,
-    )
+    ]
+    if finding.center_mm is not None:
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                referenced_region=hd.sr.ImageRegion3D(
+                    graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+                    graphic_data=np.array([finding.center_mm], dtype=float),
+                    frame_of_reference_uid=source_images[finding.key_slice].FrameOfReferenceUID,
+                ),
+                **common,
+            )
+        )
+    return groups
 
 
 def write_volume_report(
@@ -497,19 +654,19 @@ def write_volume_report(
 ) -> hd.sr.Comprehensive3DSR:
     """TID 1500 report with the volume (mL) of each segment and of composites.
 
-    Segment findings become TID 1411 volumetric groups referencing their SEG
-    segment; composites (no segment number) TID 1501 groups. No finding is an
-    explicit ``empty_finding: Absent`` report. The evidence is the key slices
-    and the SEG.
+    Each finding is a TID 1411 group of its outlines (key slice first) whose
+    volume references its SEG segment (composites: none), and a TID 1410 group
+    with its centre. No finding is an explicit ``empty_finding: Absent`` report.
     """
     identification = algorithm.sr_identification()
-    groups: list[object] = [
-        _volume_group(f, source_images, segmentation, identification, uid_key) for f in findings
+    groups: list[Any] = [
+        group
+        for finding in findings
+        for group in _volume_groups(finding, source_images, segmentation, identification, uid_key)
     ]
     return _segment_report(
         source_images,
         groups,
-        [f.key_slice for f in findings],
         segmentation=segmentation,
         algorithm=algorithm,
         series=series,

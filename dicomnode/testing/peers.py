@@ -238,6 +238,11 @@ def echoscu(
     return subprocess.run(args, env=NODELAY_ENV, capture_output=True, text=True, timeout=timeout)
 
 
+def _dciodvfy_lines(path: str | os.PathLike[str]) -> list[str]:
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return (result.stdout + result.stderr).splitlines()
+
+
 def dciodvfy(path: str | os.PathLike[str]) -> list[str]:
     """dicom3tools' verdict on a file: the lines that report errors (warnings ignored).
 
@@ -248,9 +253,33 @@ def dciodvfy(path: str | os.PathLike[str]) -> list[str]:
     list of str
         Error lines; empty when the file is valid for its IOD.
     """
-    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    lines = (result.stdout + result.stderr).splitlines()
-    return [line for line in lines if line.startswith("Error") or " Error " in line]
+    return [line for line in _dciodvfy_lines(path) if line.startswith("Error") or " Error " in line]
+
+
+def dciodvfy_warnings(path: str | os.PathLike[str], *, declared_schemes: bool = True) -> list[str]:
+    """dciodvfy's warnings on a file, except those about declared private coding schemes.
+
+    dciodvfy knows a fixed list of Coding Scheme Designators and warns "Unrecognized
+    defined term" for any other, even one the object declares in its Coding Scheme
+    Identification Sequence (PS3.3 C.12.1). With *declared_schemes*, those warnings
+    are dropped for designators the file declares, and only for them.
+    """
+    warnings = [line for line in _dciodvfy_lines(path) if line.startswith("Warning")]
+    if not declared_schemes:
+        return warnings
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    declared = {str(i.CodingSchemeDesignator) for i in ds.get("CodingSchemeIdentificationSequence", [])}
+    unrecognised = re.compile(
+        r"^Warning - Unrecognized defined term <(?P<term>[^>]+)> for value 1 of attribute "
+        r"<Coding Scheme Designator>$"
+    )
+    return [
+        line
+        for line in warnings
+        if not ((m := unrecognised.match(line)) and m.group("term") in declared)
+    ]
 
 
 class _Process:

@@ -28,7 +28,11 @@ import torch
 from tqdm import tqdm
 
 from dicomnode.pipelines.bundle import Bundle
-from dicomnode.pipelines.lung_nodule.detector import detector_settings, make_detector
+from dicomnode.pipelines.lung_nodule.detector import (
+    DetectorSettings,
+    detector_settings,
+    make_detector,
+)
 from dicomnode.pipelines.lung_nodule.preprocessing import boxes_to_lps
 from train.lung.phantom import evaluation_case
 
@@ -115,10 +119,9 @@ def plot(fps: np.ndarray, sens: np.ndarray, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    bundle = Bundle(args.bundle.resolve())
+def load_detector(path: Path) -> tuple[Any, DetectorSettings, Bundle]:
+    """The bundle's RetinaNet detector on the CPU, with the sliding window the pipeline uses."""
+    bundle = Bundle(path.resolve())
     settings = detector_settings(bundle)
     network = bundle.parsed("network_def")
     bundle.load_weights(network, torch.device("cpu"))
@@ -130,20 +133,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         mode=settings.mode,
     )
     detector.eval()
+    return detector, settings, bundle
+
+
+def detect(detector: Any, settings: DetectorSettings, seed: int) -> tuple[Any, np.ndarray, np.ndarray]:
+    """Evaluation case *seed* and the detector's (LPS centres, scores) on it."""
+    sample, _ = evaluation_case(seed, settings.pixdim, settings.window)
+    image = torch.from_numpy(sample.image)[None]
+    sliding = any(s > p for s, p in zip(image.shape[1:], settings.patch_size, strict=True))
+    with torch.no_grad():
+        (out,) = detector([image], use_inferer=sliding)
+    centers, corners = boxes_to_lps(out["box"].numpy(), sample.affine)
+    return sample, np.column_stack([centers, corners]), out["label_scores"].numpy()
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    detector, settings, bundle = load_detector(args.bundle)
     labelled: list[tuple[float, bool]] = []
     best_scores, relevant, seconds = [], 0, []
     for case in tqdm(range(args.cases), desc="cases", unit="scan"):
-        sample, _ = evaluation_case(args.seed + case, settings.pixdim, settings.window)
-        image = torch.from_numpy(sample.image)[None]
-        sliding = any(s > p for s, p in zip(image.shape[1:], settings.patch_size, strict=True))
         start = time.perf_counter()
-        with torch.no_grad():
-            (out,) = detector([image], use_inferer=sliding)
+        sample, boxes, scores = detect(detector, settings, args.seed + case)
         seconds.append(time.perf_counter() - start)
-        centers, _ = boxes_to_lps(out["box"].numpy(), sample.affine)
         found, count, best = match(
-            centers,
-            out["label_scores"].numpy(),
+            boxes[:, :3],
+            scores,
             sample.centers_lps,
             sample.diameters,
             args.min_diameter,

@@ -37,12 +37,6 @@ class Findings:
         """Enhancing + necrotic + oedema."""
         return float(sum(self.volumes_ml.values()))
 
-    @property
-    def key_slice(self) -> int:
-        """The slice with the most tumour voxels (0 when there is none)."""
-        per_slice = (self.labels > 0).reshape(self.labels.shape[0], -1).sum(axis=1)
-        return int(np.argmax(per_slice)) if per_slice.any() else 0
-
 
 def region_targets(labels: np.ndarray) -> np.ndarray:
     """Exclusive labels → the three overlapping BraTS regions TC, WT, ET (training targets)."""

@@ -279,4 +279,4 @@ class BrainTumorPipeline(
     def write(
         self, findings: Findings, loaded: dict[str, Volume], context: JobContext
     ) -> list[Dataset]:
-        return write_results(list(loaded["T1c"].source), findings, self.results(context))
+        return write_results(loaded["T1c"], findings, self.results(context))

@@ -1,4 +1,11 @@
-"""The brain tumour results: SEG (present compartments) and a volume SR on the T1c series."""
+"""The brain tumour results on the T1c series: SEG, volume SR and GSPS outlines.
+
+Each present compartment (enhancing tumour, necrotic core, oedema) is a SEG
+segment, an SR finding (its outline on every slice, the key slice first, its
+volume and its centre) and GSPS outlines, under one name and Tracking UID;
+the whole tumour is an SR finding of its own (no segment). No tumour is an
+explicit "absent" SR, and neither SEG nor GSPS.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from dicomnode.pipelines.brain_tumor.findings import (
     OEDEMA,
     Findings,
 )
+from dicomnode.pipelines.volume import Volume
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -29,18 +37,18 @@ def _finding_types() -> dict[int, Any]:
     return {ENHANCING: codes.SCT.Neoplasm, NECROSIS: codes.SCT.Necrosis, OEDEMA: codes.SCT.Edema}
 
 
-def write_results(
-    source: Sequence[Dataset], findings: Findings, writer: ResultWriter
-) -> list[Dataset]:
-    """SEG (present labels only) and the volume SR on the T1c source slices.
+def write_results(t1c: Volume, findings: Findings, writer: ResultWriter) -> list[Dataset]:
+    """SEG and GSPS (present labels only), then the volume SR, on the T1c source slices.
 
-    Segment numbers follow the present labels and the SR references the same
-    numbers; no tumour is an explicit "absent" SR and no SEG.
+    Segment numbers follow the present labels and the SR references the same numbers.
     """
     from pydicom.sr.codedict import codes
 
+    from dicomnode.results import segment_annotations
+    from dicomnode.results.outlines import segment_outlines
     from dicomnode.results.sr import write_volume_report
 
+    source = list(t1c.source)
     if len(source) != findings.labels.shape[0]:
         raise PipelineError(
             "the T1c series is one multi-frame instance; SEG on multi-frame sources is not supported yet"
@@ -48,13 +56,26 @@ def write_results(
     present = [label for label in LABEL_NAMES if findings.volumes_ml[label] > 0]
     outputs: list[Dataset] = []
     seg = None
+    drawn: dict[int, dict[int, list[np.ndarray]]] = {}
     if present:
-        seg = writer.segmentation(source, _renumbered(findings.labels, present), _segments(present))
+        labels = _renumbered(findings.labels, present)
+        segments = _segments(present)
+        seg = writer.segmentation(source, labels, segments)
         outputs.append(seg)
+        drawn = segment_outlines(labels)
+        texts = {
+            n: f"{LABEL_NAMES[label]} {findings.volumes_ml[label]:.1f} mL"
+            for n, label in enumerate(present, start=1)
+        }
+        gsps = writer.presentation_state(
+            source, segment_annotations(segments, drawn, writer.uid_key, texts)
+        )
+        if gsps is not None:
+            outputs.append(gsps)
     outputs.append(
         write_volume_report(
             source,
-            _volume_findings(findings, present),
+            _volume_findings(findings, present, drawn, t1c),
             segmentation=seg,
             algorithm=writer.algorithm,
             series=writer.series("sr"),
@@ -93,26 +114,44 @@ def _segments(present: Sequence[int]) -> list[Any]:
     ]
 
 
-def _volume_findings(findings: Findings, present: Sequence[int]) -> list[SegmentVolumeFinding]:
+def _key_slice_and_centre(mask: np.ndarray, t1c: Volume) -> tuple[int, tuple[float, float, float]]:
+    """The slice with most of *mask* (shown first) and the mask's centre of mass (LPS, mm)."""
+    per_slice = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    centre = t1c.index_to_lps(np.argwhere(mask).mean(axis=0))[0]
+    return int(np.argmax(per_slice)), (float(centre[0]), float(centre[1]), float(centre[2]))
+
+
+def _volume_findings(
+    findings: Findings,
+    present: Sequence[int],
+    drawn: dict[int, dict[int, list[np.ndarray]]],
+    t1c: Volume,
+) -> list[SegmentVolumeFinding]:
     """A finding per present compartment, then the whole tumour (when there is one)."""
     from pydicom.sr.codedict import codes
 
-    from dicomnode.results.sr import SegmentVolumeFinding
+    from dicomnode.results.outlines import segment_outlines
+    from dicomnode.results.sr import Outline, SegmentVolumeFinding
 
     types = _finding_types()
-    key_slice = findings.key_slice
-    volume_findings = [
-        SegmentVolumeFinding(
-            label=LABEL_NAMES[label],
-            finding_type=types[label],
-            volume_ml=findings.volumes_ml[label],
-            segment_number=number,
-            key_slice=key_slice,
-            finding_site=codes.SCT.Brain,
+    volume_findings = []
+    for number, label in enumerate(present, start=1):
+        key_slice, centre = _key_slice_and_centre(findings.labels == label, t1c)
+        volume_findings.append(
+            SegmentVolumeFinding(
+                label=LABEL_NAMES[label],
+                finding_type=types[label],
+                volume_ml=findings.volumes_ml[label],
+                segment_number=number,
+                key_slice=key_slice,
+                finding_site=codes.SCT.Brain,
+                outlines=Outline.all_of(drawn[number]),
+                center_mm=centre,
+            )
         )
-        for number, label in enumerate(present, start=1)
-    ]
     if present:
+        whole = findings.labels > 0
+        key_slice, centre = _key_slice_and_centre(whole, t1c)
         volume_findings.append(
             SegmentVolumeFinding(
                 label="Whole tumour",
@@ -121,6 +160,8 @@ def _volume_findings(findings: Findings, present: Sequence[int]) -> list[Segment
                 segment_number=None,
                 key_slice=key_slice,
                 finding_site=codes.SCT.Brain,
+                outlines=Outline.all_of(segment_outlines(whole.astype(np.uint8))[1]),
+                center_mm=centre,
             )
         )
     return volume_findings

@@ -17,8 +17,8 @@ class GradedPhotograph:
 
     photograph: Photograph
     prepared: PreparedFundus
-    probabilities: np.ndarray  # (5,) ICDR grade probabilities, averaged over the flips
-    entropy: float  # predictive entropy of the mean, nats
+    probabilities: np.ndarray  # (5,) ICDR grade probabilities: flip mean, calibrated if the bundle is
+    entropy: float  # predictive entropy of the (uncalibrated) flip mean, nats
     cam: np.ndarray | None  # Grad-CAM of the predicted grade on the network input
 
     @property

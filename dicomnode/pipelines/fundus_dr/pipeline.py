@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 
 from dicomnode.config import ModelOptions
 from dicomnode.pipelines.base import JobContext, PipelineError, SeriesInput
+from dicomnode.pipelines.calibration import probability_calibration
 from dicomnode.pipelines.fundus_dr.findings import GradedPhotograph, GradingRules
 from dicomnode.pipelines.fundus_dr.inference import (
     GRADE_NAMES,
@@ -109,6 +110,11 @@ class FundusDR(
                 f"bundle {self.bundle.name}: tta must list some of {', '.join(TTA_FLIPS)}, "
                 f"not {self.tta}"
             )
+        # Grade probabilities as stated are calibrated when the bundle was
+        # (train/fundus/calibrate.py); the review flag stays on the raw entropy it was set on.
+        self.calibration = probability_calibration(
+            self.bundle.raw("probability_calibration", None)
+        )
         heat_maps = self.options.heat_maps
         self.cam: GradCAM | None = None
         if self.options.key_images if heat_maps is None else heat_maps:
@@ -178,11 +184,12 @@ class FundusDR(
         loaded: FundusStudy,
         context: JobContext,
     ) -> tuple[GradedPhotograph, ...]:
+        stated = raw.probabilities if self.calibration is None else self.calibration(raw.probabilities)
         graded = tuple(
             GradedPhotograph(
                 photo,
                 inputs,
-                raw.probabilities[n],
+                stated[n],
                 float(predictive_entropy(raw.probabilities[n])),
                 None if raw.cams is None else raw.cams[n],
             )
@@ -204,5 +211,7 @@ class FundusDR(
     ) -> list[Dataset]:
         writer = self.results(context)
         overlays = write_heat_maps(findings, writer)
-        report = write_report(findings, overlays, writer, self.rules)
+        report = write_report(
+            findings, overlays, writer, self.rules, calibrated=self.calibration is not None
+        )
         return [*(o for o in overlays if o is not None), report]

@@ -1,10 +1,13 @@
 """The fundus results: a Grad-CAM heat map per photograph (Secondary Capture) and one SR.
 
 The SR is a Comprehensive 3D SR (TID 1500) with a group per photograph and a
-group per eye: the grade (SNOMED CT, see :func:`grade_codes`) as the answer to
-LOINC's per-eye severity question, the five probabilities, the predictive
-entropy, referable DR (moderate or worse) and the review flag, the photographs
-as sources and the heat maps as "Illustration of ROI".
+group per eye, each drawn as the graded area of its photograph (the square
+the network saw) : the grade (SNOMED CT, see :func:`grade_codes`) as the
+answer to LOINC's per-eye severity question, its certainty (the calibrated
+probability of that grade), the five probabilities, the predictive entropy,
+referable DR (moderate or worse) and the review flag, and the heat maps as
+"Illustration of ROI". No presentation state: the photographs are colour
+images, and GSPS is for greyscale ones.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ def grade_codes() -> dict[str, Any]:
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
 
+    from dicomnode.results.codes import private
+
     return {
         "finding_type": Code("4855003", "SCT", "Diabetic retinopathy"),
         "grades": (
@@ -83,16 +88,28 @@ def grade_codes() -> dict[str, Any]:
         "question": {
             "R": Code("71491-5", "LN", "Right eye Diabetic retinopathy severity level"),
             "L": Code("71490-7", "LN", "Left eye Diabetic retinopathy severity level"),
-            "": Code("ICDR_GRADE", "99DICOMNODE", "Diabetic retinopathy severity level"),
+            "": private("ICDR_GRADE", "Diabetic retinopathy severity level"),
         },
         "laterality": {"R": codes.SCT.Right, "L": codes.SCT.Left},
         # Private: no standard concept says "referable" or "needs review" for a model's output.
-        "referable": Code("REFERABLE_DR", "99DICOMNODE", "Referable diabetic retinopathy"),
-        "review": Code("NEEDS_REVIEW", "99DICOMNODE", "Needs human review"),
-        "entropy": Code("ENTROPY", "99DICOMNODE", "Predictive entropy"),
+        "referable": private("REFERABLE_DR", "Referable diabetic retinopathy"),
+        "review": private("NEEDS_REVIEW", "Needs human review"),
+        "entropy": private("ENTROPY", "Predictive entropy"),
         "entropy_unit": codes.UCUM.NoUnits,  # entropy in nats is a pure number
         "procedure": codes.DCM.OphthalmicPhotography,
     }
+
+
+def graded_area(item: GradedPhotograph) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the square the network saw, within the photograph."""
+    top, left, side, _ = item.prepared.box
+    rows, columns = item.photograph.rgb.shape[:2]
+    return (
+        float(max(left, 0)),
+        float(max(top, 0)),
+        float(min(left + side, columns)),
+        float(min(top + side, rows)),
+    )
 
 
 def write_heat_maps(
@@ -134,14 +151,20 @@ def write_report(
     overlays: Sequence[Dataset | None],
     writer: ResultWriter,
     rules: GradingRules,
+    *,
+    calibrated: bool,
 ) -> Dataset:
-    """The SR: a group per photograph, then one per eye (graded as its worst photograph)."""
+    """The SR: a group per photograph, then one per eye (graded as its worst photograph).
+
+    Calibrated probabilities are stated as probabilities, the answer's as its
+    "Certainty of Finding"; uncalibrated ones as scores, without a certainty.
+    """
     from dicomnode.results import write_classification_report
 
     c = grade_codes()
 
     def finding(members: list[int], label: str, eye: str | None = None) -> ClassificationFinding:
-        return _finding(graded, overlays, members, label, eye, rules, c)
+        return _finding(graded, overlays, members, label, eye, rules, c, calibrated)
 
     findings = [finding([n], f"Image {n + 1}") for n in range(len(graded))]
     for eye, label in (("R", "Right eye"), ("L", "Left eye")):
@@ -167,6 +190,7 @@ def _finding(
     eye: str | None,
     rules: GradingRules,
     c: dict[str, Any],
+    calibrated: bool,
 ) -> ClassificationFinding:
     """One group: a photograph, or an eye (graded as its worst photograph)."""
     from pydicom.sr.codedict import codes
@@ -187,6 +211,9 @@ def _finding(
         source_indices=tuple(members),
         finding=c["grades"][grade],
         answer_concept=c["question"][laterality],
+        certainty=float(item.probabilities[grade]) if calibrated else None,
+        calibrated=calibrated,
+        region=graded_area(item),
         probabilities={
             name: float(p) for name, p in zip(GRADE_NAMES, item.probabilities, strict=True)
         },

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from dicomnode.config import ModelOptions
 from dicomnode.pipelines.base import JobContext, PipelineError, SeriesInput
+from dicomnode.pipelines.calibration import score_calibration
 from dicomnode.pipelines.lung_nodule.detector import detector_settings, make_detector
 from dicomnode.pipelines.lung_nodule.findings import Detection, find_nodules
 from dicomnode.pipelines.lung_nodule.preprocessing import network_input
@@ -79,6 +80,9 @@ class LungNodulePipeline(
             if self.options.report_threshold is None
             else self.options.report_threshold
         )
+        # Raw scores are what report_threshold is in; what the SR states is calibrated,
+        # when the bundle was calibrated (train/lung/calibrate.py), else called a score.
+        self.calibration = score_calibration(self.bundle.raw("score_calibration", None))
 
     def select(self, context: JobContext) -> SeriesInput:
         return select_ct_series(context.series, self.options.max_slice_thickness, context.log)
@@ -152,5 +156,9 @@ class LungNodulePipeline(
         self, findings: tuple[Detection, ...], loaded: Volume, context: JobContext
     ) -> list[Dataset]:
         return write_results(
-            findings, loaded, self.results(context), key_images=self.options.key_images
+            findings,
+            loaded,
+            self.results(context),
+            key_images=self.options.key_images,
+            calibration=self.calibration,
         )

@@ -1,4 +1,9 @@
-"""The lung results: one SEG (a segment per nodule), a TID 1500 SR and a key image."""
+"""The lung results: SEG (a segment per nodule), TID 1500 SR, GSPS outlines and a key image.
+
+Nodule n is "Nodule n" everywhere: its SEG segment label and tracking
+identifier, its SR groups' tracking identifier, its GSPS graphics; one
+Tracking UID links them all.
+"""
 
 from __future__ import annotations
 
@@ -13,26 +18,50 @@ from dicomnode.pipelines.volume import Volume
 if TYPE_CHECKING:
     from pydicom import Dataset
 
+    from dicomnode.pipelines.calibration import ScoreCalibration
     from dicomnode.pipelines.model import ResultWriter
     from dicomnode.results import NoduleFinding, SegmentSpec
 
 
 def write_results(
-    findings: Sequence[Detection], volume: Volume, writer: ResultWriter, *, key_images: bool
+    findings: Sequence[Detection],
+    volume: Volume,
+    writer: ResultWriter,
+    *,
+    key_images: bool,
+    calibration: ScoreCalibration | None = None,
 ) -> list[Dataset]:
-    """SEG (when there are nodules), the key image (when asked) and the SR, in that order.
+    """SEG, GSPS and key image (when there are nodules and they are asked for), then the SR.
 
-    No nodule is a valid result: an SR saying "Nodule: Absent".
+    No nodule is a valid result: an SR saying "Nodule: Absent". With a
+    *calibration* each nodule's score becomes the probability that it is one,
+    stated as "Certainty of Finding"; without, the detector's score is stated as
+    such ("Score").
     """
-    from dicomnode.results import write_measurement_report
+    from dicomnode.results import segment_annotations, write_measurement_report
+    from dicomnode.results.codes import CERTAINTY, SCORE
+    from dicomnode.results.outlines import segment_outlines
 
     source = list(volume.source)
     outputs: list[Dataset] = []
     segmentation = None
+    drawn: dict[int, dict[int, list[np.ndarray]]] = {}
+    segments = _segments(findings)
     if findings:
-        segmentation = writer.segmentation(source, _labels(findings, volume), _segments(findings))
+        labels = _labels(findings, volume)
+        segmentation = writer.segmentation(source, labels, segments)
         outputs.append(segmentation)
-    nodules = [_nodule(found, number, volume) for number, found in enumerate(findings, start=1)]
+        drawn = segment_outlines(labels)
+    nodules = [
+        _nodule(found, number, volume, drawn.get(number, {}), calibration)
+        for number, found in enumerate(findings, start=1)
+    ]
+    texts = {n: _text(n, f, calibration is not None) for n, f in enumerate(nodules, start=1)}
+    gsps = writer.presentation_state(
+        source, segment_annotations(segments, drawn, writer.uid_key, texts)
+    )
+    if gsps is not None:
+        outputs.append(gsps)
     if findings and key_images:
         outputs.append(_key_image(findings, nodules, source, writer))
     outputs.append(
@@ -43,9 +72,16 @@ def write_results(
             algorithm=writer.algorithm,
             series=writer.series("sr"),
             uid_key=writer.uid_key,
+            score_concept=CERTAINTY if calibration is not None else SCORE,
         )
     )
     return outputs
+
+
+def _text(number: int, nodule: NoduleFinding, calibrated: bool) -> str:
+    """The GSPS label: what a radiologist with only the presentation state reads."""
+    score = f"{100 * nodule.score:.0f} %" if calibrated else f"score {nodule.score:.2f}"
+    return f"Nodule {number} {nodule.long_axis_mm:.0f} mm {score}"
 
 
 def _labels(findings: Sequence[Detection], volume: Volume) -> np.ndarray:
@@ -65,17 +101,28 @@ def _segments(findings: Sequence[Detection]) -> list[SegmentSpec]:
     )
 
 
-def _nodule(found: Detection, number: int, volume: Volume) -> NoduleFinding:
-    from dicomnode.results import NoduleFinding
+def _nodule(
+    found: Detection,
+    number: int,
+    volume: Volume,
+    drawn: dict[int, list[np.ndarray]],
+    calibration: ScoreCalibration | None,
+) -> NoduleFinding:
+    from dicomnode.results import NoduleFinding, Outline
+    from dicomnode.results.sr import ellipsoid_of
 
+    offset = np.array([s.start for s in found.box_index])
     centre_slice = round(float(volume.lps_to_index(np.array(found.center_lps))[0, 0]))
     return NoduleFinding(
         center_mm=found.center_lps,
         long_axis_mm=round(found.long_axis_mm, 1),
         volume_mm3=round(found.volume_mm3, 1),
-        score=round(found.score, 3),
+        score=round(float(calibration(found.score)) if calibration else found.score, 3),
         key_slice=int(np.clip(centre_slice, 0, len(volume.source) - 1)),
         segment_number=number,
+        label=f"Nodule {number}",
+        outlines=Outline.all_of(drawn),
+        ellipsoid_mm=ellipsoid_of(volume.index_to_lps(np.argwhere(found.mask) + offset)),
     )
 
 
@@ -86,7 +133,10 @@ def _key_image(
     writer: ResultWriter,
 ) -> Dataset:
     """A Secondary Capture of the top nodule's slice, every nodule on it circled."""
+    from pydicom.sr.codedict import codes
+
     from dicomnode.results import KeyImageMark, write_key_image
+    from dicomnode.results.palette import colour_of
 
     key_slice = nodules[0].key_slice
     marks = []
@@ -96,7 +146,8 @@ def _key_image(
         offset = np.array([s.start for s in found.box_index])
         _, row, column = np.argwhere(found.mask).mean(axis=0) + offset
         pixel = float(source[key_slice].PixelSpacing[1])
-        marks.append(KeyImageMark(float(row), float(column), found.long_axis_mm / pixel / 2 + 3))
+        radius = found.long_axis_mm / pixel / 2 + 3
+        marks.append(KeyImageMark(float(row), float(column), radius, colour_of(codes.SCT.Nodule)))
     return write_key_image(
         source[key_slice],
         marks,

@@ -1,0 +1,71 @@
+"""Coded concepts of the results that pydicom's dictionary lacks, and the private scheme.
+
+Every concept the writers use comes from a standard scheme (SNOMED CT "SCT",
+DICOM "DCM", LOINC "LN", UCUM) where one exists. Where none does, the concept
+is private, in the scheme :data:`PRIVATE_SCHEME`, and every object that uses
+it declares that scheme in its Coding Scheme Identification Sequence
+(:func:`declare_private_schemes`), as PS3.3 C.12.1 asks for designators that
+are not in PS3.16 Table 8-1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TypeVar
+
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+PRIVATE_SCHEME = "99DICOMNODE"
+PRIVATE_SCHEME_NAME = "dicomnode private codes"
+PRIVATE_SCHEME_ORGANIZATION = "dicomnode project"
+
+# Designators of PS3.16 Table 8-1 the results use; anything else must be declared.
+STANDARD_SCHEMES = frozenset({"DCM", "SCT", "LN", "UCUM", "SRT", "DCMUID"})
+
+# The detector's output when its calibration is not good enough to call it a probability
+# (SNOMED CT "Score (attribute)"): a rank, not a chance. See models/lung_nodule_ct/docs.
+SCORE = Code("246262008", "SCT", "Score")
+# A probability the model gives for its answer once calibrated (DCM "Certainty of Finding").
+CERTAINTY = codes.DCM.CertaintyOfFinding
+
+
+def private(value: str, meaning: str) -> Code:
+    """A concept of :data:`PRIVATE_SCHEME` (only where no standard scheme has one)."""
+    return Code(value, PRIVATE_SCHEME, meaning)
+
+
+def _designators(ds: Dataset) -> Iterator[str]:
+    for element in ds:
+        if element.VR == "SQ":
+            for item in element.value:
+                yield from _designators(item)
+        elif element.keyword.endswith("CodingSchemeDesignator") and element.value:
+            yield str(element.value)
+
+
+DatasetT = TypeVar("DatasetT", bound=Dataset)
+
+
+def declare_private_schemes(ds: DatasetT) -> DatasetT:
+    """Add a Coding Scheme Identification item for every non-standard designator in *ds*.
+
+    Returns *ds*. Standard schemes need no item; an item already there is kept.
+    """
+    used = set(_designators(ds)) - STANDARD_SCHEMES
+    declared = {
+        str(item.CodingSchemeDesignator)
+        for item in ds.get("CodingSchemeIdentificationSequence", [])
+    }
+    items = list(ds.get("CodingSchemeIdentificationSequence", []))
+    for designator in sorted(used - declared):
+        item = Dataset()
+        item.CodingSchemeDesignator = designator
+        if designator == PRIVATE_SCHEME:
+            item.CodingSchemeName = PRIVATE_SCHEME_NAME
+            item.CodingSchemeResponsibleOrganization = PRIVATE_SCHEME_ORGANIZATION
+        items.append(item)
+    if items:
+        ds.CodingSchemeIdentificationSequence = items
+    return ds
