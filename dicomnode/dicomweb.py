@@ -158,7 +158,7 @@ class _Session(requests.Session):
     its site CA refused. Proxies and the rest of the environment still apply.
     """
 
-    def merge_environment_settings(  # type: ignore[override]
+    def merge_environment_settings(
         self, url: str, proxies: Any, stream: Any, verify: Any, cert: Any
     ) -> dict[str, Any]:
         settings: dict[str, Any] = super().merge_environment_settings(
