@@ -1,11 +1,13 @@
-"""Result-writing benchmark: SEG + SR for a 300-slice 512x512 CT with five nodules.
+"""Result-writing benchmark: SEG + SR (+ GSPS) for a 300-slice 512x512 CT with five nodules.
 
 Reference, in the same run: a plain highdicom ``Segmentation`` call with its
 default settings and the usual one-boolean-plane-per-segment input
 (slices x rows x columns x segments). dicomnode's lung pipeline writes its
 results from the same nodules (``lung_nodule.report.write_results``): it
 passes a label map (disjoint segments), which highdicom encodes several times
-faster, and adds the TID 1500 SR. Median of ``--rounds``.
+faster, and adds the TID 1500 SR (each nodule's outline on its key slice) and,
+unless ``presentation_states`` is off, the GSPS with each nodule's outlines on
+every slice it spans; both variants are timed. Median of ``--rounds``.
 
 Usage: ``python bench/results.py [--slices 300] [--rounds 3]``
 """
@@ -70,10 +72,13 @@ def plain_highdicom(source: list, labels: np.ndarray) -> None:  # type: ignore[t
     )
 
 
-def dicomnode_writers(volume: Volume, labels: np.ndarray) -> None:
-    """The lung pipeline's own results (SEG + SR) for the reference nodules."""
+def dicomnode_writers(volume: Volume, labels: np.ndarray, gsps: bool) -> None:
+    """The lung pipeline's own results (SEG + SR, and the GSPS with *gsps*) for the nodules."""
     writer = ResultWriter(
-        AlgorithmInfo("bench-detector", "1.0"), ResultOptions(), "bench", uid_key="bench"
+        AlgorithmInfo("bench-detector", "1.0"),
+        ResultOptions(presentation_states=gsps),
+        "bench",
+        uid_key="bench",
     )
     write_results(detections_from_labels(volume, labels, 0.9), volume, writer, key_images=False)
 
@@ -91,14 +96,19 @@ def main() -> int:
     print(
         f"data: {args.slices} CT slices 512x512, {len(NODULES)} nodules in {int(labels.any(axis=(1, 2)).sum())} slices"
     )
-    timings: dict[str, list[float]] = {"plain highdicom SEG": [], "dicomnode SEG + SR": []}
+    timings: dict[str, list[float]] = {
+        "plain highdicom SEG": [],
+        "dicomnode SEG + SR": [],
+        "dicomnode SEG+SR+GSPS": [],
+    }
     for _ in range(args.rounds):
         start = time.perf_counter()
         plain_highdicom(source, labels)
         timings["plain highdicom SEG"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        dicomnode_writers(volume, labels)
-        timings["dicomnode SEG + SR"].append(time.perf_counter() - start)
+        for name, gsps in (("dicomnode SEG + SR", False), ("dicomnode SEG+SR+GSPS", True)):
+            start = time.perf_counter()
+            dicomnode_writers(volume, labels, gsps)
+            timings[name].append(time.perf_counter() - start)
     reference = statistics.median(timings["plain highdicom SEG"])
     for name, values in timings.items():
         median = statistics.median(values)

@@ -21,61 +21,69 @@ def _segment_of(measurement: Any) -> tuple[str, int] | None:
     return None
 
 
+def _image_of(roi: Any) -> str:
+    """SOP Instance UID of the image a 2D region is on."""
+    return str(roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+
+
+def _volume_item(group: Any, item: dict[str, Any]) -> None:
+    """Volume, its SEG segment and the certainty or score of a group, into *item*."""
+    volumes = group.get_measurements(name=codes.SCT.Volume)
+    if volumes:
+        item["volume"] = volumes[0].value
+        item["unit"] = volumes[0].unit.value
+        segment = _segment_of(volumes[0])
+        item["seg"], item["segment"] = segment if segment else (None, None)
+    scores = group.get_measurements(name=CERTAINTY) or group.get_measurements(name=SCORE)
+    if scores:
+        item["score"] = scores[0].value / 100
+        item["score_concept"] = scores[0].name
+
+
 def nodule_findings(path: Path) -> list[dict[str, Any]]:
     """Per finding (Tracking UID) of a nodule report, in report order.
 
-    Keys: ``label`` (tracking identifier), ``point`` (the key-slice point: its
-    image's SOP Instance UID and (column, row)), ``long_axis`` (mm), ``volume``
-    (mm3), ``segment`` (number of the SEG segment the volume is measured on),
-    ``seg`` (that SEG's SOP Instance UID), ``score`` (0..1, under "Certainty of
-    Finding" or "Score"), ``outlines`` (number of outlines), ``center`` (LPS mm: the
-    centre of the 3D ellipsoid).
+    Keys: ``label`` (tracking identifier), ``point`` (the key-slice centre: its
+    image's SOP Instance UID and (column, row)), ``long_axis`` (mm), ``outline``
+    (the key-slice outline: image UID and points), ``volume`` (mm3), ``segment``
+    (number of the SEG segment the volume is measured on), ``seg`` (that SEG's
+    SOP Instance UID), ``score`` (0..1) and ``score_concept`` ("Certainty of
+    Finding" or "Score"), ``center`` (LPS mm: the centre of the 3D ellipsoid).
     """
     content = hd.sr.srread(path).content
     found: dict[str, dict[str, Any]] = {}
     for group in content.get_planar_roi_measurement_groups():
         item = found.setdefault(str(group.tracking_uid), {"label": group.tracking_identifier})
         roi = group.roi
-        if roi is not None and roi.graphic_type == hd.sr.GraphicTypeValues.POINT:
-            image = roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-            item["point"] = (str(image), tuple(float(v) for v in np.asarray(roi.value)[0]))
+        if roi.graphic_type == hd.sr.GraphicTypeValues.POINT:
+            item["point"] = (_image_of(roi), tuple(float(v) for v in np.asarray(roi.value)[0]))
+        elif roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE:
+            item["outline"] = (_image_of(roi), np.asarray(roi.value, dtype=float))
         long_axis = group.get_measurements(name=codes.SCT.LongAxis)
         if long_axis:
             item["long_axis"] = long_axis[0].value
+        _volume_item(group, item)
     for group in content.get_volumetric_roi_measurement_groups():
-        item = found[str(group.tracking_uid)]
         if isinstance(group.roi, hd.sr.VolumeSurface):
             ends = np.asarray(group.roi[0].value, dtype=float)
-            item["center"] = ends.mean(axis=0)
-            continue
-        item["outlines"] = len(group.roi)
-        (volume,) = group.get_measurements(name=codes.SCT.Volume)
-        item["volume"] = volume.value
-        segment = _segment_of(volume)
-        if segment is not None:
-            item["seg"], item["segment"] = segment
-        scores = group.get_measurements(name=CERTAINTY) or group.get_measurements(name=SCORE)
-        if scores:
-            item["score"] = scores[0].value / 100
-            item["score_concept"] = scores[0].name
+            found[str(group.tracking_uid)]["center"] = ends.mean(axis=0)
     return list(found.values())
 
 
 def region_volumes(path: Path) -> dict[str, dict[str, Any]]:
-    """Tracking identifier -> ``volume`` (mL), ``segment``, ``outlines`` of a volume report."""
+    """Tracking identifier -> ``volume``, ``unit``, ``segment``, ``seg``, ``outline``,
+    ``tracking_uid`` of a volume report (the group of each region's key-slice outline)."""
     content = hd.sr.srread(path).content
     found: dict[str, dict[str, Any]] = {}
-    for group in content.get_volumetric_roi_measurement_groups():
-        (volume,) = group.get_measurements(name=codes.SCT.Volume)
-        segment = _segment_of(volume)
-        found[str(group.tracking_identifier)] = {
-            "volume": volume.value,
-            "unit": volume.unit.value,
-            "segment": segment[1] if segment else None,
-            "seg": segment[0] if segment else None,
-            "outlines": len(group.roi),
+    for group in content.get_planar_roi_measurement_groups():
+        if group.roi.graphic_type != hd.sr.GraphicTypeValues.POLYLINE:
+            continue
+        item = {
+            "outline": (_image_of(group.roi), np.asarray(group.roi.value, dtype=float)),
             "tracking_uid": str(group.tracking_uid),
         }
+        _volume_item(group, item)
+        found[str(group.tracking_identifier)] = item
     return found
 
 

@@ -355,5 +355,8 @@ def test_seg_sr_and_key_image_reach_orthanc_in_the_same_study(
         )
         import highdicom as hd
 
-        groups = hd.sr.srread(sr_path).content.get_volumetric_roi_measurement_groups()
-        assert len(groups) == 4  # per sphere: its outlines with the volume, its 3D ellipsoid
+        content = hd.sr.srread(sr_path).content
+        # Per sphere: centre, long-axis ellipse and outline with the volume on its key slice,
+        # and its 3D ellipsoid.
+        assert len(content.get_planar_roi_measurement_groups()) == 6
+        assert len(content.get_volumetric_roi_measurement_groups()) == 2

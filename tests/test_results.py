@@ -23,6 +23,7 @@ from dicomnode.results import (
     write_measurement_report,
     write_segmentation,
 )
+from dicomnode.results.outlines import key_outline, segment_outlines
 from dicomnode.synthetic import Nodule, ct_series, nodule_labels
 from dicomnode.testing.peers import dciodvfy, dcmtk_tool
 from tests.readers import absent, nodule_findings
@@ -69,15 +70,20 @@ def test_seg_and_sr_round_trip(source: list[pydicom.Dataset], tmp_path: Path) ->
         uid_key="job-1",
     )
     seg_path = save(seg, tmp_path / "seg.dcm")
+    # Nodule 1 is outlined on its key slice; nodule 2 has no outline (its ellipse stands in).
+    key_slice, outline = key_outline(
+        segment_outlines(labels)[1], round(NODULES[0].center_mm[2] / 1.5)
+    )
     findings = [
         NoduleFinding(
             center_mm=n.center_mm,
             long_axis_mm=n.diameter_mm,
             volume_mm3=float((labels == i).sum() * 24.0),
             score=0.9 - 0.1 * i,
-            key_slice=round(n.center_mm[2] / 1.5),
+            key_slice=key_slice if i == 1 else round(n.center_mm[2] / 1.5),
             segment_number=i,
             label=f"Nodule {i}",
+            outline=outline if i == 1 else None,
         )
         for i, n in enumerate(NODULES, start=1)
     ]
@@ -123,6 +129,10 @@ def test_seg_and_sr_round_trip(source: list[pydicom.Dataset], tmp_path: Path) ->
         image, (column, row) = finding["point"]
         assert image == source[nodule.key_slice].SOPInstanceUID
         assert np.allclose(finding["center"], nodule.center_mm, atol=0.01)
+    # The outline, with the volume and the score, is on the key slice too.
+    assert found[0]["outline"][0] == source[key_slice].SOPInstanceUID
+    assert np.array_equal(found[0]["outline"][1], outline)
+    assert "outline" not in found[1]
     # The SEG segment and the SR finding share a Tracking UID: viewers link them.
     uids = [str(g.tracking_uid) for g in report.content.get_planar_roi_measurement_groups()]
     assert uids[0] == str(back.get_segment_description(1).tracking_uid)
@@ -157,9 +167,26 @@ def test_same_key_same_uids_no_nodule_report(source: list[pydicom.Dataset], tmp_
     assert a.SOPInstanceUID == b.SOPInstanceUID and a.SeriesInstanceUID == b.SeriesInstanceUID
     save(a, tmp_path / "empty.dcm")
     assert absent(tmp_path / "empty.dcm", codes.SCT.Nodule)
-    # Drawn over every source image, so viewers show where the statement applies.
-    (group,) = hd.sr.srread(tmp_path / "empty.dcm").content.get_volumetric_roi_measurement_groups()
-    assert len(group.roi) == len(source)
+    # Drawn as the whole middle image, so viewers show it; about every image: all in evidence.
+    (group,) = hd.sr.srread(tmp_path / "empty.dcm").content.get_planar_roi_measurement_groups()
+    drawn_on = group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert drawn_on == source[len(source) // 2].SOPInstanceUID
+    evidence = {
+        i.ReferencedSOPInstanceUID
+        for series in a.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        for i in series.ReferencedSOPSequence
+    }
+    assert evidence == {ds.SOPInstanceUID for ds in source}
+    (library,) = [
+        i for i in a.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111028"
+    ]
+    listed = [
+        entry.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for group in library.ContentSequence
+        for entry in group.ContentSequence
+        if entry.ValueType == "IMAGE"
+    ]
+    assert listed == [drawn_on]  # the Image Library: the image the group is drawn on
     with pytest.raises(ValueError, match="no segment has any pixel"):
         write_segmentation(
             source,

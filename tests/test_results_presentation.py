@@ -27,7 +27,13 @@ from dicomnode.results import (
     write_segmentation,
 )
 from dicomnode.results.codes import PRIVATE_SCHEME, declare_private_schemes, private
-from dicomnode.results.outlines import MIN_POINTS, outlines, segment_outlines
+from dicomnode.results.outlines import (
+    MIN_POINTS,
+    key_outline,
+    outlines,
+    outlines_by_slice,
+    segment_outlines,
+)
 from dicomnode.results.palette import BY_FINDING_TYPE, FALLBACK, colour_of
 from dicomnode.synthetic import Nodule, ct_series, nodule_labels
 from dicomnode.testing.peers import dciodvfy, dcmtk_tool
@@ -83,6 +89,30 @@ def test_segment_outlines_are_placed_in_their_slices(source: list[pydicom.Datase
             for point in np.concatenate(loops):
                 assert np.linalg.norm(inside - point, axis=1).min() < 0.8
                 assert np.linalg.norm(outside - point, axis=1).min() < 0.8
+
+
+def test_outlines_of_a_crop_and_the_key_outline(source: list[pydicom.Dataset]) -> None:
+    labels = nodule_labels(source, NODULES)
+    drawn = segment_outlines(labels)
+    # A crop's outlines, placed by its box, are the series' own.
+    box = (slice(2, None), slice(10, 80), slice(5, 90))
+    cropped = outlines_by_slice(labels[box] == 1, box)
+    assert sorted(cropped) == sorted(drawn[1])
+    for k, loops in cropped.items():
+        assert all(np.array_equal(a, b) for a, b in zip(loops, drawn[1][k], strict=True))
+    # The key slice is the one asked for when the finding is on it, else the nearest one.
+    first, last = min(drawn[1]), max(drawn[1])
+    middle = (first + last) // 2
+    assert key_outline(drawn[1], middle)[0] == middle
+    assert key_outline(drawn[1], 0)[0] == first and key_outline(drawn[1], 999)[0] == last
+    # On a slice with a hole, the outline drawn is the outer edge, not the hole's.
+    ring = np.zeros((40, 40), bool)
+    yy, xx = np.ogrid[:40, :40]
+    ring[((yy - 20) ** 2 + (xx - 20) ** 2 <= 100) & ((yy - 20) ** 2 + (xx - 20) ** 2 > 16)] = True
+    outer, inner = outlines(ring)
+    assert np.array_equal(key_outline({3: [inner, outer]}, 3)[1], outer)
+    with pytest.raises(ValueError, match="no outline"):
+        key_outline({}, 3)
 
 
 def test_palette_gives_each_finding_type_one_colour() -> None:

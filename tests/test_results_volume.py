@@ -12,8 +12,8 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from dicomnode.results import AlgorithmInfo, SegmentSpec, SeriesSpec, write_segmentation
-from dicomnode.results.outlines import segment_outlines
-from dicomnode.results.sr import Outline, SegmentVolumeFinding, write_volume_report
+from dicomnode.results.outlines import outlines, segment_outlines
+from dicomnode.results.sr import SegmentVolumeFinding, write_volume_report
 from dicomnode.synthetic import ct_series
 from dicomnode.testing.peers import dciodvfy, dcmtk_tool
 from tests.readers import absent, region_volumes
@@ -48,15 +48,9 @@ def test_segment_volumes_reference_their_segments(
     save(seg, tmp_path / "seg.dcm")
     volumes = [float((labels == n).sum() * 8.0 / 1000.0) for n in (1, 2)]
     drawn = segment_outlines(labels)
-    union = segment_outlines((labels > 0).astype(np.uint8))[1]
     findings = [
         SegmentVolumeFinding(
-            "Enhancing tumour",
-            codes.SCT.Neoplasm,
-            volumes[0],
-            1,
-            5,
-            outlines=Outline.all_of(drawn[1]),
+            "Enhancing tumour", codes.SCT.Neoplasm, volumes[0], 1, 5, outline=drawn[1][5][0]
         ),
         SegmentVolumeFinding(
             "Oedema",
@@ -64,7 +58,7 @@ def test_segment_volumes_reference_their_segments(
             volumes[1],
             2,
             6,
-            outlines=Outline.all_of(drawn[2]),
+            outline=drawn[2][6][0],
             center_mm=(62.0, 74.0, 12.0),
         ),
         SegmentVolumeFinding(
@@ -73,7 +67,7 @@ def test_segment_volumes_reference_their_segments(
             sum(volumes),
             None,
             5,
-            outlines=Outline.all_of(union),
+            outline=outlines(labels[5] > 0)[0],
         ),
     ]
     sr = write_volume_report(
@@ -91,18 +85,23 @@ def test_segment_volumes_reference_their_segments(
     assert {found[k]["seg"] for k in ("Enhancing tumour", "Oedema")} == {seg.SOPInstanceUID}
     assert [found[k]["volume"] for k in found] == pytest.approx([3.2, 0.8, 4.0])
     assert found["Oedema"]["unit"] == "ml"
-    # An outline per slice each region spans (one region per slice here).
-    assert [found[k]["outlines"] for k in found] == [4, 2, 6]
+    # Each region is drawn on its key slice.
+    assert [found[k]["outline"][0] for k in found] == [source[k].SOPInstanceUID for k in (5, 6, 5)]
+    assert np.array_equal(found["Oedema"]["outline"][1], drawn[2][6][0])
     # The SR finding and its SEG segment share a tracking UID, so viewers link them.
     back = hd.seg.segread(tmp_path / "seg.dcm")
     assert found["Enhancing tumour"]["tracking_uid"] == back.get_segment_description(1).tracking_uid
     content = hd.sr.srread(path).content
-    volumetric = content.get_volumetric_roi_measurement_groups()
-    # The key slice's outline comes first: viewers draw a finding by its first region.
-    first = volumetric[1].roi[0].ContentSequence[0].ReferencedSOPSequence[0]
-    assert first.ReferencedSOPInstanceUID == source[6].SOPInstanceUID
-    (point,) = content.get_planar_roi_measurement_groups()  # only the oedema has a centre
-    assert point.tracking_identifier == "Oedema"
+    # The outline comes first (viewers draw a finding by its first region); only the
+    # oedema has a centre.
+    groups = content.get_planar_roi_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == [
+        "Enhancing tumour",
+        "Oedema",
+        "Oedema",
+        "Whole tumour",
+    ]
+    point = groups[2]
     assert np.allclose(np.asarray(point.roi.value)[0], (62.0, 74.0, 12.0))
     with pytest.raises(ValueError, match="needs its outline"):
         write_volume_report(

@@ -375,12 +375,13 @@ def test_cornerstone_adapters_read_every_seg_and_sr(session: Session) -> None:
         else:
             points = result["tools"].get("Probe", [])
             # Points are the one standard graphic Cornerstone3D reads into a tool without its
-            # own tracking identifiers: nodules have two (key slice, 3D), regions one (centre).
-            expected_points = {"lung_nodule": 2, "brain_tumor": 1, "fundus_dr": 0}[study.pipeline]
+            # own tracking identifiers: one per nodule (its key-slice centre; in 3D it is an
+            # ellipsoid, no point) and per region (its 3D centre).
+            expected_points = {"lung_nodule": 1, "brain_tumor": 1, "fundus_dr": 0}[study.pipeline]
             findings = len(sr_findings(path)) if study.name != "empty-ct" else 0
             assert len(points) == expected_points * findings, (study.name, result["tools"])
             if study.name == "empty-ct":
-                # "Nodule: Absent" over every slice, as a whole-image rectangle on each.
+                # "Nodule: Absent", drawn as a rectangle of the whole middle image.
                 assert len(result["tools"]["RectangleROI"]) == 1
 
 

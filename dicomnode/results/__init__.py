@@ -19,7 +19,6 @@ from dicomnode.results.seg import SegmentSpec, write_segmentation
 from dicomnode.results.sr import (
     ClassificationFinding,
     NoduleFinding,
-    Outline,
     SegmentVolumeFinding,
     write_classification_report,
     write_measurement_report,
@@ -32,7 +31,6 @@ __all__ = [
     "ClassificationFinding",
     "KeyImageMark",
     "NoduleFinding",
-    "Outline",
     "SegmentSpec",
     "SegmentVolumeFinding",
     "SeriesSpec",

@@ -9,6 +9,8 @@ pixel centres (marching squares, contourpy), closed (last point = first).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 
 # An outline of fewer points is densified: Cornerstone3D reads a closed 4- or 5-point
@@ -82,15 +84,47 @@ def segment_outlines(labels: np.ndarray) -> dict[int, dict[int, list[np.ndarray]
     """
     from scipy import ndimage
 
-    found: dict[int, dict[int, list[np.ndarray]]] = {}
-    for number, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        offset = np.array([box[2].start, box[1].start], dtype=float)  # (column, row)
-        crop = labels[box] == number
-        found[number] = {
-            box[0].start + k: [loop + offset for loop in outlines(crop[k])]
-            for k in range(crop.shape[0])
-            if crop[k].any()
-        }
-    return found
+    return {
+        number: outlines_by_slice(labels[box] == number, box)
+        for number, box in enumerate(ndimage.find_objects(labels), start=1)
+        if box is not None
+    }
+
+
+def outlines_by_slice(
+    mask: np.ndarray, box: tuple[slice, slice, slice] | None = None
+) -> dict[int, list[np.ndarray]]:
+    """Slice index -> outlines of a 3D *mask* (``(slices, rows, columns)``).
+
+    *box* says where *mask* sits in the series (a crop of it): indices and
+    coordinates are then the series' own.
+    """
+    k0, r0, c0 = (s.start or 0 for s in box) if box is not None else (0, 0, 0)
+    offset = np.array([c0, r0], dtype=float)  # (column, row)
+    return {
+        k0 + k: [loop + offset for loop in outlines(mask[k])]
+        for k in range(mask.shape[0])
+        if mask[k].any()
+    }
+
+
+def key_outline(
+    by_slice: Mapping[int, Sequence[np.ndarray]], preferred: int
+) -> tuple[int, np.ndarray]:
+    """The slice to draw a finding on in the SR and its outline there.
+
+    The slice is *preferred* (e.g. the slice of the centre) when the finding is
+    on it, else the nearest one it is on (the lower of two equally near); the
+    outline is the one enclosing the largest area there: the outer edge of the
+    finding's largest part, never a hole's.
+    """
+    if not by_slice:
+        raise ValueError("the finding has no outline on any slice")
+    index = min(by_slice, key=lambda k: (abs(k - preferred), k))
+    return index, max(by_slice[index], key=_area)
+
+
+def _area(loop: np.ndarray) -> float:
+    """The area a closed (column, row) loop encloses (shoelace)."""
+    x, y = loop[:, 0], loop[:, 1]
+    return abs(float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))) / 2.0

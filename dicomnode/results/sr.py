@@ -12,30 +12,34 @@ finding's SEG segment label) and one Tracking UID (the segment's):
 - nodules (:func:`write_measurement_report`): the centre as a point on the
   key slice (TID 1410; first, so that it is what OHIF draws, on that slice,
   and can load as a measurement), an ellipse on the key slice with the long
-  axis (TID 1410), the nodule's outline on every slice it spans (TID 1411)
-  with its volume, measured on the SEG segment it references, and the
-  detector's certainty, and the nodule in 3D as a SCOORD3D ellipsoid (TID
-  1411) with the nodule's centroid and second moments;
-- segmented regions (:func:`write_volume_report`): the outline on every slice
-  it spans, its key slice first (TID 1411, what OHIF draws), with the volume
-  (mL) of its SEG segment, then its centre as a point (TID 1410);
+  axis (TID 1410), the nodule's outline on the key slice (TID 1410) with its
+  volume, measured on the SEG segment it references, and the detector's
+  certainty, and the nodule in 3D as a SCOORD3D ellipsoid (TID 1411) with
+  the nodule's centroid and second moments;
+- segmented regions (:func:`write_volume_report`): the outline on the key
+  slice (TID 1410, what OHIF draws) with the volume (mL) of its SEG segment,
+  then its centre as a point (TID 1410);
 - graded images (:func:`write_classification_report`): the graded area of the
   image as an ellipse (TID 1410; the round field of view of a photograph)
   with the coded answer, its certainty, probabilities, flags and the heat
   maps as "Illustration of ROI".
 
-"Nothing found" is a group too: the evaluation "<finding>: Absent" over every
-source image (TID 1411, a rectangle of each whole image).
+"Nothing found" is a group too: the evaluation "<finding>: Absent", drawn as
+the whole middle image (TID 1410), with every source image in the evidence.
 
-Each report has an Image Library (TID 1600) of the source images it
-references; measurements use UCUM units; finding types and sites are SNOMED CT
+A finding's outlines on its other slices are in the SEG (voxel by voxel) and
+the GSPS, not in the SR: there each slice drawn on would cost an Image Library
+entry (about 20 ms each in highdicom) for what the SEG already says.
+
+Each report has an Image Library (TID 1600) of the source images its groups
+reference; measurements use UCUM units; finding types and sites are SNOMED CT
 codes; the algorithm (TID 4019) carries the model name, version and the
 notice; private concepts are declared (:mod:`dicomnode.results.codes`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,21 +71,6 @@ Group = (
 
 
 @dataclass(frozen=True)
-class Outline:
-    """A closed outline of a finding on one source image: ``(n, 2)`` (column, row) points."""
-
-    source_index: int
-    points: np.ndarray
-
-    @classmethod
-    def all_of(cls, by_slice: Mapping[int, Sequence[np.ndarray]]) -> tuple[Outline, ...]:
-        """Every outline of slice index -> outlines (as ``segment_outlines`` gives them)."""
-        return tuple(
-            cls(index, loop) for index, loops in sorted(by_slice.items()) for loop in loops
-        )
-
-
-@dataclass(frozen=True)
 class NoduleFinding:
     """One detected object, in patient coordinates (LPS, mm)."""
 
@@ -94,7 +83,8 @@ class NoduleFinding:
     finding_type: Code = codes.SCT.Nodule
     finding_site: Code | None = codes.SCT.Lung
     label: str | None = None  # tracking identifier; default "<finding type> <n>"
-    outlines: tuple[Outline, ...] = ()  # on every slice it spans; default: the key ellipse
+    # (n, 2) closed (column, row) outline on the key slice; default: the key-slice ellipse.
+    outline: np.ndarray | None = None
     # (6, 3) end points (LPS, mm) of the ellipsoid's three axes, as SCOORD3D ELLIPSOID
     # wants them; default: the sphere of the long axis around the centre.
     ellipsoid_mm: np.ndarray | None = None
@@ -165,9 +155,9 @@ class SegmentVolumeFinding:
     finding_type: Code
     volume_ml: float
     segment_number: int | None = None
-    key_slice: int = 0  # index into the source images: the slice shown first
+    key_slice: int = 0  # index into the source images: the slice it is drawn on
     finding_site: Code | None = None
-    outlines: tuple[Outline, ...] = ()  # on every slice it spans (at least one)
+    outline: np.ndarray | None = None  # (n, 2) closed (column, row) outline on the key slice
     center_mm: tuple[float, float, float] | None = None  # its centre, a point group
 
 
@@ -228,14 +218,6 @@ def _ellipse(image: Dataset, center: tuple[float, float, float], diameter_mm: fl
     )
 
 
-def _outline_regions(
-    outlines: Sequence[Outline], key_slice: int, source_images: Sequence[Dataset]
-) -> list[hd.sr.ImageRegion]:
-    """One POLYLINE region per outline, those on the key slice first (the one viewers show)."""
-    ordered = sorted(outlines, key=lambda o: (o.source_index != key_slice, o.source_index))
-    return [_region(source_images[o.source_index], "POLYLINE", o.points) for o in ordered]
-
-
 def _volume(
     value: float,
     unit: hd.sr.CodedConcept,
@@ -271,21 +253,18 @@ def _absent_group(
     source_images: Sequence[Dataset],
     identification: hd.sr.AlgorithmIdentification,
     uid_key: str,
-) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    """ "Nothing found" is a result: "<finding>: Absent" over every source image.
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """ "Nothing found" is a result: "<finding>: Absent", drawn as the whole middle image.
 
-    The region is each whole image (the middle one first, which viewers show),
-    so that the statement is drawn where it applies rather than left out.
+    A viewer shows a finding by its region; the statement is about every source
+    image, which are all in the report's evidence (:func:`_segment_report`).
     """
-    middle = len(source_images) // 2
-    order = [middle, *(i for i in range(len(source_images)) if i != middle)]
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+    middle = source_images[len(source_images) // 2]
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(
             finding_uid(uid_key, "none"), f"No {empty_finding.meaning.lower()}"
         ),
-        referenced_regions=[
-            _region(source_images[i], "POLYLINE", _whole_image(source_images[i])) for i in order
-        ],
+        referenced_region=_region(middle, "POLYLINE", _whole_image(middle)),
         algorithm_id=identification,
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(name=empty_finding, value=codes.SCT.Absent)
@@ -317,15 +296,18 @@ def _report(
     uid_key: str,
     derived: Sequence[Dataset] = (),
     about: Sequence[int] = (),
+    examined: Sequence[int] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """The SR: *groups*, the source images they reference as Image Library and evidence.
 
     *about* are further source images (indices) the findings are about without a
-    region on them; *derived* are result objects the groups reference (the SEG,
+    region on them (Image Library and evidence); *examined* further ones that are
+    evidence only; *derived* are result objects the groups reference (the SEG,
     heat maps): they join the evidence, not the Image Library.
     """
     indices = sorted({*_referenced_sources(groups, source_images), *about})
     referenced = [source_images[i] for i in indices]
+    basis = [source_images[i] for i in sorted(set(examined) - set(indices))]
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm, uid_key),
         procedure_reported=procedure,
@@ -333,7 +315,7 @@ def _report(
         referenced_images=referenced,
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*referenced, *derived],
+        evidence=[*referenced, *basis, *derived],
         content=report,
         series_instance_uid=result_uid(uid_key, "sr-series"),
         series_number=series.number,
@@ -359,10 +341,15 @@ def _segment_report(
     procedure: Code,
     empty_finding: Code,
 ) -> hd.sr.Comprehensive3DSR:
-    """The tail of the nodule and volume reports: "nothing found" when empty, the SEG as evidence."""
+    """The tail of the nodule and volume reports: "nothing found" when empty, the SEG as evidence.
+
+    An empty report has every source image in its evidence: "absent" is about all of them.
+    """
+    examined: list[int] = []
     if not groups:
         identification = algorithm.sr_identification()
         groups = [_absent_group(empty_finding, source_images, identification, uid_key)]
+        examined = list(range(len(source_images)))
     return _report(
         source_images,
         groups,
@@ -371,10 +358,11 @@ def _segment_report(
         series=series,
         uid_key=uid_key,
         derived=[segmentation] if segmentation is not None else [],
+        examined=examined,
     )
 
 
-# -- nodules: centre, key-slice ellipse, outlines with volume and certainty -------------------
+# -- nodules: centre, key-slice ellipse, outline with volume and certainty, ellipsoid ---------
 
 
 def _finding_groups(
@@ -427,13 +415,10 @@ def _finding_groups(
         ],
         **common,
     )
-    regions = (
-        _outline_regions(finding.outlines, finding.key_slice, source_images)
-        if finding.outlines
-        else [_region(image, "ELLIPSE", ellipse)]
-    )
-    volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        referenced_regions=regions,
+    outlined = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        referenced_region=_region(image, "POLYLINE", finding.outline)
+        if finding.outline is not None
+        else _region(image, "ELLIPSE", ellipse),
         measurements=[
             _volume(round(finding.volume_mm3, 1), MM3, segmentation, finding.segment_number),
             hd.sr.Measurement(
@@ -442,7 +427,7 @@ def _finding_groups(
         ],
         **common,
     )
-    return [centre, planar, volumetric, in_3d]
+    return [centre, planar, outlined, in_3d]
 
 
 def write_measurement_report(
@@ -598,7 +583,7 @@ def write_classification_report(
     )
 
 
-# -- segmented regions: outlines with the volume, then the centre -----------------------------
+# -- segmented regions: the key-slice outline with the volume, then the centre ----------------
 
 
 def _volume_groups(
@@ -608,8 +593,8 @@ def _volume_groups(
     algorithm: hd.sr.AlgorithmIdentification,
     uid_key: str,
 ) -> list[Group]:
-    if not finding.outlines:
-        raise ValueError(f"{finding.label}: a finding needs its outline on at least one image")
+    if finding.outline is None:
+        raise ValueError(f"{finding.label}: a finding needs its outline on its key slice")
     # Segment findings share the SEG segment's tracking UID (seg.py's default), so viewers link them.
     number = finding.label if finding.segment_number is None else finding.segment_number
     common: dict[str, Any] = {
@@ -619,8 +604,10 @@ def _volume_groups(
         "finding_sites": _sites(finding.finding_site),
     }
     groups: list[Group] = [
-        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            referenced_regions=_outline_regions(finding.outlines, finding.key_slice, source_images),
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            referenced_region=_region(
+                source_images[finding.key_slice], "POLYLINE", finding.outline
+            ),
             measurements=[
                 _volume(round(finding.volume_ml, 3), ML, segmentation, finding.segment_number)
             ],
@@ -654,7 +641,7 @@ def write_volume_report(
 ) -> hd.sr.Comprehensive3DSR:
     """TID 1500 report with the volume (mL) of each segment and of composites.
 
-    Each finding is a TID 1411 group of its outlines (key slice first) whose
+    Each finding is a TID 1410 group of its outline on the key slice whose
     volume references its SEG segment (composites: none), and a TID 1410 group
     with its centre. No finding is an explicit ``empty_finding: Absent`` report.
     """

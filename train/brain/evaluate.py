@@ -116,6 +116,7 @@ def read_volumes(sr_path: Path) -> dict[str, float]:
     # srread parses a TID 1500 document's content as a MeasurementReport.
     content = cast(hd.sr.MeasurementReport, hd.sr.srread(sr_path).content)
     groups = [
+        *content.get_planar_roi_measurement_groups(),  # the key-slice outline with the volume
         *content.get_volumetric_roi_measurement_groups(),
         *content.get_image_measurement_groups(),
     ]

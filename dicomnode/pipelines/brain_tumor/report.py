@@ -1,8 +1,8 @@
 """The brain tumour results on the T1c series: SEG, volume SR and GSPS outlines.
 
 Each present compartment (enhancing tumour, necrotic core, oedema) is a SEG
-segment, an SR finding (its outline on every slice, the key slice first, its
-volume and its centre) and GSPS outlines, under one name and Tracking UID;
+segment, an SR finding (its outline on its key slice, its volume and its
+centre) and GSPS outlines on every slice, under one name and Tracking UID;
 the whole tumour is an SR finding of its own (no segment). No tumour is an
 explicit "absent" SR, and neither SEG nor GSPS.
 """
@@ -130,13 +130,14 @@ def _volume_findings(
     """A finding per present compartment, then the whole tumour (when there is one)."""
     from pydicom.sr.codedict import codes
 
-    from dicomnode.results.outlines import segment_outlines
-    from dicomnode.results.sr import Outline, SegmentVolumeFinding
+    from dicomnode.results.outlines import key_outline, outlines
+    from dicomnode.results.sr import SegmentVolumeFinding
 
     types = _finding_types()
     volume_findings = []
     for number, label in enumerate(present, start=1):
         key_slice, centre = _key_slice_and_centre(findings.labels == label, t1c)
+        key_slice, outline = key_outline(drawn[number], key_slice)
         volume_findings.append(
             SegmentVolumeFinding(
                 label=LABEL_NAMES[label],
@@ -145,13 +146,14 @@ def _volume_findings(
                 segment_number=number,
                 key_slice=key_slice,
                 finding_site=codes.SCT.Brain,
-                outlines=Outline.all_of(drawn[number]),
+                outline=outline,
                 center_mm=centre,
             )
         )
     if present:
         whole = findings.labels > 0
         key_slice, centre = _key_slice_and_centre(whole, t1c)
+        key_slice, outline = key_outline({key_slice: outlines(whole[key_slice])}, key_slice)
         volume_findings.append(
             SegmentVolumeFinding(
                 label="Whole tumour",
@@ -160,7 +162,7 @@ def _volume_findings(
                 segment_number=None,
                 key_slice=key_slice,
                 finding_site=codes.SCT.Brain,
-                outlines=Outline.all_of(segment_outlines(whole.astype(np.uint8))[1]),
+                outline=outline,
                 center_mm=centre,
             )
         )

@@ -40,7 +40,7 @@ def write_results(
     """
     from dicomnode.results import segment_annotations, write_measurement_report
     from dicomnode.results.codes import CERTAINTY, SCORE
-    from dicomnode.results.outlines import segment_outlines
+    from dicomnode.results.outlines import outlines_by_slice
 
     source = list(volume.source)
     outputs: list[Dataset] = []
@@ -51,7 +51,12 @@ def write_results(
         labels = _labels(findings, volume)
         segmentation = writer.segmentation(source, labels, segments)
         outputs.append(segmentation)
-        drawn = segment_outlines(labels)
+        # Each nodule's outlines within its own box (what the SEG has there), not by
+        # scanning the whole label map.
+        drawn = {
+            n: outlines_by_slice(labels[f.box_index] == n, f.box_index)
+            for n, f in enumerate(findings, start=1)
+        }
     nodules = [
         _nodule(found, number, volume, drawn.get(number, {}), calibration)
         for number, found in enumerate(findings, start=1)
@@ -108,20 +113,25 @@ def _nodule(
     drawn: dict[int, list[np.ndarray]],
     calibration: ScoreCalibration | None,
 ) -> NoduleFinding:
-    from dicomnode.results import NoduleFinding, Outline
+    from dicomnode.results import NoduleFinding
+    from dicomnode.results.outlines import key_outline
     from dicomnode.results.sr import ellipsoid_of
 
     offset = np.array([s.start for s in found.box_index])
     centre_slice = round(float(volume.lps_to_index(np.array(found.center_lps))[0, 0]))
+    key_slice = int(np.clip(centre_slice, 0, len(volume.source) - 1))
+    outline = None
+    if drawn:  # the slice of the centre, or the nearest the nodule is on
+        key_slice, outline = key_outline(drawn, key_slice)
     return NoduleFinding(
         center_mm=found.center_lps,
         long_axis_mm=round(found.long_axis_mm, 1),
         volume_mm3=round(found.volume_mm3, 1),
         score=round(float(calibration(found.score)) if calibration else found.score, 3),
-        key_slice=int(np.clip(centre_slice, 0, len(volume.source) - 1)),
+        key_slice=key_slice,
         segment_number=number,
         label=f"Nodule {number}",
-        outlines=Outline.all_of(drawn),
+        outline=outline,
         ellipsoid_mm=ellipsoid_of(volume.index_to_lps(np.argwhere(found.mask) + offset)),
     )
 
