@@ -119,7 +119,11 @@ DEFAULT_PATTERNS: dict[str, str] = {
         rf"|(?:{_POST_WORDS}).*(?:{_T1_WORDS})"
         r"|(?<![a-z0-9])t1 ?(?:ce|c|gd|\+ ?c?)(?![a-z0-9]))"
     ),
-    "T2": rf"{_T2_TOKEN}|^(?!.*(?:{_T1_WORDS})).*(?<![a-z])(?:tse|fse|frfse)(?![a-z])",
+    # TSE/FSE alone is a T2, unless the description also says T1 or PD ("DP" in Spanish).
+    "T2": (
+        rf"{_T2_TOKEN}|^(?!.*(?:{_T1_WORDS}|(?<![a-z])(?:pd|dp)(?![a-z])))"
+        r".*(?<![a-z])(?:tse|fse|frfse)(?![a-z])"
+    ),
     "T1": _T1_WORDS,
 }
 # Order of tests: later roles' patterns also match earlier ones' descriptions (T1 ⊂ T1c).
@@ -128,7 +132,7 @@ _ORDER = ("FLAIR", "T1c", "T2", "T1")
 _PRE = re.compile(_PRE_WORDS, re.I)
 _POST = re.compile(_POST_WORDS, re.I)
 _LOCALIZER = re.compile(
-    r"locali[sz]|localizador|(?<![a-z])loc(?![a-z])|scout|survey|surview|3.?plane|tri.?pilot"
+    r"locali[sz]|localizador|locator|(?<![a-z])loc(?![a-z])|scout|survey|surview|3.?plane|tri.?pilot"
     r"|rep[ée]rage|übersicht|uebersicht|位置決め|ロカライザ",
     re.I,
 )
@@ -143,7 +147,7 @@ _DIFFUSION = re.compile(
     re.I,
 )
 _PERFUSION = re.compile(
-    r"(?<![a-z])perf\w*|(?<![a-z])(?:dsc|dce|pwi|p?c?asl|r?cbf|r?cbv|mtt|ttp|tmax|k ?trans|leakage)"
+    r"(?<![a-z])perf\w*|(?<![a-z])(?:dsc|dce|pwi|p?c?asl|(?:r|rel)?cb[fv]|mtt|ttp|tmax|k ?trans|leakage)"
     r"(?![a-z])|perfusi[oó]n|灌流",
     re.I,
 )
@@ -700,13 +704,10 @@ def choose_sequences(
     )
 
 
-def _described(items: Sequence[Classified]) -> str:
-    parts = []
-    for c in items:
-        if c.category in ("other-modality",):
-            continue
-        parts.append(f"{c.name} as {c.role}" if c.role else f"{c.name}: {c.detail}")
-    return ", ".join(parts) or "none"
+def _described(items: Sequence[Classified], limit: int = 16) -> str:
+    parts = [f"{c.name} as {c.role}" if c.role else f"{c.name}: {c.detail}" for c in items]
+    more = len(parts) - limit
+    return (", ".join(parts[:limit]) + (f", and {more} more" if more > 0 else "")) or "none"
 
 
 def select_sequences(

@@ -127,7 +127,8 @@ CATEGORIES = (
 )
 
 _EXTERNAL = re.compile(
-    r"extern|anterior|vorderabschnitt|vorderer augenabschnitt|äußeres auge|aeusseres auge"
+    r"extern|anterior|au(?:ß|ss)enaufnahme|vorderabschnitt|vorderer augenabschnitt"
+    r"|äußeres auge|aeusseres auge"
     r"|segment ant[ée]rieur|segmento anterior|ext[ée]rieur|slit.?lamp|spaltlampe"
     r"|lampe? à fente|l[áa]mpara de hendidura|(?<![a-z])(?:face|lids?|eyelids?)(?![a-z])"
     r"|paupi[èe]re|p[áa]rpado|前眼部|外眼",
@@ -228,21 +229,22 @@ def _judge(ds: Dataset, series_description: str) -> tuple[str, str]:
         return "not-colour", "red-free, angiography or autofluorescence, not a colour photograph"
     anatomy = _codes(ds, "AnatomicRegionSequence") + _codes(ds, "PrimaryAnatomicStructureSequence")
     devices = _codes(ds, "AcquisitionDeviceTypeCodeSequence")
+    # What was photographed (anatomy) outranks what took it (a fundus camera can also take
+    # the anterior segment), which outranks the words of the description.
     for value, _ in anatomy:
         if value in EXTERNAL_STRUCTURES:
-            return (
-                "not-fundus",
-                f"a photograph of the {EXTERNAL_STRUCTURES[value].lower()}, not the fundus",
-            )
-    for value, meaning in devices:
-        if value in EXTERNAL_DEVICES or re.search(r"external|slit", meaning, re.I):
-            name = EXTERNAL_DEVICES.get(value, meaning)
-            return "not-fundus", f"taken with an {name.lower()}, not a fundus camera"
-    fundus = any(v in FUNDUS_STRUCTURES for v, _ in anatomy) or any(
-        v in FUNDUS_DEVICES for v, _ in devices
-    )
-    if not fundus and _EXTERNAL.search(description):
-        return "not-fundus", "an external or anterior-segment photograph, not the fundus"
+            structure = EXTERNAL_STRUCTURES[value].lower()
+            return "not-fundus", f"a photograph of the {structure}, not the fundus"
+    fundus = any(v in FUNDUS_STRUCTURES for v, _ in anatomy)
+    if not fundus:
+        for value, meaning in devices:
+            if value in EXTERNAL_DEVICES or re.search(r"external|slit", meaning, re.I):
+                name = EXTERNAL_DEVICES.get(value, meaning).lower()
+                article = "an" if name[:1] in "aeiou" else "a"
+                return "not-fundus", f"taken with {article} {name}, not a fundus camera"
+        if _EXTERNAL.search(description):
+            return "not-fundus", "an external or anterior-segment photograph, not the fundus"
+        fundus = any(v in FUNDUS_DEVICES for v, _ in devices)
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     if image_type[:1] == ["DERIVED"] and not is_secondary_capture(sop):
         return "derived", "a derived image (montage or annotated copy); the originals are graded"
@@ -285,6 +287,18 @@ def _heuristic_pairs(items: Sequence[tuple[ImageDecision, Dataset]]) -> dict[str
     return second
 
 
+def _plural(count: int) -> str:
+    return f"{count} image{'s' * (count != 1)}"
+
+
+def _labels(images: Sequence[ImageDecision]) -> str:
+    """``image 3`` / ``images 1, 2``."""
+    numbers = [str(d.instance_number) for d in images if d.instance_number is not None]
+    if len(numbers) == len(images):
+        return f"image{'s' * (len(numbers) > 1)} {', '.join(numbers)}"
+    return ", ".join(d.label for d in images)
+
+
 def _series_line(images: Sequence[ImageDecision]) -> tuple[str, str, str | None]:
     """(category, sentence, eyes) of a series from its images' decisions."""
     chosen = [d for d in images if d.chosen]
@@ -292,18 +306,17 @@ def _series_line(images: Sequence[ImageDecision]) -> tuple[str, str, str | None]
     passed = "; ".join(f"{d.label} passed over: {d.reason}" for d in others)
     if chosen:
         eyes = sorted({d.laterality or "?" for d in chosen}, key="RL?".index)
-        per_eye = ", ".join(
-            f"{eye}: {', '.join(d.label for d in chosen if (d.laterality or '?') == eye)}"
-            for eye in eyes
+        per_eye = "; ".join(
+            f"{eye}: {_labels([d for d in chosen if (d.laterality or '?') == eye])}" for eye in eyes
         )
-        kinds = sorted({d.reason for d in chosen})
-        sentence = f"{len(chosen)} of {len(images)} images ({per_eye}), {'; '.join(kinds)}"
+        kinds = "; ".join(sorted({d.reason for d in chosen}))
+        count = f"{len(chosen)} of {len(images)} images" if others else _plural(len(chosen))
+        sentence = f"{count} ({per_eye}), {kinds}"
         role = " and ".join(f"{e} eye" if e != "?" else "eye not recorded" for e in eyes)
         return CHOSEN, sentence + (f"; {passed}" if passed else ""), role
     categories = {d.category for d in others}
     if len(categories) == 1 and len({d.reason for d in others}) == 1:
-        labels = ", ".join(d.label for d in others)
-        return others[0].category, f"{others[0].reason} ({labels})", None
+        return others[0].category, f"{others[0].reason} ({_labels(others)})", None
     return others[0].category, passed, None
 
 

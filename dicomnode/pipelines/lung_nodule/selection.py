@@ -32,7 +32,10 @@ A series is passed over, checked in this order, as:
 ``derived``
     any other DERIVED image (volume rendering, subtraction, CAD maps);
 ``too-few-slices``
-    a single slice (one enhanced multi-frame instance is a whole volume).
+    a single slice (one enhanced multi-frame instance is a whole volume);
+``monitoring``
+    bolus-tracking images, all at one table position (CARE Bolus, SmartPrep,
+    SureStart), not a volume.
 
 The others are candidates, ranked by (each step decides only between those
 equal so far):
@@ -88,6 +91,7 @@ CATEGORIES = (
     "not-axial",
     "derived",
     "too-few-slices",
+    "monitoring",
     "thicker",
     "kernel",
     "contrast",
@@ -108,6 +112,9 @@ _REFORMAT = re.compile(
     r"(?<![a-z])(mpr|reformat\w*|cor(onal)?|sag(ittal)?|koronar|sagittal|coronale?|"
     r"sagitale?|冠状|矢状)(?![a-z])",
     re.I,
+)
+_MONITORING = re.compile(
+    r"monitor|bolus|smart ?prep|sure ?start|care ?bolus|tracking|triggering", re.I
 )
 _NATIVE = re.compile(
     r"nativ|native|sans (injection|contraste)|sin contraste|non.?contrast|単純", re.I
@@ -226,6 +233,11 @@ def _excluded(header: SeriesHeader) -> tuple[str, str] | None:
         return "derived", f"derived images (Image Type {'/'.join(header.values('ImageType'))})"
     if header.images < 2:
         return "too-few-slices", "a single slice"
+    positions = [tuple(round(float(v), 2) for v in p) for p in header.each("ImagePositionPatient")]
+    if _MONITORING.search(description) or (
+        header.instances > 1 and len(positions) > 1 and len(set(positions)) == 1
+    ):
+        return "monitoring", "bolus-tracking images at one table position, not a volume"
     return None
 
 
@@ -271,7 +283,7 @@ def choose_ct_series(
     decisions: dict[str, Decision] = {}
     candidates: list[_Candidate] = []
     for item in series:
-        header = SeriesHeader.read(item, 1)
+        header = SeriesHeader.read(item, 2)  # the first and the last slice
         excluded = _excluded(header)
         if excluded:
             decisions[item.series_instance_uid] = Decision(item, *excluded)
