@@ -180,6 +180,7 @@ def test_the_corpus_covers_vendors_languages_and_series_kinds() -> None:
         "prefer-3d",
         "prefer-orientation",
         "prefer-pre-contrast",
+        "prefer-normalised",
         "ambiguous",
     }
     assert expected["fundus_dr"] >= {

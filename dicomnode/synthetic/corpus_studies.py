@@ -32,9 +32,9 @@ ct-siemens-unusable        a scout, a Patient Protocol and an RDSR only: fails
 mr-siemens-de              MAGNETOM Prisma tumour protocol, German site:
                            localizers, TSE, 2D TIRM and 3D SPACE FLAIR, DWI +
                            ADC/TRACEW, SWI (mag, phase, mIP, SWI), DSC + rCBV,
-                           2D SE and 3D MPRAGE before and after contrast, MPRs,
-                           subtraction; agent recorded on every series, timing
-                           decides
+                           2D SE and 3D MPRAGE before and after contrast (and
+                           the MPRAGE's unfiltered copy), MPRs, subtraction;
+                           agent recorded on every series, timing decides
 mr-ge-es                   SIGNA Premier, Spanish site: 3-plane loc, ASSET
                            calibration, FSE, FLAIR, DWI + ADC (GE private
                            b-values), SWAN, PD, BRAVO and T1 FLAIR before and
@@ -803,6 +803,22 @@ _MR_SIEMENS_DE = StudySpec(
             plane="sagittal",
             sequence_name="*tfl3d1_16ns",
             time="092200",
+        ),
+        # Prescan Normalize with "unfiltered images": the same acquisition without NORM.
+        _siemens_mr(
+            23,
+            "t1_mprage_sag_p2_iso",
+            "prefer-normalised",
+            sequence="GR\\IR",
+            variant="SK\\SP\\MP",
+            tr=2300,
+            te=2.32,
+            ti=900,
+            acquisition="3D",
+            plane="sagittal",
+            sequence_name="*tfl3d1_16ns",
+            time="092200",
+            image_type=("ORIGINAL", "PRIMARY", "M", "ND"),
         ),
         _siemens_mr(
             12,

@@ -55,7 +55,9 @@ each only between those still equal (category of the one passed over):
 1. T2 and FLAIR: acquired before contrast over after (``prefer-pre-contrast``);
 2. 3D over 2D acquisition (``prefer-3d``, MR Acquisition Type);
 3. T1, T2, FLAIR: the same orientation as the chosen T1c (``prefer-orientation``);
-4. thinner slices (``prefer-thinner``, by 0.1 mm or more).
+4. thinner slices (``prefer-thinner``, by 0.1 mm or more);
+5. intensity-normalised over unfiltered images of the same acquisition
+   (``prefer-normalised``: Image Type NORM, Siemens Prescan Normalize).
 
 Series still equal after all of them are truly ambiguous: the job fails
 naming them (``series_patterns`` resolves it). :func:`complete_when` gives
@@ -190,6 +192,7 @@ CATEGORIES = (
     "prefer-3d",
     "prefer-orientation",
     "prefer-thinner",
+    "prefer-normalised",
     "ambiguous",
 )
 
@@ -218,6 +221,7 @@ class Classified:
     orientation: str | None = None
     thickness: float | None = None
     post_contrast: bool = False
+    normalised: bool = False
 
     @property
     def name(self) -> str:
@@ -524,12 +528,23 @@ def classify(
     measured = weighting(physics)
     acquisition_3d = str(header.get("MRAcquisitionType") or "").upper() == "3D"
     orientation, thickness = header.orientation(), header.slice_thickness()
+    # Siemens "Prescan Normalize" with unfiltered images kept: two series of one description.
+    normalised = "NORM" in header.strings("ImageType")
 
     def result(
         role: str | None, reason: str, category: str, detail: str, post: bool = False
     ) -> Classified:
         return Classified(
-            series, role, reason, category, detail, acquisition_3d, orientation, thickness, post
+            series,
+            role,
+            reason,
+            category,
+            detail,
+            acquisition_3d,
+            orientation,
+            thickness,
+            post,
+            normalised,
         )
 
     physics_text = _physics_text(physics)
@@ -603,6 +618,7 @@ def _preferences(
         )
     thickness = round(item.thickness * 10) if item.thickness else 1 << 30
     steps.append((thickness, "prefer-thinner", "thinner slices"))
+    steps.append((0 if item.normalised else 1, "prefer-normalised", "intensity-normalised (NORM)"))
     return tuple(steps)
 
 
@@ -694,7 +710,7 @@ def choose_sequences(
             names = " and ".join(c.name for c in ambiguous[role])
             problems.append(
                 f"{len(ambiguous[role])} candidate {role} series ({names}) that no preference "
-                "(pre-contrast, 3D, orientation, thinner slices) separates"
+                "(pre-contrast, 3D, orientation, thinner slices, normalised) separates"
             )
     hint = "; set series_patterns in [pipelines.brain_tumor] to choose" if ambiguous else ""
     raise SelectionError(
