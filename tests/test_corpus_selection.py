@@ -254,6 +254,15 @@ def test_repeated_images_at_one_position_are_bolus_monitoring(
     assert selection.category_of(renamed.series_instance_uid) == "monitoring"
 
 
+def test_stereo_pairs_without_a_relationship_pair_in_instance_order(
+    corpus: dict[str, CorpusStudy],
+) -> None:
+    inputs = [s for s in corpus["fundus-zeiss-de"].inputs() if s.attributes["SeriesNumber"] != 4]
+    selection = fundus.choose_photographs(inputs)
+    stereo = next(d for d in selection.decisions if number(d) == 3)
+    assert [i.category for i in stereo.images] == ["chosen", "stereo-pair"]
+
+
 def test_mr_series_patterns_settle_an_ambiguous_study(corpus: dict[str, CorpusStudy]) -> None:
     inputs = corpus["mr-siemens-ambiguous"].inputs()
     selection = brain.choose_sequences(inputs, {"T1c": "repeat"})

@@ -361,13 +361,16 @@ def choose_photographs(series: Sequence[SeriesInput]) -> Selection[tuple[SeriesI
                     ImageDecision(path, None, "unreadable", "the header cannot be read")
                 )
                 continue
-            category, reason = _judge(ds, item.series_description or "")
-            number = ds.get("InstanceNumber")
+            try:
+                category, reason = _judge(ds, item.series_description or "")
+                number = int(ds.get("InstanceNumber")) if ds.get("InstanceNumber") else None
+            except (TypeError, ValueError) as exc:  # a malformed value in a camera's header
+                category, reason, number = "unreadable", f"its header is malformed: {exc}", None
             images.append(
                 (
                     ImageDecision(
                         path,
-                        int(number) if number not in (None, "") else None,
+                        number,
                         category,
                         reason,
                         _laterality(ds),
