@@ -11,6 +11,7 @@ from dicomnode.config import RouteConfig
 from dicomnode.pipelines.base import PipelineError, SeriesInput
 from dicomnode.pipelines.brain_tumor.selection import (
     brain_route,
+    choose_sequences,
     classify,
     complete_when,
     role_from_physics,
@@ -128,9 +129,11 @@ def test_two_post_contrast_candidates_are_ambiguous() -> None:
         in message
     )
     assert "series_patterns" in message
-    # Configured patterns resolve it: the other post-contrast series is then no candidate.
-    with pytest.raises(PipelineError, match="2 candidate T1 series"):
-        select_sequences(studies, {"T1c": "mprage.*post"})
+    # Configured patterns resolve it: the other post-contrast series is then no candidate,
+    # neither for the T1c (its description does not match) nor for the T1 (it has contrast).
+    selection = choose_sequences(studies, {"T1c": "mprage.*post"})
+    assert selection.chosen["T1"].series_description == "T1 SE AX"
+    assert selection.category_of("1.2.3.8") == "configured"
     chosen = select_sequences(studies, {"T1c": "mprage.*post", "T1": "^T1 SE"})
     assert chosen["T1c"].series_description == "T1 MPRAGE AX POST GD"
     assert chosen["T1"].series_description == "T1 SE AX"

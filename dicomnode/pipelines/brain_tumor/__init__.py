@@ -5,7 +5,9 @@ bundle: four input channels in the order T1c, T1, T2, FLAIR on a 1 mm grid,
 normalised channel-wise over non-zero (brain) voxels, and three sigmoid
 outputs: tumour core (TC), whole tumour (WT) and enhancing tumour (ET).
 
-- :mod:`.selection` — the four series, from description and physics;
+- :mod:`.selection` — the four series, from description, physics, image
+  type and contrast timing together, with documented preferences (3D,
+  orientation of the T1c, ...) and each other series' reason in the timeline;
 - load — each series as a :class:`~dicomnode.pipelines.volume.Volume`; all
   must share the T1c's Frame of Reference unless ``registration`` is set;
 - :mod:`.preprocessing` (shared with ``train/brain``) — the four onto one

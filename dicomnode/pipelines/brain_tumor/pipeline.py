@@ -29,9 +29,10 @@ from dicomnode.pipelines.brain_tumor.preprocessing import (
     to_network_layout,
 )
 from dicomnode.pipelines.brain_tumor.report import write_results
-from dicomnode.pipelines.brain_tumor.selection import ROLES, check_patterns, select_sequences
+from dicomnode.pipelines.brain_tumor.selection import ROLES, check_patterns, choose_sequences
 from dicomnode.pipelines.model import ModelPipeline
 from dicomnode.pipelines.registry import import_object
+from dicomnode.pipelines.selection import run_selection
 from dicomnode.pipelines.volume import Volume, load_series
 
 if TYPE_CHECKING:
@@ -182,15 +183,9 @@ class BrainTumorPipeline(
         return function
 
     def select(self, context: JobContext) -> dict[str, SeriesInput]:
-        selected = select_sequences(context.series, self.options.series_patterns)
-        context.log(
-            "series: "
-            + ", ".join(
-                f"{role} = {s.series_description or s.series_instance_uid}"
-                for role, s in selected.items()
-            )
+        return run_selection(
+            lambda: choose_sequences(context.series, self.options.series_patterns), context.log
         )
-        return selected
 
     def load(self, selected: dict[str, SeriesInput], context: JobContext) -> dict[str, Volume]:
         volumes = {

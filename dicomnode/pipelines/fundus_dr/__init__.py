@@ -5,7 +5,8 @@ Photographic or Secondary Capture; Modality OP, XC or OT), RGB, usually JPEG
 baseline. Each photograph is graded on its own; an eye's grade is the worst
 grade among its photographs, as a human grader reads a multi-field set.
 
-- :mod:`.selection` — the photograph series and instances, and each one's eye;
+- :mod:`.selection` — colour fundus photographs only (not external-eye,
+  red-free, stereo partners, documents), their instances and each one's eye;
 - :mod:`.preprocessing` (shared with ``train/fundus``) — field of view, crop,
   Graham normalisation; a photograph that is not a fundus is reported and
   skipped, the study goes on;

@@ -28,10 +28,11 @@ from dicomnode.pipelines.fundus_dr.report import write_heat_maps, write_report
 from dicomnode.pipelines.fundus_dr.selection import (
     FundusStudy,
     Photograph,
+    choose_photographs,
     load_photographs,
-    select_photograph_series,
 )
 from dicomnode.pipelines.model import ModelPipeline
+from dicomnode.pipelines.selection import run_selection
 
 if TYPE_CHECKING:
     from monai.visualize import GradCAM
@@ -128,7 +129,7 @@ class FundusDR(
             self.cam = GradCAM(nn_module=self.network, target_layers=self.gradcam_layer)
 
     def select(self, context: JobContext) -> tuple[SeriesInput, ...]:
-        return select_photograph_series(context.series)
+        return run_selection(lambda: choose_photographs(context.series), context.log)
 
     def load(self, selected: tuple[SeriesInput, ...], context: JobContext) -> FundusStudy:
         return load_photographs([p for s in selected for p in s.paths])

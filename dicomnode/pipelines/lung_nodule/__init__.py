@@ -1,7 +1,9 @@
 """``lung_nodule``: 3D RetinaNet lung nodule detection on chest CT.
 
-- :mod:`.selection` — the CT series with the most slices of plane geometry
-  (thin slices first when ``max_slice_thickness`` is set);
+- :mod:`.selection` — the axial, original, thinnest CT series (never a
+  scout, reformat, MIP or dose report; a lung kernel first when
+  ``prefer_lung_kernel`` or the bundle asks), each other series' reason in
+  the timeline;
 - load — :func:`~dicomnode.pipelines.volume.load_series` (HU, LPS affine);
 - :mod:`.preprocessing` (shared with ``train/lung``) — what the Model Zoo
   bundle's raw-data path does (``Orientationd`` RAS, ``Spacingd`` to the

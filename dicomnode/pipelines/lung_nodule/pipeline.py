@@ -16,8 +16,9 @@ from dicomnode.pipelines.lung_nodule.detector import detector_settings, make_det
 from dicomnode.pipelines.lung_nodule.findings import Detection, find_nodules
 from dicomnode.pipelines.lung_nodule.preprocessing import network_input
 from dicomnode.pipelines.lung_nodule.report import write_results
-from dicomnode.pipelines.lung_nodule.selection import select_ct_series
+from dicomnode.pipelines.lung_nodule.selection import choose_ct_series
 from dicomnode.pipelines.model import ModelPipeline
+from dicomnode.pipelines.selection import run_selection
 from dicomnode.pipelines.volume import Volume, load_series
 
 if TYPE_CHECKING:
@@ -39,6 +40,10 @@ class LungNoduleOptions(ModelOptions):
     max_nodules: int = Field(20, ge=1, description="nodules reported at most")
     max_slice_thickness: float | None = Field(
         None, gt=0, description="prefer series of slices this thin (mm)"
+    )
+    prefer_lung_kernel: bool | None = Field(
+        None,
+        description="among equally thin series, a lung kernel first (default: the bundle's, else no)",
     )
     mask_threshold_hu: float = Field(-650.0, description="HU above which a nodule mask grows")
 
@@ -83,9 +88,22 @@ class LungNodulePipeline(
         # Raw scores are what report_threshold is in; what the SR states is calibrated,
         # when the bundle was calibrated (train/lung/calibrate.py), else called a score.
         self.calibration = score_calibration(self.bundle.raw("score_calibration", None))
+        # A bundle trained on lung-kernel reconstructions says so in its inference.json.
+        self.prefer_lung_kernel = bool(
+            self.bundle.raw("prefer_lung_kernel", False)
+            if self.options.prefer_lung_kernel is None
+            else self.options.prefer_lung_kernel
+        )
 
     def select(self, context: JobContext) -> SeriesInput:
-        return select_ct_series(context.series, self.options.max_slice_thickness, context.log)
+        return run_selection(
+            lambda: choose_ct_series(
+                context.series,
+                max_slice_thickness=self.options.max_slice_thickness,
+                prefer_lung_kernel=self.prefer_lung_kernel,
+            ),
+            context.log,
+        )
 
     def load(self, selected: SeriesInput, context: JobContext) -> Volume:
         what = f"series {selected.series_description or selected.series_instance_uid}"
