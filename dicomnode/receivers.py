@@ -36,6 +36,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dicomnode.children import stop_processes
 from dicomnode.config import Settings
 from dicomnode.locks import HostLock
 from dicomnode.ul.server import listening_socket
@@ -295,16 +296,7 @@ class ReceiverPool:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM every receiver process; each closes its associations; then kill stragglers."""
-        for process in self.processes:
-            if process is not None and process.is_alive():
-                process.terminate()
-        deadline = time.monotonic() + timeout
-        for process in self.processes:
-            if process is not None:
-                process.join(max(0.1, deadline - time.monotonic()))
-                if process.is_alive():
-                    process.kill()
-                    process.join(5)
+        stop_processes(self.processes, timeout)
         self.processes = [None] * self.count
         if self._reserved is not None:
             self._reserved.close()

@@ -39,6 +39,7 @@ from typing import Any
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.children import stop_processes
 from dicomnode.config import Settings
 from dicomnode.database import make_engine, session_factory
 from dicomnode.jobs import ClaimedJob, JobQueue, add_event
@@ -443,14 +444,5 @@ class WorkerPool:
         """SIGTERM every worker; each finishes or releases its job; then kill stragglers."""
         if timeout is None:
             timeout = self.grace + 10.0
-        for process in self.processes:
-            if process is not None and process.is_alive():
-                process.terminate()
-        deadline = time.monotonic() + timeout
-        for process in self.processes:
-            if process is not None:
-                process.join(max(0.1, deadline - time.monotonic()))
-                if process.is_alive():
-                    process.kill()
-                    process.join(5)
+        stop_processes(self.processes, timeout)
         self.processes = [None] * self.count

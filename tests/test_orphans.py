@@ -82,7 +82,9 @@ def _config(root: Path) -> dict[str, Any]:
     data = settings_data(root)
     data["workers"].update(processes=2, lease_seconds=3, heartbeat_seconds=0.5)
     data["routes"] = [{"pipeline": "sleepy", "match": {"Modality": "CT"}}]
-    data["pipelines"] = {"sleepy": {"type": "tests.pipelines:Sleepy", "seconds": 4}}
+    # Long enough that a poll sees it running (each poll is two CLI processes, seconds
+    # on a busy 2-core machine), short enough for the restarted node to finish it.
+    data["pipelines"] = {"sleepy": {"type": "tests.pipelines:Sleepy", "seconds": 12}}
     return data
 
 
