@@ -94,13 +94,30 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def seg_labels(path: Path, source: list[Path]) -> np.ndarray:
-    """The SEG as an exclusive label map (1 ET, 2 necrosis, 3 oedema) on the T1c slices."""
+    """The SEG as an exclusive label map (1 ET, 2 necrosis, 3 oedema) on the T1c slices.
+
+    *source* is the T1c series: its slices, or one enhanced multi-frame instance
+    (whose frames are then read in slice order).
+    """
+    from dicomnode.pipelines.volume import load_series
+
     seg = hd.seg.segread(path)
-    uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in source]
     by_name = {seg.get_segment_description(n).segment_label: n for n in seg.segment_numbers}
-    stack = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=uids, ignore_spatial_locations=True, skip_overlap_checks=True
-    )
+    volume = load_series(source)
+    if volume.frame_numbers:
+        stack = seg.get_pixels_by_source_frame(
+            source_sop_instance_uid=str(volume.source[0].SOPInstanceUID),
+            source_frame_numbers=list(volume.frame_numbers),
+            assert_missing_frames_are_empty=True,  # frames without tumour are left out
+            ignore_spatial_locations=True,
+            skip_overlap_checks=True,
+        )
+    else:
+        stack = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[str(ds.SOPInstanceUID) for ds in volume.source],
+            ignore_spatial_locations=True,
+            skip_overlap_checks=True,
+        )
     labels = np.zeros(stack.shape[:3], np.uint8)
     for label, name in (
         (OEDEMA, "Oedema"),
@@ -385,9 +402,14 @@ def test_model_zoo_bundle_with_random_weights_runs(tmp_path: Path) -> None:
         assert dciodvfy(result.path) == []
 
 
-def check_results(paths: dict[str, Path], study: MRStudyTruth) -> dict[str, float]:
-    """Dice of the SEG against the truth, SR volumes relative to the truth volumes (-1: none)."""
-    labels = seg_labels(paths["seg"], study.series["T1c"])
+def check_results(
+    paths: dict[str, Path], study: MRStudyTruth, t1c: Path | None = None
+) -> dict[str, float]:
+    """Dice of the SEG against the truth, SR volumes relative to the truth volumes (-1: none).
+
+    *t1c*: the enhanced multi-frame T1c instance the results are on, if not the study's slices.
+    """
+    labels = seg_labels(paths["seg"], [t1c] if t1c else study.series["T1c"])
     truth = study.labels
     volumes = {label: found["volume"] for label, found in region_volumes(paths["sr"]).items()}
     # The whole-tumour group is the sum of the segment groups.

@@ -209,22 +209,6 @@ def test_no_usable_ct_series_is_a_sentence(shipped: LungNodulePipeline, tmp_path
         shipped.run(context)
 
 
-def test_enhanced_multi_frame_ct_is_named_as_unsupported(
-    shipped: LungNodulePipeline, tmp_path: Path
-) -> None:
-    from dicomnode.synthetic import ct_series
-    from tests.test_volume import enhanced_ct
-
-    ds = enhanced_ct(ct_series(n_slices=4, rows=32, columns=32, seed=1))
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    path = tmp_path / "enhanced.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    series = SeriesInput("1.2.3.4", "CT", "enhanced", {}, (path,))
-    with pytest.raises(PipelineError, match="enhanced multi-frame CT results are not supported"):
-        shipped.run(JobContext(1, "1.2.3", [series], tmp_path))
-
-
 # -- a Model Zoo bundle through `bundle =` ----------------------------------------------
 
 

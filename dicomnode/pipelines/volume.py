@@ -47,12 +47,16 @@ class Volume:
         series; the single enhanced instance (once) for multi-frame ones.
     frame_of_reference_uid
         The Frame of Reference the affine is in ("" when absent).
+    frame_numbers
+        For a multi-frame source: the 1-based frame number of each slice, in
+        array order (frames need not be stored in slice order); empty otherwise.
     """
 
     array: np.ndarray
     affine: np.ndarray
     source: tuple[Dataset, ...] = field(default=(), repr=False)
     frame_of_reference_uid: str = ""
+    frame_numbers: tuple[int, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -78,7 +82,22 @@ class Volume:
         """The same geometry and sources with other voxels (same shape)."""
         if array.shape[:3] != self.array.shape:
             raise ValueError(f"array of shape {array.shape} does not fit grid {self.array.shape}")
-        return Volume(array, self.affine, self.source, self.frame_of_reference_uid)
+        return Volume(
+            array, self.affine, self.source, self.frame_of_reference_uid, self.frame_numbers
+        )
+
+    def slices(self) -> list[Dataset]:
+        """The source as one dataset per slice, in array order: what result writers take.
+
+        Single-frame series: the slices themselves. A multi-frame instance: one
+        :class:`~dicomnode.results.frames.SourceFrame` per slice, which writers
+        reference as (instance, Referenced Frame Number).
+        """
+        if not self.frame_numbers:
+            return list(self.source)
+        from dicomnode.results.frames import source_frames  # results load highdicom: only here
+
+        return list(source_frames(self.source[0], self.frame_numbers))
 
     def ras_affine(self) -> np.ndarray:
         """Affine of the array transposed to ``(columns, rows, slices)`` in RAS, as MONAI and NIfTI use."""
@@ -260,7 +279,13 @@ def _multi_frame_volume(ds: Dataset, what: str) -> Volume:
         )
     order, affine = _build(planes, what)
     array = np.stack([_rescaled(pixels[i], *rescale[i]) for i in order])
-    return Volume(array, affine, (ds,), str(ds.get("FrameOfReferenceUID", "")))
+    return Volume(
+        array,
+        affine,
+        (ds,),
+        str(ds.get("FrameOfReferenceUID", "")),
+        tuple(int(i) + 1 for i in order),
+    )
 
 
 def load_series(paths: Sequence[Path] | Sequence[Dataset], *, what: str = "series") -> Volume:

@@ -31,6 +31,7 @@ from dicomnode.results.common import (
     result_uid,
     software_versions,
 )
+from dicomnode.results.frames import frame_number, instance_of, instances
 from dicomnode.results.palette import RGB, cielab
 from dicomnode.results.seg import SegmentSpec
 
@@ -123,7 +124,12 @@ def write_presentation_state(
     series: SeriesSpec,
     uid_key: str,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState:
-    """A GSPS drawing *annotations* on *source_images* (single-frame greyscale slices).
+    """A GSPS drawing *annotations* on *source_images* (greyscale slices, or frames of one image).
+
+    *source_images* are single-frame images or frames
+    (:class:`~dicomnode.results.frames.SourceFrame`) of one multi-frame image: each
+    Graphic Annotation then references the instance and the frame's number, and
+    the presentation state the instance.
 
     Raises
     ------
@@ -152,15 +158,18 @@ def write_presentation_state(
             objects, text = _objects(item)
             graphics += objects
             texts.append(text)
+        image = source_images[index]
         graphic_annotations.append(
             hd.pr.GraphicAnnotation(
-                referenced_images=[source_images[index]],
+                # A frame of a multi-frame image: the instance and the frame's number.
+                referenced_images=[instance_of(image)],
+                referenced_frame_number=frame_number(image),
                 graphic_layer=layers[name],
                 graphic_objects=graphics,
                 text_objects=texts,
             )
         )
-    referenced = [source_images[i] for i in sorted({a.source_index for a in drawn})]
+    referenced = instances([source_images[i] for i in sorted({a.source_index for a in drawn})])
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=referenced,
         series_instance_uid=result_uid(uid_key, "pr-series"),

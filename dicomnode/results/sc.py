@@ -25,6 +25,7 @@ from dicomnode.results.common import (
     result_uid,
     software_versions,
 )
+from dicomnode.results.frames import SourceFrame, frame_number
 from dicomnode.results.palette import RGB
 
 
@@ -69,8 +70,14 @@ def write_key_image(
     uid_key: str,
     instance_number: int = 1,
 ) -> hd.sc.SCImage:
-    """An RGB Secondary Capture of *image* with *marks* drawn, in *image*'s study."""
-    grey = _window(image, image.pixel_array)
+    """An RGB Secondary Capture of *image* with *marks* drawn, in *image*'s study.
+
+    *image* may be a frame (:class:`~dicomnode.results.frames.SourceFrame`) of a
+    multi-frame image: its pixels, rescale and window are the frame's, and the
+    Source Image Sequence names the frame.
+    """
+    pixels = image.pixels() if isinstance(image, SourceFrame) else image.pixel_array
+    grey = _window(image, pixels)
     rgb = np.repeat(grey[:, :, None], 3, axis=2)
     for mark in marks:
         _draw_circle(rgb, mark, mark.colour)
@@ -126,6 +133,9 @@ def _secondary_capture(
     source = Dataset()
     source.ReferencedSOPClassUID = image.SOPClassUID
     source.ReferencedSOPInstanceUID = image.SOPInstanceUID
+    number = frame_number(image)
+    if number is not None:
+        source.ReferencedFrameNumber = number
     sc.SourceImageSequence = [source]
     sc.DerivationDescription = f"{algorithm.name} {algorithm.version}: findings drawn"[:1024]
     return sc

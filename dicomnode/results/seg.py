@@ -94,6 +94,30 @@ def _descriptions(
     ]
 
 
+def _by_source_frame(
+    source_images: Sequence[Dataset], pixels: np.ndarray
+) -> tuple[list[Dataset], np.ndarray]:
+    """highdicom's source images and the pixels in their order.
+
+    Single-frame sources are passed as they are. For the frames of one
+    multi-frame instance highdicom wants the instance and one plane per source
+    frame, in frame order (plane i is frame i + 1: that is what it references);
+    volume order is slice order, which need not be frame order.
+    """
+    from dicomnode.results.frames import frame_number, instances
+
+    numbers = [frame_number(image) for image in source_images]
+    if all(n is None for n in numbers):
+        return list(source_images), pixels
+    found = instances(source_images)
+    if len(found) != 1 or None in numbers or len(set(numbers)) != len(numbers):
+        raise ValueError("the source frames must be distinct frames of one instance")
+    instance = found[0]
+    ordered = np.zeros((int(instance.NumberOfFrames), *pixels.shape[1:]), dtype=pixels.dtype)
+    ordered[np.array(numbers, dtype=int) - 1] = pixels
+    return [instance], ordered
+
+
 def write_segmentation(
     source_images: Sequence[Dataset],
     labels: np.ndarray,
@@ -104,12 +128,16 @@ def write_segmentation(
     uid_key: str,
     omit_empty_frames: bool = True,
 ) -> hd.seg.Segmentation:
-    """A BINARY SEG over *source_images* (single-frame slices in volume order).
+    """A BINARY SEG over *source_images* (single-frame slices or frames, in volume order).
 
     Parameters
     ----------
     source_images
-        The source series, one dataset per slice, in the order of *labels*' first axis.
+        The source series, one dataset per slice, in the order of *labels*' first axis:
+        single-frame images, or the frames (:class:`~dicomnode.results.frames.SourceFrame`)
+        of one multi-frame instance. On frames the SEG's one source image is the
+        instance, and each SEG frame references the source frame it was derived
+        from (Derivation Image and Source Image Sequence, Referenced Frame Number).
     labels
         Either a label map ``(slices, rows, columns)`` of integers where value
         ``n`` is segment ``n`` (segments must not overlap; this is also ~7x faster
@@ -140,8 +168,9 @@ def write_segmentation(
     if not pixels.any():
         # An empty result is reported in the SR; a SEG needs at least one frame.
         raise ValueError("no segment has any pixel: write no SEG for an empty result")
+    sources, pixels = _by_source_frame(source_images, pixels)
     seg = hd.seg.Segmentation(
-        source_images=list(source_images),
+        source_images=sources,
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=_descriptions(segments, algorithm, uid_key),

@@ -57,6 +57,7 @@ from dicomnode.results.common import (
     finding_uid,
     result_uid,
 )
+from dicomnode.results.frames import frame_number, instances
 from dicomnode.results.outlines import bounding_rectangle
 
 MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
@@ -179,11 +180,23 @@ def _observation_context(algorithm: AlgorithmInfo, uid_key: str) -> hd.sr.Observ
     )
 
 
+def _source_for_region(image: Dataset) -> hd.sr.SourceImageForRegion:
+    """The image a region is drawn on; a frame of a multi-frame image by its frame number."""
+    number = frame_number(image)
+    if number is None:
+        return hd.sr.SourceImageForRegion.from_source_image(image)
+    return hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=image.SOPClassUID,
+        referenced_sop_instance_uid=image.SOPInstanceUID,
+        referenced_frame_numbers=[number],
+    )
+
+
 def _region(image: Dataset, graphic_type: str, points: np.ndarray) -> hd.sr.ImageRegion:
     return hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues(graphic_type),
         graphic_data=np.asarray(points, dtype=float),
-        source_image=hd.sr.SourceImageForRegion.from_source_image(image),
+        source_image=_source_for_region(image),
     )
 
 
@@ -272,18 +285,58 @@ def _absent_group(
     )
 
 
+def _image_key(image: Dataset) -> tuple[str, int | None]:
+    return str(image.SOPInstanceUID), frame_number(image)
+
+
 def _referenced_sources(groups: Sequence[Any], source_images: Sequence[Dataset]) -> list[int]:
-    """Indices of the source images the groups' regions and measurements reference."""
-    wanted: set[str] = set()
+    """Indices of the source images (frames) the groups' regions and measurements reference."""
+    wanted: set[tuple[str, int | None]] = set()
 
     def walk(items: Sequence[Dataset]) -> None:
         for item in items:
             for reference in item.get("ReferencedSOPSequence", []):
-                wanted.add(str(reference.ReferencedSOPInstanceUID))
+                uid = str(reference.ReferencedSOPInstanceUID)
+                frames = reference.get("ReferencedFrameNumber")
+                if frames is None:
+                    wanted.add((uid, None))
+                else:
+                    wanted.update((uid, int(n)) for n in np.ravel([frames]))
             walk(item.get("ContentSequence", []))
 
     walk([item for group in groups for item in group])  # a group is a list of content items
-    return [i for i, ds in enumerate(source_images) if str(ds.SOPInstanceUID) in wanted]
+    return [i for i, ds in enumerate(source_images) if _image_key(ds) in wanted]
+
+
+def _library_frames(report: hd.sr.MeasurementReport, images: Sequence[Dataset]) -> None:
+    """Referenced Frame Number on the Image Library entries of frames of multi-frame images.
+
+    highdicom's Image Library (TID 1600) describes each image it is given (a
+    frame: that frame's position, orientation, spacing) but references the
+    instance only; entries come in the order of *images* within each group.
+    """
+    pending: dict[str, list[int | None]] = {}
+    for image in images:
+        pending.setdefault(str(image.SOPInstanceUID), []).append(frame_number(image))
+    if all(n is None for numbers in pending.values() for n in numbers):
+        return
+
+    def walk(items: Sequence[Dataset]) -> None:
+        for item in items:
+            if item.get("ValueType") == "IMAGE" and "ReferencedSOPSequence" in item:
+                reference = item.ReferencedSOPSequence[0]
+                numbers = pending.get(str(reference.ReferencedSOPInstanceUID))
+                if numbers:
+                    number = numbers.pop(0)
+                    if number is not None:
+                        reference.ReferencedFrameNumber = number
+            elif item.get("ValueType") == "CONTAINER":
+                walk(item.get("ContentSequence", []))
+
+    for item in report[0].ContentSequence:
+        name = item.ConceptNameCodeSequence[0]
+        if item.ValueType == "CONTAINER" and name.CodeValue == codes.DCM.ImageLibrary.value:
+            walk(item.ContentSequence)
 
 
 def _report(
@@ -314,8 +367,10 @@ def _report(
         imaging_measurements=list(groups),
         referenced_images=referenced,
     )
+    _library_frames(report, referenced)
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*referenced, *basis, *derived],
+        # Evidence lists instances: a multi-frame image once, whatever its frames.
+        evidence=[*instances([*referenced, *basis]), *derived],
         content=report,
         series_instance_uid=result_uid(uid_key, "sr-series"),
         series_number=series.number,

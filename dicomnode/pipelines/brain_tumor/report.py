@@ -48,10 +48,11 @@ def write_results(t1c: Volume, findings: Findings, writer: ResultWriter) -> list
     from dicomnode.results.outlines import segment_outlines
     from dicomnode.results.sr import write_volume_report
 
-    source = list(t1c.source)
+    # One per slice: the slices, or the frames of an enhanced T1c instance (referenced by number).
+    source = t1c.slices()
     if len(source) != findings.labels.shape[0]:
         raise PipelineError(
-            "the T1c series is one multi-frame instance; SEG on multi-frame sources is not supported yet"
+            f"the T1c labels have {findings.labels.shape[0]} slices, the T1c series {len(source)}"
         )
     present = [label for label in LABEL_NAMES if findings.volumes_ml[label] > 0]
     outputs: list[Dataset] = []

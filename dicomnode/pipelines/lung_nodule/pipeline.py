@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import Field
 
 from dicomnode.config import ModelOptions
-from dicomnode.pipelines.base import JobContext, PipelineError, SeriesInput
+from dicomnode.pipelines.base import JobContext, SeriesInput
 from dicomnode.pipelines.calibration import score_calibration
 from dicomnode.pipelines.lung_nodule.detector import detector_settings, make_detector
 from dicomnode.pipelines.lung_nodule.findings import Detection, find_nodules
@@ -107,10 +107,9 @@ class LungNodulePipeline(
 
     def load(self, selected: SeriesInput, context: JobContext) -> Volume:
         what = f"series {selected.series_description or selected.series_instance_uid}"
-        volume = load_series(selected.paths, what=what)
-        if len(volume.source) != volume.shape[0]:
-            raise PipelineError(f"{what}: enhanced multi-frame CT results are not supported yet")
-        return volume
+        # Single-frame slices or one enhanced multi-frame instance (Enhanced or Legacy
+        # Converted Enhanced CT): results reference its frames by number.
+        return load_series(selected.paths, what=what)
 
     def preprocess(self, loaded: Volume, context: JobContext) -> Prepared:
         image, grid = network_input(loaded, self.settings.pixdim, self.settings.window)

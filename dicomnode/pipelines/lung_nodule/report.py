@@ -42,7 +42,7 @@ def write_results(
     from dicomnode.results.codes import CERTAINTY, SCORE
     from dicomnode.results.outlines import outlines_by_slice
 
-    source = list(volume.source)
+    source = volume.slices()  # one per slice; frames of an enhanced instance referenced by number
     outputs: list[Dataset] = []
     segmentation = None
     drawn: dict[int, dict[int, list[np.ndarray]]] = {}
@@ -119,7 +119,7 @@ def _nodule(
 
     offset = np.array([s.start for s in found.box_index])
     centre_slice = round(float(volume.lps_to_index(np.array(found.center_lps))[0, 0]))
-    key_slice = int(np.clip(centre_slice, 0, len(volume.source) - 1))
+    key_slice = int(np.clip(centre_slice, 0, volume.shape[0] - 1))
     outline = None
     if drawn:  # the slice of the centre, or the nearest the nodule is on
         key_slice, outline = key_outline(drawn, key_slice)
