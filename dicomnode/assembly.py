@@ -131,7 +131,7 @@ class Assembler:
         with self.sessions() as session:
             first = session.execute(
                 select(func.min(Study.last_received_at)).where(
-                    Study.status == StudyStatus.RECEIVING, Study.id.not_in(self._deferred)
+                    Study.status == StudyStatus.RECEIVING, Study.id.not_in(sorted(self._deferred))
                 )
             ).scalar()
         if first is None:
@@ -275,7 +275,7 @@ class Assembler:
                         f"re-opened by {late.summary()}; routed to {', '.join(sorted(wanted))}"
                         if reopen
                         else f"{late.summary()} arrived {late.after_s:.0f} s after the study was "
-                        "complete, outside the re-open window: stored, not processed"
+                        "complete, outside the re-open window: stored; jobs that ran are not re-run"
                     )
             else:
                 current.status = StudyStatus.UNMATCHED

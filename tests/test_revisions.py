@@ -272,7 +272,7 @@ def test_late_series_outside_the_window_does_not_reopen(
     assert settle(node.assembler) == [STUDY]
     study = node.study()
     assert study.status == "complete" and study.instance_count == 32  # stored, counted
-    assert "outside the re-open window: stored, not processed" in (study.note or "")
+    assert "outside the re-open window: stored; jobs that ran are not re-run" in (study.note or "")
     job = node.job()
     assert job["status"] == "done" and job["revision"] == 1
     event = job["events"][-1]
@@ -314,7 +314,7 @@ def test_running_job_defers_the_decision_until_it_finishes(make_settings, node_f
 
 
 def test_retry_after_a_model_update_is_a_revision_citing_the_previous(
-    make_settings, node_factory, tmp_path: Path
+    make_settings, node_factory, tmp_path: Path, capsys
 ) -> None:  # type: ignore[no-untyped-def]
     from dicomnode.cli import main as cli
 
@@ -342,6 +342,11 @@ def test_retry_after_a_model_update_is_a_revision_citing_the_previous(
     ds = pydicom.dcmread(result_file(updated, job, sr2["sop_instance_uid"]))
     cited = ds.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
     assert [c.ReferencedSOPInstanceUID for c in cited] == [sr1["sop_instance_uid"]]
+    capsys.readouterr()
+    assert cli(["jobs", "show", str(first["id"]), "--config", str(config)]) == 0
+    shown = capsys.readouterr().out
+    assert "revision: 2" in shown and "\nrevisions:\n" in shown
+    assert "model hyperdense-test 0.2 replaces hyperdense-test 0.1" in shown
 
 
 def _orthanc_reports(orthanc: Any, study_id: str) -> dict[str, Dataset]:
