@@ -15,9 +15,22 @@ of its own: everything is read from and written to the database, so a
 restarted node carries on.
 
 Instances that arrive after a study completed re-open it (the store sets it
-back to ``receiving``); when it completes again, pipelines that already have
-a job are not run twice: their job gets an event saying new instances came,
-and ``jobs retry`` re-runs it.
+back to ``receiving``, so its quiet timer restarts and a late series is judged
+once, whole). When it is quiet again (``docs/revisions.md``):
+
+- the late instances arrived within ``assembly.reopen_window_seconds`` of the
+  study's completion: each ``done`` job is queued again as a *late* re-run
+  (``Job.rerun``): the worker runs the pipeline's selection and stops there when
+  its inputs did not change (a dose report a CT pipeline does not read), or
+  re-runs it as the next revision of its results; a ``failed`` job is queued
+  again in full (the late series may be what it lacked); a job still running
+  or sending keeps the study ``receiving`` until it has finished, so its
+  results are never revised half delivered;
+- later than that (or after retention removed the study's files): the
+  instances are stored and counted, each job's timeline says so, and nothing
+  re-runs (``jobs retry`` does, on the whole study).
+
+Every job of the study gets one event naming the late series and what happens.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
@@ -35,7 +49,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.config import AssemblyConfig, RouteConfig
 from dicomnode.database import write_transaction
 from dicomnode.jobs import add_event
-from dicomnode.models import Job, JobStatus, Series, Study, StudyStatus, utcnow
+from dicomnode.models import (
+    Instance,
+    Job,
+    JobStatus,
+    Series,
+    Study,
+    StudyStatus,
+    utcnow,
+)
+from dicomnode.revisions import LATE
 from dicomnode.routing import RouteDecision, SeriesView, match_routes, required_series_present
 from dicomnode.wakeups import ARRIVALS, JOBS, Wakeups
 
@@ -73,6 +96,9 @@ class Assembler:
         self.sessions = sessions
         self.config = config
         self.routes = list(routes)
+        # Re-opened studies quiet but waiting for a job of theirs to finish: not "due" again
+        # before check_interval (in memory only: a restarted node finds them again).
+        self._deferred: set[int] = set()
 
     def run(self, stop: threading.Event, wakeups: Wakeups) -> None:
         """Complete studies as they become quiet, until *stop* is set."""
@@ -105,7 +131,7 @@ class Assembler:
         with self.sessions() as session:
             first = session.execute(
                 select(func.min(Study.last_received_at)).where(
-                    Study.status == StudyStatus.RECEIVING
+                    Study.status == StudyStatus.RECEIVING, Study.id.not_in(sorted(self._deferred))
                 )
             ).scalar()
         if first is None:
@@ -130,6 +156,7 @@ class Assembler:
                 for s in rows:
                     by_study[s.study_id].append(s)
         completed = []
+        self._deferred.clear()
         for study in studies:
             views = series_views(study, by_study[study.id])
             decisions = match_routes(self.routes, views)
@@ -191,6 +218,17 @@ class Assembler:
                 for j in session.execute(select(Job).where(Job.study_id == study.id)).scalars()
             }
             wanted = {d.pipeline for d in decisions}
+            late = _late_arrivals(session, current) if current.completed_at is not None else None
+            if late is not None and any(
+                jobs[p].status in (JobStatus.RUNNING, JobStatus.SENDING)
+                for p in wanted
+                if p in jobs
+            ):
+                # Revising results still being made or delivered would cite a report the
+                # PACS may never get: wait (receiving) until they are out, then decide.
+                self._deferred.add(study.id)
+                return False
+            reopen = late is not None and self._within_window(current, late)
             reason = (
                 "required series present" if early else f"quiet for {self.config.quiet_seconds:g} s"
             )
@@ -207,7 +245,9 @@ class Assembler:
                     job.status = JobStatus.QUEUED
                     job.queued_at = now
                     add_event(session, job.id, "queued", f"study complete ({reason})")
-                else:
+                elif late is not None:
+                    _late_job(session, job, late, reopen, self.config.reopen_window_seconds, now)
+                else:  # resent instances while the study was complete, nothing newer
                     add_event(
                         session,
                         job.id,
@@ -230,6 +270,13 @@ class Assembler:
             if decisions:
                 current.status = StudyStatus.COMPLETE
                 current.note = f"routed to {', '.join(sorted(wanted))}"
+                if late is not None:
+                    current.note = (
+                        f"re-opened by {late.summary()}; routed to {', '.join(sorted(wanted))}"
+                        if reopen
+                        else f"{late.summary()} arrived {late.after_s:.0f} s after the study was "
+                        "complete, outside the re-open window: stored; jobs that ran are not re-run"
+                    )
             else:
                 current.status = StudyStatus.UNMATCHED
                 current.note = "no route matched this study; recorded, not processed"
@@ -242,6 +289,117 @@ class Assembler:
             },
         )
         return True
+
+    def _within_window(self, study: Study, late: LateArrivals) -> bool:
+        """Whether *late* re-opens *study*: soon enough, and its earlier files still here."""
+        window = self.config.reopen_window_seconds
+        return window > 0 and late.after_s <= window and study.files_removed_at is None
+
+
+@dataclass(frozen=True)
+class LateSeries:
+    """A series that gained instances after its study was complete."""
+
+    series_instance_uid: str
+    modality: str | None
+    description: str | None
+    instances: int  # received since the study was complete
+
+    def __str__(self) -> str:
+        parts = [self.modality or "", f"'{self.description}'" if self.description else ""]
+        parts.append(f"{self.instances} instance{'s' * (self.instances != 1)}")
+        return f"series {self.series_instance_uid} ({', '.join(p for p in parts if p)})"
+
+
+@dataclass(frozen=True)
+class LateArrivals:
+    """The instances a re-opened study received since it was last complete."""
+
+    series: tuple[LateSeries, ...]
+    after_s: float  # from the study's completion to the first of them
+
+    def summary(self) -> str:
+        """``late series X (CT, 'desc', 120 instances)``, for timelines and the study's note."""
+        return "late " + "; ".join(str(s) for s in self.series)
+
+
+def _late_arrivals(session: Session, study: Study) -> LateArrivals | None:
+    """What arrived since *study* was last complete; None when nothing did (by time received)."""
+    assert study.completed_at is not None
+    rows = session.execute(
+        select(
+            Series.series_instance_uid,
+            Series.modality,
+            Series.series_description,
+            func.count(Instance.id),
+            func.min(Instance.received_at),
+        )
+        .join(Series, Instance.series_id == Series.id)
+        .where(Instance.study_id == study.id, Instance.received_at > study.completed_at)
+        .group_by(Series.id)
+        .order_by(func.min(Instance.received_at))
+    ).all()
+    if not rows:
+        return None
+    first = min(r[4] for r in rows)  # min() keeps the column's type: aware UTC
+    return LateArrivals(
+        series=tuple(LateSeries(str(uid), m, d, int(n)) for uid, m, d, n, _ in rows),
+        after_s=(first - study.completed_at).total_seconds(),
+    )
+
+
+def _late_job(
+    session: Session,
+    job: Job,
+    late: LateArrivals,
+    reopen: bool,
+    window: float,
+    now: datetime,
+) -> None:
+    """What late instances do to one existing job of the study, with its timeline event."""
+    arrived = f"{late.summary()} arrived {late.after_s:.0f} s after the study was complete"
+    if job.status == JobStatus.QUEUED:
+        add_event(session, job.id, "late", f"{arrived}, before this job ran: it reads them")
+        return
+    if not reopen:
+        why = (
+            "retention removed the study's earlier files"
+            if job.study.files_removed_at is not None
+            else f"outside the re-open window ({window:g} s)"
+        )
+        add_event(
+            session,
+            job.id,
+            "late",
+            f"{arrived}, {why}: stored, not processed; 'jobs retry {job.id}' runs "
+            f"{job.pipeline} on the whole study",
+            level="warning",
+        )
+        return
+    if job.status == JobStatus.CANCELLED:
+        add_event(
+            session,
+            job.id,
+            "late",
+            f"{arrived}; this job was cancelled, so it is not re-run ('jobs retry {job.id}' does)",
+        )
+        return
+    if job.status == JobStatus.DONE:
+        # The results went out: re-run only if the pipeline's inputs changed (the worker's
+        # selection decides); the delivery rows stay until a new revision replaces them.
+        job.rerun = LATE
+        message = f"{arrived}; queued again: {job.pipeline} re-runs if its inputs changed"
+    else:  # failed: nothing of it stands; the late series may be what it lacked
+        job.rerun = None
+        for output in list(job.outputs):
+            session.delete(output)
+        message = f"{arrived}; queued again after its failure"
+    job.status = JobStatus.QUEUED
+    job.queued_at = now
+    job.attempts = 0
+    job.error = None
+    job.finished_at = None
+    add_event(session, job.id, "late", message)
 
 
 def _new_job(study: Study, decision: RouteDecision, status: JobStatus, now: datetime) -> Job:

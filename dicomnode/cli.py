@@ -159,6 +159,7 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
         "requested_by",
         "retrieve",
         "model",
+        "revision",
         "error",
         "attempts",
         "created_at",
@@ -166,6 +167,11 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
         "finished_at",
     ):
         print(f"{key:>18}: {job[key] if job[key] is not None else ''}")
+    if len(job["revisions"]) > 1:
+        print("\nrevisions:")
+        for r in job["revisions"]:
+            why = r["reason"] or "first results"
+            print(f"  {r['number']}  {r['created_at']}  {r['model'] or ''}  {why}")
     print("\ntimeline:")
     for e in job["events"]:
         took = f" ({e['duration_s']:.2f} s)" if e["duration_s"] is not None else ""

@@ -123,6 +123,9 @@ class AssemblyConfig(_Section):
     quiet_seconds: float = Field(10.0, gt=0)
     early_quiet_seconds: float = Field(2.0, ge=0)  # quiet time once a route's series are present
     check_interval: float = Field(1.0, gt=0)
+    # Instances arriving this long after the study was complete re-open it: the jobs whose
+    # inputs they change re-run and revise their results (docs/revisions.md). 0: never.
+    reopen_window_seconds: float = Field(86400.0, ge=0)
 
 
 class WorkersConfig(_Section):

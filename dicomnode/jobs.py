@@ -28,6 +28,7 @@ from dicomnode.models import (
     FINAL_JOB_STATES,
     Job,
     JobEvent,
+    JobRevision,
     JobStatus,
     Output,
     OutputStatus,
@@ -36,6 +37,7 @@ from dicomnode.models import (
     StudyStatus,
     utcnow,
 )
+from dicomnode.revisions import NewRevision
 from dicomnode.wakeups import JOBS, OUTPUTS, Wakeups
 
 # Ids are PostgreSQL ``integer`` columns: anything larger cannot name a row and
@@ -305,13 +307,21 @@ def _loaded_study(job: Job) -> Study | None:
     return None if "study" in inspect(job).unloaded else job.study
 
 
+def _loaded_revisions(job: Job) -> list[JobRevision]:
+    """The job's revisions when they were loaded with the job (never a lazy query)."""
+    return [] if "revisions" in inspect(job).unloaded else list(job.revisions)
+
+
 def job_to_dict(job: Job, *, events: bool = False) -> dict[str, Any]:
     """The JSON shape of a job (SPEC: id, study_instance_uid, pipeline, status, ...).
 
     The CLI's ``--json`` and the REST API both print this, so they agree field
     for field. No patient name, ID or birth date: those stay in the database.
+    ``revision`` is the revision of the job's current results (None: none yet);
+    with *events*, ``revisions`` lists them all (``docs/revisions.md``).
     """
     study = _loaded_study(job)
+    revisions = _loaded_revisions(job)
     data: dict[str, Any] = {
         "id": job.id,
         "study_instance_uid": job.study_instance_uid,
@@ -330,6 +340,7 @@ def job_to_dict(job: Job, *, events: bool = False) -> dict[str, Any]:
         "finished_at": _iso(job.finished_at),
         "requested_by": job.requested_by,
         "model": job.model,
+        "revision": max((r.number for r in revisions), default=None),
         "source": job.source,
         "retrieve": (
             {
@@ -355,6 +366,17 @@ def job_to_dict(job: Job, *, events: bool = False) -> dict[str, Any]:
         ],
     }
     if events:
+        data["revisions"] = [
+            {
+                "number": r.number,
+                "created_at": _iso(r.created_at),
+                "model": r.model,
+                "reason": r.reason,
+                "inputs": r.inputs,
+                "objects": r.objects,
+            }
+            for r in revisions
+        ]
         data["events"] = [
             {
                 "at": _iso(e.at),
@@ -583,12 +605,15 @@ class JobQueue:
         worker_id: str,
         outputs: Sequence[tuple[str, str, str]],
         model: str | None = None,
+        revision: NewRevision | None = None,
     ) -> str | None:
         """Record a finished pipeline run.
 
         *outputs* are ``(sop_instance_uid, sop_class_uid, path)``; one delivery row
         is made per output and destination. *model* (``"name version"``) is the
-        model that made them. Returns the new status, or None when the job was no
+        model that made them; *revision* what the run read and made (recorded in
+        ``job_revisions``, the same number rewritten when it is a re-run of the
+        same revision). Returns the new status, or None when the job was no
         longer this worker's.
         """
         now = utcnow()
@@ -597,6 +622,14 @@ class JobQueue:
             if job is None:
                 return None
             job.model = model
+            job.rerun = None
+            # A re-run for late instances kept the previous revision's delivery rows
+            # until now (it might have changed nothing); they were all sent.
+            for output in list(job.outputs):
+                session.delete(output)
+            session.flush()
+            if revision is not None and outputs:
+                self._record_revision(session, job, revision, now)
             destinations = list(job.send_to or ())
             for sop_uid, _, _ in outputs:
                 if session.get(ProducedInstance, sop_uid) is None:
@@ -638,6 +671,40 @@ class JobQueue:
         if status == JobStatus.SENDING:
             self._ring(OUTPUTS)  # after the commit: delivery must see the rows
         return status
+
+    @staticmethod
+    def _record_revision(session: Session, job: Job, revision: NewRevision, now: datetime) -> None:
+        row = session.execute(
+            select(JobRevision).where(
+                JobRevision.job_id == job.id, JobRevision.number == revision.number
+            )
+        ).scalar_one_or_none()
+        if row is None:
+            row = JobRevision(job_id=job.id, number=revision.number, reason=revision.reason)
+            session.add(row)
+        row.created_at = now
+        row.model = revision.model
+        row.inputs = dict(revision.inputs)
+        row.objects = [dict(o) for o in revision.objects]
+
+    def unchanged(self, job_id: int, worker_id: str, message: str) -> bool:
+        """End a re-run for late instances that changed nothing: the last revision stands.
+
+        The job goes back to ``done`` with its delivery rows as they were (sent);
+        *message* says why, in the timeline.
+        """
+        now = utcnow()
+        with write_transaction(self.sessions) as session:
+            job = self._owned(session, job_id, worker_id)
+            if job is None:
+                return False
+            job.status = JobStatus.DONE
+            job.finished_at = now
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.rerun = None
+            add_event(session, job.id, "done", message)
+            return True
 
     def fail(self, job_id: int, worker_id: str | None, error: str) -> bool:
         """Mark a job failed with a human-readable *error*."""
@@ -729,6 +796,7 @@ class JobQueue:
             job.started_at = job.finished_at = job.error = None
             job.attempts = 0
             job.requested_by = requested_by
+            job.rerun = None
             job.source = source
             job.retrieved_at = job.retrieve_received = job.retrieve_expected = None
             session.flush()
@@ -810,6 +878,7 @@ class JobQueue:
                     message += f"; the study is fetched from {job.source} again"
             job.error = None
             job.finished_at = None
+            job.rerun = None  # an admin's retry runs the pipeline whatever changed
             add_event(session, job.id, "retry", message)
             session.flush()
         self._ring(OUTPUTS if job.status == JobStatus.SENDING else JOBS)
@@ -845,7 +914,9 @@ class JobQueue:
         where = filters.conditions()
         query = (
             select(Job)
-            .options(selectinload(Job.outputs), selectinload(Job.study))
+            .options(
+                selectinload(Job.outputs), selectinload(Job.study), selectinload(Job.revisions)
+            )
             .where(*where)
             .order_by(Job.id.desc())
             .limit(filters.limit)
@@ -876,7 +947,10 @@ class JobQueue:
                 select(Job)
                 .where(Job.id == job_id)
                 .options(
-                    selectinload(Job.outputs), selectinload(Job.events), selectinload(Job.study)
+                    selectinload(Job.outputs),
+                    selectinload(Job.events),
+                    selectinload(Job.study),
+                    selectinload(Job.revisions),
                 )
             ).scalar_one_or_none()
             if job is None:

@@ -212,6 +212,9 @@ class Job(Base):
     retrieve_expected: Mapped[int | None] = mapped_column(Integer)
     # The model that made the results ("name version"): backfill skips studies it did.
     model: Mapped[str | None] = mapped_column(String(128))
+    # Why the job was queued again without an admin: "late" (assembly, late instances within
+    # the re-open window): the worker re-runs the pipeline only if its inputs changed.
+    rerun: Mapped[str | None] = mapped_column(String(16))
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     events: Mapped[list[JobEvent]] = relationship(
@@ -219,6 +222,9 @@ class Job(Base):
     )
     outputs: Mapped[list[Output]] = relationship(
         back_populates="job", order_by="Output.id", cascade="all, delete-orphan"
+    )
+    revisions: Mapped[list[JobRevision]] = relationship(
+        back_populates="job", order_by="JobRevision.number", cascade="all, delete-orphan"
     )
 
 
@@ -279,3 +285,31 @@ class ProducedInstance(Base):
     sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     produced_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class JobRevision(Base):
+    """One revision of a job's results: what it read, which model, which objects it made.
+
+    A job's first results are revision 1. When it runs again on changed inputs
+    (a late series) or with another model (``jobs retry`` after an update), its
+    results are revision n + 1: new UIDs, and its SR cites the SRs of the earlier
+    revisions (Predecessor Documents Sequence). A re-run with the same inputs and
+    model rewrites the same revision (the same UIDs), so it is never a duplicate.
+    """
+
+    __tablename__ = "job_revisions"
+    __table_args__ = (UniqueConstraint("job_id", "number", name="uq_job_revisions_job_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    model: Mapped[str | None] = mapped_column(String(128))
+    # Series UID -> {"instances": n, "digest": sha1 of the instance file names} it read.
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # What changed from the previous revision, as the timeline said it.
+    reason: Mapped[str | None] = mapped_column(Text)
+    # [{sop_instance_uid, sop_class_uid, series_instance_uid}] of the objects it made.
+    objects: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+    job: Mapped[Job] = relationship(back_populates="revisions")

@@ -43,10 +43,11 @@ from dicomnode.children import stop_processes
 from dicomnode.config import Settings
 from dicomnode.database import make_engine, session_factory
 from dicomnode.jobs import ClaimedJob, JobQueue, add_event
-from dicomnode.models import Instance, ProducedInstance, Series, Study
+from dicomnode.models import Instance, Job, JobRevision, ProducedInstance, Series, Study
 from dicomnode.pipelines import JobContext, Pipeline, PipelineError, SeriesInput, build_pipeline
 from dicomnode.retrieval import RetrieveError
 from dicomnode.retrieval.fetch import StudyFetch
+from dicomnode.revisions import LATE, SR_CLASS_PREFIX, InputsUnchanged, NewRevision, PriorRevision
 from dicomnode.store import InstanceStore
 from dicomnode.store.files import results_dir
 from dicomnode.wakeups import JOBS, Listener, Wakeups
@@ -224,6 +225,15 @@ class Worker:
                 "accession_number": study.accession_number,
                 "calling_aet": study.calling_aet,
             }
+            history = tuple(
+                PriorRevision(r.number, r.model, r.inputs or {}, tuple(r.objects or ()))
+                for r in session.execute(
+                    select(JobRevision)
+                    .where(JobRevision.job_id == job.id)
+                    .order_by(JobRevision.number)
+                ).scalars()
+            )
+            rerun = session.execute(select(Job.rerun).where(Job.id == job.id)).scalar()
         work_dir = results_dir(self.storage, job.id)
         work_dir.mkdir(parents=True, exist_ok=True)
         return JobContext(
@@ -233,6 +243,8 @@ class Worker:
             work_dir=work_dir,
             study=study_info,
             event_sink=lambda stage, msg, dur, level: self._event(job.id, stage, msg, dur, level),
+            history=history,
+            only_if_changed=rerun == LATE,
         )
 
     def execute(self, job: ClaimedJob) -> None:
@@ -262,6 +274,10 @@ class Worker:
             context = self._context(job)
             context.cancelled = lost.is_set
             pipeline = self._pipeline(job.pipeline)
+            context.model = pipeline.model_identity()
+            if not pipeline.declares_inputs:
+                # It does not say which series it reads: all of them are its input.
+                context.use_inputs(context.series)
             results = pipeline.run(context)
             outputs = [
                 (
@@ -279,10 +295,22 @@ class Worker:
                 "info",
             )
             outcome = self.queue.complete(
-                job.id, self.worker_id, outputs, model=pipeline.model_identity()
+                job.id,
+                self.worker_id,
+                outputs,
+                model=context.model,
+                revision=NewRevision(
+                    number=context.revision,
+                    model=context.model,
+                    inputs=context.inputs or {},
+                    objects=[_described(r, job.study_instance_uid) for r in results],
+                    reason=context.revision_reason,
+                ),
             )
             if outcome is None:
                 log.warning("job finished after it was taken away", extra=ids)
+        except InputsUnchanged as exc:
+            outcome = "done" if self.queue.unchanged(job.id, self.worker_id, str(exc)) else None
         except (PipelineError, RetrieveError) as exc:
             self.queue.fail(job.id, self.worker_id, str(exc))
         except Exception as exc:
@@ -347,6 +375,21 @@ class Worker:
         self.stop_event.set()
         if self._listener is not None:
             self._listener.interrupt()
+
+
+def _described(result: Any, study_instance_uid: str) -> dict[str, str]:
+    """What a revision records of one result object; SRs also their series (a later SR cites it)."""
+    described = {
+        "sop_instance_uid": result.sop_instance_uid,
+        "sop_class_uid": result.sop_class_uid,
+        "study_instance_uid": study_instance_uid,
+    }
+    if result.sop_class_uid.startswith(SR_CLASS_PREFIX):
+        from pydicom import dcmread
+
+        header = dcmread(result.path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        described["series_instance_uid"] = str(header.SeriesInstanceUID)
+    return described
 
 
 # -- processes ------------------------------------------------------------------------

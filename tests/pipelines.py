@@ -101,16 +101,28 @@ class Sleepy(Pipeline):
         return []
 
 
+class SpheresOptions(ResultOptions):
+    """The result options, and the version the "model" claims (tests change it)."""
+
+    version: str = "0.1"
+
+
 class HyperdenseSpheres(Pipeline):
     """Finds voxels above 200 HU (synthetic nodules made with ``hu=300``) and reports them.
 
     A small but real detector for testing the result writers end to end:
     connected components become the lung pipeline's SEG segments, TID 1500
-    findings and key image.
+    findings and key image. It reads the CT series with the most instances (and
+    says so, ``declares_inputs``), so a late series of another modality does
+    not change its inputs.
     """
 
-    options_model = ResultOptions
-    options: ResultOptions
+    options_model = SpheresOptions
+    options: SpheresOptions
+    declares_inputs = True
+
+    def model_identity(self) -> str | None:
+        return f"hyperdense-test {self.options.version}"
 
     def run(self, context: JobContext) -> list[ResultObject]:
         from scipy import ndimage
@@ -121,11 +133,14 @@ class HyperdenseSpheres(Pipeline):
         from dicomnode.pipelines.volume import load_series
         from dicomnode.results import AlgorithmInfo
 
+        ct = [s for s in context.series if (s.modality or "").upper() == "CT"] or context.series
+        selected = max(ct, key=lambda s: len(s.paths))
+        context.use_inputs([selected])
         with context.stage("load"):
-            volume = load_series(context.series[0].paths)
+            volume = load_series(selected.paths)
         with context.stage("infer"):
             labels, _ = ndimage.label(volume.array > 200)
-        algorithm = AlgorithmInfo("hyperdense-test", "0.1", self.options.notice)
+        algorithm = AlgorithmInfo("hyperdense-test", self.options.version, self.options.notice)
         writer = ResultWriter.for_job(algorithm, self.options, self.pipeline_name, context)
         with context.stage("write"):
             found = detections_from_labels(volume, labels, score=0.99)

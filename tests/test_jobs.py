@@ -145,9 +145,10 @@ def test_late_instance_reopens_study_but_makes_no_second_job(
     assert job.status == "queued"
     detail = job_to_dict(JobQueue(sessions).get(job.id), events=True)
     last = detail["events"][-1]
-    assert last["level"] == "warning"
-    assert "2 instance(s) in the study now" in last["message"]
-    assert "more arrived after this job was created" in last["message"]
+    # Still queued: it has not run, so it reads the late instance (docs/revisions.md).
+    assert last["stage"] == "late" and last["level"] == "info"
+    assert "late series 1.2.1.1 (CT, 1 instance) arrived 9 s after" in last["message"]
+    assert "before this job ran: it reads them" in last["message"]
     assert study_row(sessions, "1.2.1").status == "complete"
 
 

@@ -77,14 +77,27 @@ class JobOut(BaseModel):
     finished_at: str | None
     requested_by: str | None  # on-demand and backfill jobs: who asked (None: a route)
     model: str | None  # "name version" of the model that made the results
+    revision: int | None  # revision of the current results (docs/revisions.md); None: none yet
     source: str | None  # the [[sources]] entry the study is fetched from
     retrieve: RetrieveOut | None
     outputs: list[OutputOut]
 
 
-class JobDetailOut(JobOut):
-    """A job with its timeline."""
+class RevisionOut(BaseModel):
+    """One revision of a job's results: what it read, the model, the objects it made."""
 
+    number: int
+    created_at: str | None
+    model: str | None
+    reason: str | None  # what changed from the previous revision
+    inputs: dict[str, Any]  # series UID -> instances, digest, modality, description
+    objects: list[dict[str, Any]]  # sop_instance_uid, sop_class_uid, series_instance_uid
+
+
+class JobDetailOut(JobOut):
+    """A job with its revisions and timeline."""
+
+    revisions: list[RevisionOut]
     events: list[EventOut]
 
 

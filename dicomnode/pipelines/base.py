@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +12,14 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ValidationError
 
 from dicomnode.config import ConfigError, PipelineOptions
+from dicomnode.revisions import (
+    InputsUnchanged,
+    Predecessor,
+    PriorRevision,
+    describe_inputs,
+    input_changes,
+    predecessors,
+)
 
 
 class PipelineError(Exception):
@@ -51,7 +59,23 @@ class JobContext:
     """What a pipeline sees of its job.
 
     ``stage(name)`` times a block into the job's timeline; ``log(message)``
-    adds a line; ``check_cancelled()`` raises when an admin cancelled the job.
+    adds a line; ``check_cancelled()`` raises when an admin cancelled the job;
+    ``use_inputs(series)`` records what the run reads and decides the revision
+    of its results (``docs/revisions.md``).
+
+    Attributes
+    ----------
+    history
+        The job's earlier revisions (empty: its first results).
+    only_if_changed
+        The run was queued for late instances: :meth:`use_inputs` raises
+        :class:`~dicomnode.revisions.InputsUnchanged` when they change nothing.
+    model
+        ``"name version"`` of the pipeline's model (None: no model).
+    revision
+        The revision these results are (set by :meth:`use_inputs`).
+    inputs
+        What :meth:`use_inputs` recorded; None until it is called.
     """
 
     job_id: int
@@ -61,6 +85,68 @@ class JobContext:
     study: dict[str, Any] = field(default_factory=dict)
     event_sink: Callable[[str, str, float | None, str], None] | None = None
     cancelled: Callable[[], bool] = lambda: False
+    history: tuple[PriorRevision, ...] = ()
+    only_if_changed: bool = False
+    model: str | None = None
+    revision: int = 1
+    inputs: dict[str, dict[str, Any]] | None = None
+    revision_reason: str | None = None
+
+    @property
+    def predecessors(self) -> tuple[Predecessor, ...]:
+        """The SRs of the earlier revisions, which this revision's SR cites."""
+        return predecessors(self.history, self.revision)
+
+    def use_inputs(self, series: Iterable[SeriesInput]) -> int:
+        """Record the series this run reads; return the revision its results are.
+
+        Call before writing results (their UIDs depend on the revision).
+
+        Raises
+        ------
+        InputsUnchanged
+            When :attr:`only_if_changed` and neither the inputs nor the model
+            differ from the last revision: nothing needs to be re-run or re-sent.
+        """
+        series = list(series)
+        self.inputs = describe_inputs(series)
+        if not self.history:
+            self.revision = 1
+            return self.revision
+        last = max(self.history, key=lambda r: r.number)
+        changes = input_changes(last.inputs, self.inputs)
+        if last.model != self.model:
+            changes.append(f"model {self.model} replaces {last.model}")
+        if not changes:
+            self.revision = last.number
+            if self.only_if_changed:
+                ignored = [s for s in self.series if s.series_instance_uid not in self.inputs]
+                not_read = ", ".join(
+                    f"{s.series_instance_uid} ({s.modality or '?'}, {len(s.paths)} instances)"
+                    for s in ignored
+                )
+                read = ", ".join(
+                    f"{s.series_instance_uid} ({len(s.paths)} instances)" for s in series
+                )
+                raise InputsUnchanged(
+                    f"inputs unchanged: the pipeline reads {read or 'no series'}"
+                    + (f", not {not_read}" if not_read else "")
+                    + f"; revision {last.number} stands, nothing re-sent"
+                )
+            self.log(
+                f"inputs and model as in revision {last.number}: the same results "
+                "(same UIDs) are written again",
+                stage="revision",
+            )
+            return self.revision
+        self.revision = last.number + 1
+        self.revision_reason = "; ".join(changes)
+        self.log(
+            f"{self.revision_reason}: results are revision {self.revision}; its SR cites "
+            f"{len(self.predecessors)} earlier report(s)",
+            stage="revision",
+        )
+        return self.revision
 
     def log(self, message: str, *, stage: str = "pipeline", level: str = "info") -> None:
         """Add one line to the job's timeline."""
@@ -109,10 +195,17 @@ class Pipeline:
         The options a ``[pipelines.NAME]`` section may hold.
     wants_priors
         Whether the pipeline compares with earlier studies of the patient.
+    declares_inputs
+        Whether :meth:`run` calls ``context.use_inputs`` with the series it
+        reads; otherwise every series of the study counts as its input, and
+        any late series re-runs it.
     """
 
     options_model: ClassVar[type[PipelineOptions]] = PipelineOptions
     wants_priors: ClassVar[bool] = False
+    # True: run() calls context.use_inputs() with the series it reads (ModelPipeline does,
+    # after select); False: every series of the study is its input (the worker says so).
+    declares_inputs: ClassVar[bool] = False
 
     def __init__(self, name: str, options: PipelineOptions | Mapping[str, Any]) -> None:
         self.pipeline_name = name

@@ -27,13 +27,20 @@ import numpy as np
 from pydicom import Dataset
 
 from dicomnode.config import ModelOptions, PipelineOptions, ResultOptions
-from dicomnode.pipelines.base import JobContext, Pipeline, PipelineError, ResultObject
+from dicomnode.pipelines.base import (
+    JobContext,
+    Pipeline,
+    PipelineError,
+    ResultObject,
+    SeriesInput,
+)
 from dicomnode.pipelines.bundle import Bundle, bundle_identity, load_bundle, resolve_bundle_path
 from dicomnode.pipelines.inference import Runtime
 
 if TYPE_CHECKING:
     from dicomnode.results import AlgorithmInfo, SegmentSpec, SeriesSpec
     from dicomnode.results.pr import Annotation
+    from dicomnode.revisions import Predecessor
 
 STAGES = ("select", "load", "preprocess", "infer", "postprocess", "write")
 
@@ -63,34 +70,72 @@ def freeze(value: Any) -> Any:
     return value
 
 
+def series_read(value: Any) -> list[SeriesInput]:
+    """The :class:`SeriesInput` objects in a ``select`` result, each once, in order.
+
+    Walks dataclasses, tuples, lists and dicts as :func:`freeze` does, so a
+    stage may return one series, several, or a dataclass holding them.
+    """
+    found: dict[str, SeriesInput] = {}
+
+    def walk(item: Any) -> None:
+        if isinstance(item, SeriesInput):
+            found.setdefault(item.series_instance_uid, item)
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            for f in dataclasses.fields(item):
+                walk(getattr(item, f.name))
+        elif isinstance(item, tuple | list):
+            for part in item:
+                walk(part)
+        elif isinstance(item, Mapping):
+            for part in item.values():
+                walk(part)
+
+    walk(value)
+    return list(found.values())
+
+
 @dataclass(frozen=True)
 class ResultWriter:
     """What every result object of one job shares: model, series settings, the UID key.
 
-    Result UIDs derive from *uid_key* (the study, the job and the model), so the
-    same job re-run by the same model resends the same objects, and a re-run
-    after a model update (``dicomnode run``, backfill) makes new ones instead of
-    overwriting what radiologists already saw under the old UIDs.
+    Result UIDs derive from *uid_key* (the study, the job, the model and, from
+    revision 2 on, the revision), so the same job re-run by the same model on the
+    same inputs resends the same objects, and a revision (a late series changed
+    the inputs, a model update) makes new ones in new series instead of
+    overwriting what radiologists already saw under the old UIDs; its SR cites
+    the earlier SRs (*predecessors*, ``docs/revisions.md``).
     """
 
     algorithm: AlgorithmInfo
     options: ResultOptions
     pipeline: str
     uid_key: str
+    revision: int = 1
+    predecessors: tuple[Predecessor, ...] = ()
 
     @classmethod
     def for_job(
         cls, algorithm: AlgorithmInfo, options: ResultOptions, pipeline: str, context: JobContext
     ) -> ResultWriter:
-        """The writer of *context*'s job: UIDs keyed on its study, job id and model."""
+        """The writer of *context*'s job: UIDs keyed on its study, job id, model and revision."""
         key = f"{context.study_instance_uid}/{context.job_id}/{algorithm.name} {algorithm.version}"
-        return cls(algorithm, options, pipeline, key)
+        if context.revision > 1:
+            # Revision 1 keeps the key results always had: their UIDs do not change.
+            key += f"/revision {context.revision}"
+        return cls(algorithm, options, pipeline, key, context.revision, context.predecessors)
 
     def series(self, kind: str) -> SeriesSpec:
         """Series Number and Description of result *kind* ("seg", "sr", "sc" or "pr")."""
         from dicomnode.results import SeriesSpec
 
-        return SeriesSpec(*self.options.result_series(kind, self.pipeline))
+        number, description = self.options.result_series(kind, self.pipeline)
+        return SeriesSpec(
+            number,
+            description,
+            revision=self.revision,
+            predecessors=self.predecessors if kind == "sr" else (),
+        )
 
     def segmentation(
         self, source: Sequence[Dataset], labels: np.ndarray, segments: Sequence[SegmentSpec]
@@ -137,6 +182,7 @@ class ModelPipeline(Pipeline, Generic[Selected, Loaded, Prepared, Raw, Findings]
 
     options_model: ClassVar[type[ModelOptions]] = ModelOptions
     options: ModelOptions
+    declares_inputs: ClassVar[bool] = True  # run() records what select() took
     default_bundle: ClassVar[str | Path] = ""
 
     def __init__(self, name: str, options: ModelOptions | Mapping[str, Any]) -> None:
@@ -213,6 +259,9 @@ class ModelPipeline(Pipeline, Generic[Selected, Loaded, Prepared, Raw, Findings]
     def run(self, context: JobContext) -> list[ResultObject]:
         with context.stage("select"):
             selected = freeze(self.select(context))
+            # Before anything costly: a re-run for a late series that this pipeline does
+            # not read stops here (InputsUnchanged), and the revision fixes the UIDs.
+            context.use_inputs(series_read(selected))
         context.check_cancelled()
         with context.stage("load"):
             loaded = freeze(self.load(selected, context))

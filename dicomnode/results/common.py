@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import highdicom as hd
 from pydicom import Dataset
@@ -10,6 +11,9 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from dicomnode import __version__
+
+if TYPE_CHECKING:
+    from dicomnode.revisions import Predecessor
 
 MANUFACTURER = "dicomnode"
 DEFAULT_NOTICE = "Not for diagnostic use"
@@ -43,14 +47,24 @@ class AlgorithmInfo:
 
 @dataclass(frozen=True)
 class SeriesSpec:
-    """Number and description of the new series a result goes into."""
+    """Number and description of the new series a result goes into.
+
+    *revision* > 1: the series holds a revision of the job's results (a new
+    series per revision, same Series Number; ``docs/revisions.md``);
+    *predecessors*: the SRs a revised SR cites.
+    """
 
     number: int
     description: str
+    revision: int = 1
+    predecessors: tuple[Predecessor, ...] = ()
 
     def described(self, notice: str) -> str:
-        """Series Description with the notice appended (LO: 64 characters)."""
-        text = f"{self.description} ({notice})" if notice else self.description
+        """Series Description with the revision and the notice appended (LO: 64 characters)."""
+        text = self.description
+        if self.revision > 1:
+            text += f" rev {self.revision}"
+        text = f"{text} ({notice})" if notice else text
         return text[:64]
 
 

@@ -380,9 +380,24 @@ def _report(
         is_complete=True,
         is_final=False,
         is_verified=False,
+        # A revision cites the reports it replaces (PS3.3 C.17.2.3).
+        previous_versions=_previous_versions(series) or None,
     )
     sr.SeriesDescription = series.described(algorithm.notice)
     return declare_private_schemes(sr)
+
+
+def _previous_versions(series: SeriesSpec) -> list[Dataset]:
+    """The four UIDs of each SR *series* says this one revises, as highdicom takes them."""
+    datasets = []
+    for predecessor in series.predecessors:
+        ds = Dataset()
+        ds.StudyInstanceUID = predecessor.study_instance_uid
+        ds.SeriesInstanceUID = predecessor.series_instance_uid
+        ds.SOPClassUID = predecessor.sop_class_uid
+        ds.SOPInstanceUID = predecessor.sop_instance_uid
+        datasets.append(ds)
+    return datasets
 
 
 def _segment_report(
