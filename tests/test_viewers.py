@@ -99,7 +99,20 @@ def _studies(root: Path) -> list[Study]:
             "lung_nodule",
             write_chest_ct_study(root / "empty-ct", seed=12, nodules=(), n_slices=48).paths,
         ),
+        # tests/test_enhanced.py's chest phantom as one Enhanced CT instance: results
+        # reference its frames.
+        Study("enhanced-ct", "lung_nodule", [_enhanced_ct(root / "enhanced-ct")]),
     ]
+
+
+def _enhanced_ct(root: Path) -> Path:
+    from dicomnode.synthetic.ct import write_chest_ct_study
+    from dicomnode.synthetic.multiframe import enhanced
+
+    study = write_chest_ct_study(root / "slices", seed=11, n_slices=48, rows=192, columns=192)
+    path = root / "enhanced.dcm"
+    enhanced([pydicom.dcmread(p) for p in study.paths]).save_as(path, enforce_file_format=True)
+    return path
 
 
 @dataclass
@@ -242,7 +255,16 @@ def _click_button(browser: Browser, text: str) -> bool:
     return False
 
 
-STUDY_NAMES = ["demo-ct", "demo-mr", "demo-op", "e2e-ct", "e2e-mr", "e2e-op", "empty-ct"]
+STUDY_NAMES = [
+    "demo-ct",
+    "demo-mr",
+    "demo-op",
+    "e2e-ct",
+    "e2e-mr",
+    "e2e-op",
+    "empty-ct",
+    "enhanced-ct",
+]
 
 
 @pytest.mark.parametrize("name", STUDY_NAMES)
