@@ -394,6 +394,8 @@ def test_cornerstone_adapters_read_every_seg_and_sr(session: Session) -> None:
             assert [s["cielab"] for s in result["segments"]] == [
                 list(labels[s["label"]]) for s in result["segments"]
             ]
+            # The segments landed on source images (frames of a multi-frame source too).
+            assert result["images_with_segments"] > 0, study.name
         else:
             points = result["tools"].get("Probe", [])
             # Points are the one standard graphic Cornerstone3D reads into a tool without its
@@ -402,6 +404,10 @@ def test_cornerstone_adapters_read_every_seg_and_sr(session: Session) -> None:
             expected_points = {"lung_nodule": 1, "brain_tumor": 1, "fundus_dr": 0}[study.pipeline]
             findings = len(sr_findings(path)) if study.name != "empty-ct" else 0
             assert len(points) == expected_points * findings, (study.name, result["tools"])
+            if study.pipeline == "lung_nodule":
+                # Each on the source image (frame) it is drawn on, resolved by the adapters
+                # (a brain region's point is 3D: no image).
+                assert all(p["image"] for p in points), (study.name, points)
             if study.name == "empty-ct":
                 # "Nodule: Absent", drawn as a rectangle of the whole middle image.
                 assert len(result["tools"]["RectangleROI"]) == 1
