@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import highdicom as hd
 from pydicom import Dataset
@@ -81,6 +81,25 @@ def finding_uid(key: str, number: int | str) -> str:
 def software_versions() -> str:
     """Software Versions of produced objects."""
     return f"dicomnode {__version__}"
+
+
+class Equipment(TypedDict):
+    """The General Equipment keywords of highdicom's constructors (typed, so mypy checks them)."""
+
+    manufacturer: str
+    manufacturer_model_name: str
+    software_versions: str
+    device_serial_number: str
+
+
+def equipment(algorithm: AlgorithmInfo) -> Equipment:
+    """The General Equipment of an object *algorithm* makes, as highdicom keywords."""
+    return {
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": algorithm.name[:64],
+        "software_versions": software_versions(),
+        "device_serial_number": "1",
+    }
 
 
 def copy_body_part(result: Dataset, source: Dataset) -> None:
