@@ -15,7 +15,11 @@ noise; the median of ``--rounds`` is reported with instances/s, the ratio to
 Orthanc and to storescp, and the peak resident memory of each receiver's
 processes during the push (dicomnode: the largest receiver process).
 
-Then dicomnode alone, four associations, with its receiver processes and
+Then one association again, to split dicomnode's time into the disk's and
+its own: storescp, dicomnode, dicomnode with fsync off (not durable), and the
+same files written and fsynced with no network (the floor for any receiver
+that acknowledges only durable instances, since storescu waits for each
+response). Then dicomnode alone, four associations, with its receiver processes and
 cores restricted by ``taskset``: 1 process on 1 core, 1 process on 2 cores,
 2 processes on 2 cores. Then DICOMweb: the same slices by STOW-RS (one
 request, streamed from the files) into dicomnode's endpoint and into
@@ -60,7 +64,7 @@ from dicomnode.testing.peers import (  # noqa: E402
 )
 
 STREAMS = (1, 4, 8, 16)
-SECTIONS = ("cstore", "scaling", "dicomweb", "many", "large")
+SECTIONS = ("cstore", "floor", "scaling", "dicomweb", "many", "large")
 AE = "BENCHNODE"
 
 
@@ -147,10 +151,11 @@ def peak_mib(pids: list[int]) -> float:
 
 @contextmanager
 def dicomnode_server(
-    workdir: Path, processes: int | None, cores: str | None
+    workdir: Path, processes: int | None, cores: str | None, fsync: bool = True
 ) -> Iterator[NodeProcess]:
     """``dicomnode serve`` in a subprocess (optionally pinned to *cores* with taskset)."""
     data = settings_data(workdir)
+    data["storage"]["fsync"] = fsync  # False only in the floor section: not durable
     data["node"]["ae_title"] = AE
     data["node"].pop("receiver_processes")
     if processes is not None:
@@ -182,11 +187,15 @@ class Dicomnode:
         self.pushes = 0
 
     def __call__(
-        self, streams: int, processes: int | None = None, cores: str | None = None
+        self,
+        streams: int,
+        processes: int | None = None,
+        cores: str | None = None,
+        fsync: bool = True,
     ) -> Push:
         workdir = self.tmp / f"node-{self.pushes}"
         self.pushes += 1
-        with dicomnode_server(workdir, processes, cores) as node:
+        with dicomnode_server(workdir, processes, cores, fsync) as node:
             pids = receiver_pids(node)
             reset_peak(pids)
             seconds = push(self.files, node.port, AE, streams)
@@ -304,6 +313,8 @@ def main() -> int:
                         for name, run in receivers.items():
                             results.setdefault((name, streams), []).append(run(streams))
                 report(results, len(files))
+            if "floor" in sections:
+                floor(tmp, files, dicomnode, push_to_scp, args.rounds)
             if "scaling" in sections:
                 scaling(dicomnode, args.rounds)
             if "dicomweb" in sections:
@@ -509,6 +520,62 @@ def many_associations(tmp: Path, streams: int = 16, each: int = 100) -> None:
     )
     shutil.rmtree(workdir, ignore_errors=True)
     shutil.rmtree(tmp / "many", ignore_errors=True)
+
+
+def durable_writes(tmp: Path, files: list[Path]) -> float:
+    """Seconds to write *files*' bytes to new files, each fsynced, with no network: the disk's part."""
+    folder = tmp / "durable"
+    folder.mkdir()
+    payloads = [f.read_bytes() for f in files]
+    started = time.perf_counter()
+    for i, payload in enumerate(payloads):
+        fd = os.open(folder / f"{i}.dcm", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            os.write(fd, payload)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(folder)
+    return seconds
+
+
+def floor(
+    tmp: Path,
+    files: list[Path],
+    dicomnode: Dicomnode,
+    storescp: Callable[[int], Push],
+    rounds: int,
+) -> None:
+    """One association: how much of dicomnode's time is the fsync that storescp does not do.
+
+    storescu waits for each C-STORE response before it sends the next
+    instance, and dicomnode answers only after the instance is fsynced: over
+    one association nothing can overlap the disk's flush. So dicomnode's
+    time cannot go below storescp's plus the same files written and fsynced
+    one by one. Shown with dicomnode's fsync off (``storage.fsync = false``:
+    not durable, never for a real node) to separate its own work from the disk's.
+    """
+    cases: dict[str, Callable[[], float]] = {
+        "storescp": lambda: storescp(1).seconds,
+        "dicomnode": lambda: dicomnode(1).seconds,
+        "dicomnode, fsync off (not durable)": lambda: dicomnode(1, fsync=False).seconds,
+        "disk: the same files written+fsynced, no network": lambda: durable_writes(tmp, files),
+    }
+    seconds: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for name, run in cases.items():
+            seconds.setdefault(name, []).append(run())
+    med = {name: statistics.median(values) for name, values in seconds.items()}
+    ref = med["storescp"]
+    print(f"\none association, {len(files)} instances: where the time goes (median of {rounds})")
+    for name, value in med.items():
+        print(f"  {name:<50} {value:6.2f} s  {value / ref:5.2f}x storescp")
+    bound = ref + med["disk: the same files written+fsynced, no network"]
+    print(
+        f"  lower bound for a receiver that fsyncs before Success: {bound:.2f} s "
+        f"({bound / ref:.2f}x storescp)"
+    )
 
 
 def scaling(dicomnode: Dicomnode, rounds: int) -> None:

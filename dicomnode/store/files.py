@@ -14,15 +14,21 @@ folder.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from dicomnode.store.errors import OutOfResources
 from dicomnode.store.header import InstanceHeader, require_uid
+
+# Bytes of a data set still arriving after which their write-out to disk is
+# started (see StorageFiles.start_writeback).
+WRITEBACK_BYTES = 256 * 1024
 
 INSTANCES = "instances"
 TMP = "tmp"
@@ -120,6 +126,22 @@ class StorageFiles:
             return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640), path
         except OSError as exc:
             raise OutOfResources(f"cannot create a file in tmp/: {exc.strerror or exc}") from exc
+
+    def start_writeback(self, fd: int, offset: int, length: int) -> None:
+        """Start writing *length* bytes at *offset* of *fd* to disk, without waiting.
+
+        A peer sends the next instance only after our answer, and we answer
+        only after fsync; the fsync of a whole 0.5 MB slice at the end would
+        first write every page of it, then commit the journal. Started while
+        the rest of the data set is still arriving, the write-out overlaps
+        the network and the final fsync is left mostly the journal commit.
+        Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``: it neither waits for
+        the pages nor makes anything durable (the fsync still does), so it
+        changes speed, never the durability order; a no-op elsewhere, or
+        with ``storage.fsync`` off.
+        """
+        if self.fsync and _sync_file_range is not None:
+            _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
     def adopt(self, fd: int, tmp: Path, relative: Path) -> Written:
         """Rename the complete file *tmp* (open as *fd*) to ``root/relative``, durably.
@@ -235,6 +257,23 @@ def _move_no_clobber(source: Path, target: Path) -> bool:
         return True
     source.unlink()
     return True
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range (Linux), or None; Python's os module does not offer it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range = _libc_sync_file_range()
 
 
 def _fsync_dir(folder: Path) -> None:

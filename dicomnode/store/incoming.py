@@ -11,7 +11,10 @@ store's durability promise:
 1. the request's UIDs are checked (they become file names) and the File Meta
    Information is written to a new file under ``tmp/``;
 2. each fragment of the data set is appended as it arrives, so memory per
-   association is one network chunk whatever the object's size;
+   association is one network chunk whatever the object's size; every
+   :data:`~dicomnode.store.files.WRITEBACK_BYTES` the write-out of what
+   arrived is started (not waited for, not a durability step: it only
+   leaves less for step 3's fsync);
 3. :meth:`IncomingInstance.finish`: the file is memory-mapped and its element
    headers scanned (truncation, the UIDs the index needs, routing
    attributes), renamed into place and fsynced, and its row committed;
@@ -48,6 +51,7 @@ from dicomnode.store.errors import (
     UIDMismatch,
     UnreadableDataset,
 )
+from dicomnode.store.files import WRITEBACK_BYTES
 from dicomnode.store.header import (
     FileMeta,
     InstanceHeader,
@@ -99,6 +103,8 @@ class IncomingInstance:
         self._fd: int | None = None
         self._tmp: Path | None = None
         self._meta_length = 0
+        self._written = 0  # bytes in the file
+        self._flushed = 0  # bytes whose write-out has been started
         try:
             require_uid(sop_instance_uid, "Affected SOP Instance UID")
             require_uid(sop_class_uid, "Affected SOP Class UID")
@@ -122,7 +128,13 @@ class IncomingInstance:
         assert self._fd is not None
         try:
             while view:
-                view = view[os.write(self._fd, view) :]
+                count = os.write(self._fd, view)
+                view = view[count:]
+                self._written += count
+            if self._written - self._flushed >= WRITEBACK_BYTES:
+                files = self.store.files
+                files.start_writeback(self._fd, self._flushed, self._written - self._flushed)
+                self._flushed = self._written
         except OSError as exc:
             self.problem = OutOfResources(f"disk write failed: {exc.strerror or exc}")
             self._drop()
