@@ -7,7 +7,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
+
+import pytest
 
 from dicomnode.children import ProcessPool
 
@@ -23,70 +26,58 @@ class _Pool(ProcessPool):
         return self.ctx.Process(target=_stubborn, args=(1.5 if index == 0 else 60.0,))
 
 
-def _ours(pool: _Pool, before: set[int]) -> list[BaseProcess]:
-    return [p for p in multiprocessing.active_children() if p.pid not in before]
+@pytest.fixture
+def pool() -> Iterator[_Pool]:
+    """Two running children; whatever of them (or of replacements) is left is killed at the end."""
+    before = {p.pid for p in multiprocessing.active_children()}
+    started = _Pool(2)
+    started.start()
+    yield started
+    ours = [p for p in multiprocessing.active_children() if p.pid not in before]
+    for child in ours:
+        child.kill()
+    assert ours == [], "a child outlived its pool"
 
 
-def test_check_during_stop_replaces_nothing() -> None:
+def _kill_slot(pool: _Pool, index: int, settle: float = 0.0) -> BaseProcess:
+    """SIGKILL slot *index*'s process (after *settle* s) and wait until it is gone."""
+    victim = pool.processes[index]
+    assert victim is not None and victim.pid is not None
+    time.sleep(settle)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(5)
+    return victim
+
+
+def test_check_during_stop_replaces_nothing(pool: _Pool) -> None:
     """The group SIGTERM killed slot 1 first; the scheduler's check runs while stop waits on slot 0.
 
-    Before the pool took one lock for both, the check started a replacement
-    for slot 1 that stop never signalled, and ``serve`` hung at exit joining it.
+    Without one lock for both, a check in the middle of stop could start a
+    replacement that stop never signals, and ``serve`` would hang at exit joining it.
     """
-    before = {p.pid for p in multiprocessing.active_children() if p.pid is not None}
-    pool = _Pool(2)
-    pool.start()
-    try:
-        victim = pool.processes[1]
-        assert victim is not None and victim.pid is not None
-        time.sleep(0.5)  # both children have installed their SIGTERM handler
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.join(5)
-        stopper = threading.Thread(target=pool.stop, args=(10.0,))
-        stopper.start()
-        time.sleep(0.2)
-        assert stopper.is_alive()  # stop is waiting on slot 0 ...
-        pool.check()  # ... when the scheduler's check comes
-        stopper.join()
-        assert pool.processes == [None, None]
-        assert _ours(pool, before) == []
-        pool.check()  # after stop, too
-        assert _ours(pool, before) == []
-    finally:
-        for child in _ours(pool, before):
-            child.kill()
+    _kill_slot(pool, 1, settle=0.5)  # both children have installed their SIGTERM handler
+    stopper = threading.Thread(target=pool.stop, args=(10.0,))
+    stopper.start()
+    time.sleep(0.2)
+    assert stopper.is_alive()  # stop is waiting on slot 0 ...
+    pool.check()  # ... when the scheduler's check comes
+    stopper.join()
+    assert pool.processes == [None, None]
+    pool.check()  # after stop, too
 
 
-def test_nothing_is_replaced_once_the_node_is_stopping() -> None:
+def test_nothing_is_replaced_once_the_node_is_stopping(pool: _Pool) -> None:
     """``serve`` got the group SIGTERM: the worker exits at once, the parent is still stopping others."""
-    before = {p.pid for p in multiprocessing.active_children() if p.pid is not None}
-    pool = _Pool(2)
-    pool.start()
-    try:
-        victim = pool.processes[1]
-        assert victim is not None and victim.pid is not None
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.join(5)
-        pool.stopping()
-        pool.check()
-        assert pool.processes[1] is victim
-    finally:
-        pool.stop(0.5)
-        assert _ours(pool, before) == []
+    victim = _kill_slot(pool, 1)
+    pool.stopping()
+    pool.check()
+    assert pool.processes[1] is victim
+    pool.stop(0.5)
 
 
-def test_check_replaces_a_dead_process_while_running() -> None:
-    before = {p.pid for p in multiprocessing.active_children() if p.pid is not None}
-    pool = _Pool(2)
-    pool.start()
-    try:
-        victim = pool.processes[1]
-        assert victim is not None and victim.pid is not None
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.join(5)
-        pool.check()
-        replacement = pool.processes[1]
-        assert replacement is not None and replacement is not victim and replacement.is_alive()
-    finally:
-        pool.stop(0.5)
-        assert _ours(pool, before) == []
+def test_check_replaces_a_dead_process_while_running(pool: _Pool) -> None:
+    victim = _kill_slot(pool, 1)
+    pool.check()
+    replacement = pool.processes[1]
+    assert replacement is not None and replacement is not victim and replacement.is_alive()
+    pool.stop(0.5)
