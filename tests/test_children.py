@@ -9,21 +9,34 @@ import threading
 import time
 from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import pytest
 
 from dicomnode.children import ProcessPool
 
 
-def _stubborn(seconds: float) -> None:
+def _stubborn(seconds: float, ready: Any) -> None:
     """A child that needs *seconds* to wind down after SIGTERM (a worker finishing a job)."""
     signal.signal(signal.SIGTERM, lambda *_: None)
+    ready.set()
     time.sleep(seconds)
 
 
 class _Pool(ProcessPool):
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.ready = [self.ctx.Event() for _ in range(count)]
+
     def _process(self, index: int) -> BaseProcess:
-        return self.ctx.Process(target=_stubborn, args=(1.5 if index == 0 else 60.0,))
+        # Slot 0 outlasts stop's first wait by seconds even on a busy machine.
+        seconds = 4.0 if index == 0 else 60.0
+        return self.ctx.Process(target=_stubborn, args=(seconds, self.ready[index]))
+
+    def wait_ready(self) -> None:
+        """Until every child has its SIGTERM handler (a spawned child takes a while to start)."""
+        for event in self.ready:
+            assert event.wait(60), "a child did not start"
 
 
 @pytest.fixture
@@ -39,11 +52,11 @@ def pool() -> Iterator[_Pool]:
     assert ours == [], "a child outlived its pool"
 
 
-def _kill_slot(pool: _Pool, index: int, settle: float = 0.0) -> BaseProcess:
-    """SIGKILL slot *index*'s process (after *settle* s) and wait until it is gone."""
+def _kill_slot(pool: _Pool, index: int) -> BaseProcess:
+    """SIGKILL slot *index*'s process once every child has started; wait until it is gone."""
     victim = pool.processes[index]
     assert victim is not None and victim.pid is not None
-    time.sleep(settle)
+    pool.wait_ready()
     os.kill(victim.pid, signal.SIGKILL)
     victim.join(5)
     return victim
@@ -55,7 +68,7 @@ def test_check_during_stop_replaces_nothing(pool: _Pool) -> None:
     Without one lock for both, a check in the middle of stop could start a
     replacement that stop never signals, and ``serve`` would hang at exit joining it.
     """
-    _kill_slot(pool, 1, settle=0.5)  # both children have installed their SIGTERM handler
+    _kill_slot(pool, 1)
     stopper = threading.Thread(target=pool.stop, args=(10.0,))
     stopper.start()
     time.sleep(0.2)
