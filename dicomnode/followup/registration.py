@@ -59,7 +59,7 @@ Anatomy = Literal["lung", "brain"]
 
 
 def _sitk() -> Any:
-    import SimpleITK  # type: ignore[import-untyped]  # no stubs; imported only when registering
+    import SimpleITK  # no stubs (mypy: ignore_missing_imports); imported only when registering
 
     return SimpleITK
 
@@ -146,8 +146,12 @@ def lung_mask(volume: Volume) -> np.ndarray:
         return np.zeros(volume.shape, dtype=bool)
     border = np.unique(
         np.concatenate(
-            [labels[:, 0, :].ravel(), labels[:, -1, :].ravel(), labels[:, :, 0].ravel(),
-             labels[:, :, -1].ravel()]
+            [
+                labels[:, 0, :].ravel(),
+                labels[:, -1, :].ravel(),
+                labels[:, :, 0].ravel(),
+                labels[:, :, -1].ravel(),
+            ]
         )
     )
     sizes = np.bincount(labels.ravel())
@@ -293,7 +297,12 @@ def register(
     if empty:
         what = "lungs" if anatomy == "lung" else "brain"
         return Registration(
-            identity, 0.0, 0.0, True, f"No {what} found in the {' and '.join(empty)} study.", anatomy
+            identity,
+            0.0,
+            0.0,
+            True,
+            f"No {what} found in the {' and '.join(empty)} study.",
+            anatomy,
         )
     dice_identity = dice(_mapped_mask(prior_mask, prior, current, identity), current_mask)
     if anatomy == "lung":
@@ -304,9 +313,7 @@ def register(
         fixed_array, moving_array = current.array, prior.array
     fixed = to_sitk(fixed_array.astype(np.float32), current.affine)
     moving = to_sitk(moving_array.astype(np.float32), prior.affine)
-    region = to_sitk(
-        _dilated(current_mask, current.spacing, 10.0).astype(np.uint8), current.affine
-    )
+    region = to_sitk(_dilated(current_mask, current.spacing, 10.0).astype(np.uint8), current.affine)
     rigid = sitk.Euler3DTransform()
     if initialise:
         rigid = sitk.Euler3DTransform(

@@ -108,7 +108,7 @@ def random_motion(
     return rigid_motion(angles, shift, center_mm)
 
 
-def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+def apply(matrix: np.ndarray, points: np.ndarray | Sequence[float]) -> np.ndarray:
     """``(n, 3)`` points through a 4x4 matrix."""
     points = np.atleast_2d(np.asarray(points, dtype=float))
     return points @ matrix[:3, :3].T + matrix[:3, 3]
@@ -130,17 +130,16 @@ def _grid_coordinates(index_to_anatomy: np.ndarray, box: tuple[slice, slice, sli
         *(np.arange(s.start, s.stop, dtype=np.float32) for s in box), indexing="ij"
     )
     m = index_to_anatomy.astype(np.float32)
-    return np.stack(
-        [m[n, 0] * k + m[n, 1] * j + m[n, 2] * i + m[n, 3] for n in range(3)]
-    )
+    return np.stack([m[n, 0] * k + m[n, 1] * j + m[n, 2] * i + m[n, 3] for n in range(3)])
 
 
 def _index_box(
     anatomy_to_index: np.ndarray, low: np.ndarray, high: np.ndarray, shape: Sequence[int]
 ) -> tuple[slice, slice, slice] | None:
     """Index box of the grid holding an anatomy-frame box (its 8 corners mapped), or None."""
-    corners = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1])
-                        for z in (low[2], high[2])])
+    corners = np.array(
+        [[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])]
+    )
     index = apply(anatomy_to_index, corners)
     start = np.clip(np.floor(index.min(axis=0)).astype(int), 0, np.asarray(shape))
     stop = np.clip(np.ceil(index.max(axis=0)).astype(int) + 1, 0, np.asarray(shape))
@@ -191,7 +190,10 @@ def render_chest_moved(
         start, end = np.array(vessel.start_mm), np.array(vessel.end_mm)
         margin = vessel.radius_mm + width
         box = _index_box(
-            anatomy_to_index, np.minimum(start, end) - margin, np.maximum(start, end) + margin, shape
+            anatomy_to_index,
+            np.minimum(start, end) - margin,
+            np.maximum(start, end) + margin,
+            shape,
         )
         if box is None:
             continue
@@ -300,7 +302,11 @@ def _lung_point(
         if u @ u > 0.36:
             continue
         point = np.array(
-            [side * phantom.lung_offset_mm + u[0] * a, -5.0 + u[1] * b, phantom.center_z_mm + u[2] * c]
+            [
+                side * phantom.lung_offset_mm + u[0] * a,
+                -5.0 + u[1] * b,
+                phantom.center_z_mm + u[2] * c,
+            ]
         )
         if all(np.linalg.norm(point - t) >= gap_mm for t in taken):
             return point
@@ -395,17 +401,17 @@ def chest_pair(
         center = _lung_point(rng, base, taken, 30.0)
         taken.append(center)
         moved = apply(inspiration, center)[0]
-        hu = float(rng.uniform(20.0, 60.0))
+        density = float(rng.uniform(20.0, 60.0))
         if fate == "new":
             d2 = float(rng.uniform(4.0, 10.0))
-            followup_nodules.append(Nodule(tuple(moved), d2, hu=hu))
+            followup_nodules.append(Nodule(tuple(moved), d2, hu=density))
             followup_ids.append(ident)
             truths.append(
                 NoduleTruth(ident, "new", None, _tuple(apply(motion, moved)[0]), None, d2, None)
             )
             continue
         d1 = float(rng.uniform(5.0, 14.0))
-        baseline_nodules.append(Nodule(tuple(center), d1, hu=hu))
+        baseline_nodules.append(Nodule(tuple(center), d1, hu=density))
         baseline_ids.append(ident)
         if fate == "resolved":
             truths.append(NoduleTruth(ident, "resolved", _tuple(center), None, d1, None, None))
@@ -413,7 +419,7 @@ def chest_pair(
         ratio = _fate_ratio(rng, fate, d1)
         d2 = d1 * ratio ** (1.0 / 3.0)
         vdt = None if ratio == 1.0 else interval * np.log(2.0) / np.log(ratio)
-        followup_nodules.append(Nodule(tuple(moved), d2, hu=hu))
+        followup_nodules.append(Nodule(tuple(moved), d2, hu=density))
         followup_ids.append(ident)
         truths.append(
             NoduleTruth(
@@ -551,7 +557,9 @@ def _true_volumes(head: HeadPhantom, step_mm: float = 0.75) -> dict[str, float]:
     geometry = Geometry.covering(
         tumour.center_mm, (2 * reach, 2 * reach, 2 * reach), (step_mm, step_mm), step_mm
     )
-    base = HeadPhantom(head.center_mm, head.semi_axes_mm, head.tumour, head.signal_jitter, head.bias)
+    base = HeadPhantom(
+        head.center_mm, head.semi_axes_mm, head.tumour, head.signal_jitter, head.bias
+    )
     return compartment_volumes_ml(base.labels(geometry.affine, geometry.shape), step_mm**3)
 
 
@@ -650,7 +658,5 @@ def head_pair(
             "Synthetic^FollowUpBrain",
             f"FUMR{seed:05d}{n}",
         )
-        scans.append(
-            HeadScan(image, geometry.affine, labels, placed, info, _true_volumes(placed))
-        )
+        scans.append(HeadScan(image, geometry.affine, labels, placed, info, _true_volumes(placed)))
     return HeadPair(seed, interval, scans[0], scans[1], motion, scenario)
