@@ -41,6 +41,7 @@ a starting value to be checked against radiologists' judgement.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -91,7 +92,7 @@ class Registration:
     reason: str
     anatomy: str
 
-    def map_points(self, points_lps: np.ndarray) -> np.ndarray:
+    def map_points(self, points_lps: np.ndarray | Sequence[float]) -> np.ndarray:
         """``(n, 3)`` prior LPS points → current LPS."""
         points = np.atleast_2d(np.asarray(points_lps, dtype=float))
         return points @ self.matrix[:3, :3].T + self.matrix[:3, 3]
