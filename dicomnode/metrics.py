@@ -99,6 +99,12 @@ class NodeMetrics:
             ["destination"],
             registry=r,
         )
+        self.stow_instances = Counter(
+            "dicomnode_stow_instances",
+            "Instances received by STOW-RS: stored, or refused (a Failed SOP item).",
+            ["outcome"],
+            registry=r,
+        )
         if receivers is None:
             from dicomnode.receivers import ReceiverTable
 

@@ -36,7 +36,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dicomnode.children import stop_processes
+from dicomnode.children import ProcessPool
 from dicomnode.config import Settings
 from dicomnode.locks import HostLock
 from dicomnode.ul.server import listening_socket
@@ -203,7 +203,7 @@ def _receiver_process(settings_data: dict[str, Any], index: int, table: Receiver
     engine.dispose()
 
 
-class ReceiverPool:
+class ReceiverPool(ProcessPool):
     """The receiver processes of a node: started, watched, replaced when they die.
 
     Parameters
@@ -217,11 +217,9 @@ class ReceiverPool:
     """
 
     def __init__(self, settings: Settings, count: int, table: ReceiverTable) -> None:
+        super().__init__(count)
         self.settings = settings
-        self.count = count
         self.table = table
-        self.ctx = multiprocessing.get_context("spawn")
-        self.processes: list[BaseProcess | None] = [None] * count
         self._reserved: Any = None
         self._port = settings.node.port
 
@@ -248,8 +246,7 @@ class ReceiverPool:
         # it fixes "any free port" for all receivers, and keeps the port while they restart.
         self._reserved = listening_socket(node.host, node.port, reuse_port=True, listen=False)
         self._port = int(self._reserved.getsockname()[1])
-        for index in range(self.count):
-            self._spawn(index)
+        super().start()
         deadline = time.monotonic() + timeout
         while not all(self._ready(i) for i in range(self.count)):
             dead = [i for i, p in enumerate(self.processes) if p is not None and not p.is_alive()]
@@ -266,29 +263,22 @@ class ReceiverPool:
     def _ready(self, index: int) -> bool:
         return bool(self.table.cells[(index + 1) * COLUMNS + READY])
 
-    def _spawn(self, index: int) -> None:
+    def _process(self, index: int) -> BaseProcess:
         data = self.settings.model_dump(mode="json", exclude_unset=True)
         data.setdefault("node", {})["port"] = self._port
-        process = self.ctx.Process(
+        return self.ctx.Process(
             target=_receiver_process,
             args=(data, index + 1, self.table),
             name=f"dicomnode-receiver-{index}",
             daemon=False,
         )
-        process.start()
-        self.processes[index] = process
 
-    def check(self) -> None:
-        """Replace receiver processes that died; their associations are gone, their counts kept."""
-        for index, process in enumerate(self.processes):
-            if process is not None and not process.is_alive():
-                log.warning(
-                    "receiver process %d exited with %s; starting a new one",
-                    index,
-                    process.exitcode,
-                )
-                self.table.retire(index + 1)
-                self._spawn(index)
+    def _exited(self, index: int, process: BaseProcess) -> None:
+        """Its associations are gone; its counts are kept (folded into the retired row)."""
+        log.warning(
+            "receiver process %d exited with %s; starting a new one", index, process.exitcode
+        )
+        self.table.retire(index + 1)
 
     def pids(self) -> list[int]:
         """Process ids of the receiver processes alive now."""
@@ -296,8 +286,7 @@ class ReceiverPool:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM every receiver process; each closes its associations; then kill stragglers."""
-        stop_processes(self.processes, timeout)
-        self.processes = [None] * self.count
+        super().stop(timeout)
         if self._reserved is not None:
             self._reserved.close()
             self._reserved = None

@@ -22,6 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicomnode import database
 from dicomnode.assembly import Assembler
+from dicomnode.children import kill_stray_children
 from dicomnode.config import Settings
 from dicomnode.delivery import Deliverer
 from dicomnode.metrics import NodeMetrics
@@ -185,6 +186,7 @@ class Node:
 
     def stop(self) -> None:
         """Stop taking associations first, then the API, the scheduler and the workers."""
+        self._stop_replacing()
         self.receiver.stop()
         self._stopping.set()
         for thread in self._threads:
@@ -198,12 +200,19 @@ class Node:
         self.engine.dispose()
         self.stopped.set()
 
+    def _stop_replacing(self) -> None:
+        """Children exiting from now on (a group SIGTERM reaches them too) are not replaced."""
+        self.pool.stopping()
+        if isinstance(self.receiver, ReceiverPool):
+            self.receiver.stopping()
+
     def run(self) -> None:
         """Start, then block until SIGTERM or SIGINT."""
         self.start()
         stop = threading.Event()
 
         def _on_signal(signum: int, frame: Any) -> None:
+            self._stop_replacing()
             log.info("signal %d received; stopping", signum)
             stop.set()
 
@@ -211,3 +220,5 @@ class Node:
         signal.signal(signal.SIGINT, _on_signal)
         stop.wait()
         self.stop()
+        # This process is the node: nothing it started may keep it from exiting.
+        kill_stray_children()

@@ -39,7 +39,7 @@ from typing import Any
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.children import stop_processes
+from dicomnode.children import ProcessPool
 from dicomnode.config import Settings
 from dicomnode.database import make_engine, session_factory
 from dicomnode.jobs import ClaimedJob, JobQueue, add_event
@@ -442,7 +442,7 @@ def _worker_process(
     worker.run_forever()
 
 
-class WorkerPool:
+class WorkerPool(ProcessPool):
     """Starts worker processes and restarts those that die."""
 
     def __init__(
@@ -452,40 +452,26 @@ class WorkerPool:
         pipelines: Sequence[str] | None = None,
         device: str | None = None,
     ) -> None:
+        super().__init__(count)
         # Unset keys stay unset: a pipeline section is checked against its own options again.
         self.settings_data = settings.model_dump(mode="json", exclude_unset=True)
         self.grace = settings.workers.shutdown_grace_seconds
-        self.count = count
         self.pipelines = list(pipelines) if pipelines else None
         self.device = device
-        self.ctx = multiprocessing.get_context("spawn")
-        self.processes: list[BaseProcess | None] = [None] * count
 
-    def _spawn(self, index: int) -> None:
-        process = self.ctx.Process(
+    def _process(self, index: int) -> BaseProcess:
+        return self.ctx.Process(
             target=_worker_process,
             args=(self.settings_data, index, self.pipelines, self.device),
             name=f"dicomnode-worker-{index}",
             daemon=False,
         )
-        process.start()
-        self.processes[index] = process
 
-    def start(self) -> None:
-        """Start every worker process."""
-        for index in range(self.count):
-            self._spawn(index)
-
-    def check(self) -> None:
-        """Restart worker processes that exited (crash, timeout)."""
-        for index, process in enumerate(self.processes):
-            if process is not None and not process.is_alive():
-                log.warning("worker %d exited with %s; restarting", index, process.exitcode)
-                self._spawn(index)
+    def _exited(self, index: int, process: BaseProcess) -> None:
+        log.warning("worker %d exited with %s; restarting", index, process.exitcode)
 
     def stop(self, timeout: float | None = None) -> None:
         """SIGTERM every worker; each finishes or releases its job; then kill stragglers."""
         if timeout is None:
             timeout = self.grace + 10.0
-        stop_processes(self.processes, timeout)
-        self.processes = [None] * self.count
+        super().stop(timeout)

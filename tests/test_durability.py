@@ -149,6 +149,13 @@ def test_kill9_mid_push_loses_nothing_acknowledged(tmp_path: Path) -> None:
         assert len(jobs) == 1, jobs
         assert jobs[0].study_instance_uid == study[0].StudyInstanceUID
         assert jobs[0].status == "done", log.read_text()[-3000:]
+        # systemctl stop: SIGTERM to the whole group. The worker exits at once; the
+        # serving process must not start a replacement (it used to, and that one,
+        # still starting on a busy machine, held `serve` past 30 s in CI).
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 0
+        after = log.read_text().split("received; stopping")[-1]
+        assert "restarting" not in after and "starting a new one" not in after, after
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -364,3 +364,32 @@ def test_enhanced_mr_storescu_to_node_to_orthanc(
         assert scores["WT"] >= 0.9 and scores["TC"] >= 0.85 and scores["ET"] >= 0.8, scores
         for region in ("WT volume", "TC volume", "ET volume", "oedema volume"):
             assert abs(scores[region]) <= 0.10, scores
+
+
+def test_body_part_of_an_enhanced_source_comes_from_its_frame_anatomy() -> None:
+    """An enhanced image keeps its laterality in Frame Anatomy: U means none, R/L a side."""
+    from dicomnode.results.common import copy_body_part
+
+    for frame_laterality, expected in (("U", None), ("R", "R")):
+        source = Dataset()
+        region = Dataset()
+        region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = (
+            "816094009",
+            "SCT",
+            "Chest",
+        )
+        anatomy = Dataset()
+        anatomy.AnatomicRegionSequence = [region]
+        anatomy.FrameLaterality = frame_laterality
+        shared = Dataset()
+        shared.FrameAnatomySequence = [anatomy]
+        source.SharedFunctionalGroupsSequence = [shared]
+        result = Dataset()
+        copy_body_part(result, source)
+        assert result.get("Laterality") == expected, frame_laterality
+        assert result.BodyPartExamined == "CHEST"  # so a reader knows it is unpaired
+        # A frame of it, as the key-image writer gets it, says the same.
+        source.NumberOfFrames = 1
+        frame = Dataset()
+        copy_body_part(frame, SourceFrame(source, 1))
+        assert frame.get("Laterality") == expected and frame.BodyPartExamined == "CHEST"

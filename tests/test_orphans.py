@@ -98,11 +98,13 @@ def test_kill_9_while_idle_leaves_no_process(tmp_path: Path) -> None:
 def test_kill_9_while_a_job_runs_and_the_restarted_node_claims_it_again(tmp_path: Path) -> None:
     data = _config(tmp_path)
     node = NodeProcess(data, tmp_path).start()
-    pushed = storescu(sample_paths()[:1], host="127.0.0.1", port=node.port, called_aet=NODE_AE)
-    assert pushed.returncode == 0, pushed.stderr
-    node.wait_for_jobs(timeout=60, done=("running",))
-    workers = _workers_of(node, 2)
-    node.kill()
+    try:
+        pushed = storescu(sample_paths()[:1], host="127.0.0.1", port=node.port, called_aet=NODE_AE)
+        assert pushed.returncode == 0, pushed.stderr
+        node.wait_for_jobs(timeout=60, done=("running",))
+        workers = _workers_of(node, 2)
+    finally:
+        node.kill()  # also when the test fails before: no node left behind
     killed_at = time.monotonic()
     assert _wait_gone(workers, 10) == [], "worker processes outlived their node"
     # Nothing may have finished the job meanwhile: it is still the dead worker's.

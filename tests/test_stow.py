@@ -83,6 +83,19 @@ class Stow:
         return httpx.post(self.url + path, content=body, headers=headers, timeout=60)
 
 
+def stow_counts(stow: Stow) -> dict[str, float]:
+    """``dicomnode_stow_instances_total`` of the node's /metrics, by outcome."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = stow.client.get("/metrics").text
+    counts = {"stored": 0.0, "refused": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "dicomnode_stow_instances_total":
+                counts[sample.labels["outcome"]] = sample.value
+    return counts
+
+
 @pytest.fixture(scope="module")
 def stow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stow]:
     """One node for the module's request tests: each compares what is stored before and after."""
@@ -418,9 +431,12 @@ def test_a_mixed_request_stores_the_good_parts_and_lists_the_failed(stow: Stow) 
     study = good[0].StudyInstanceUID
     other = ct_dataset()  # a study of its own
     before = stored_uids(stow.node)
+    counted = stow_counts(stow)
     body = multipart(part10(good[0]), NOT_DICOM, part10(other), part10(good[1]))
 
     response = stow.post(body, path=f"/dicomweb/studies/{study}")
+    # /metrics counts what STOW-RS stored and refused, as it does for C-STORE.
+    assert stow_counts(stow) == {k: v + 2 for k, v in counted.items()}
 
     assert response.status_code == 202, response.text[:500]
     answer = response.json()

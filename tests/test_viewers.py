@@ -99,7 +99,20 @@ def _studies(root: Path) -> list[Study]:
             "lung_nodule",
             write_chest_ct_study(root / "empty-ct", seed=12, nodules=(), n_slices=48).paths,
         ),
+        # tests/test_enhanced.py's chest phantom as one Enhanced CT instance: results
+        # reference its frames.
+        Study("enhanced-ct", "lung_nodule", [_enhanced_ct(root / "enhanced-ct")]),
     ]
+
+
+def _enhanced_ct(root: Path) -> Path:
+    from dicomnode.synthetic.ct import write_chest_ct_study
+    from dicomnode.synthetic.multiframe import enhanced
+
+    study = write_chest_ct_study(root / "slices", seed=11, n_slices=48, rows=192, columns=192)
+    path = root / "enhanced.dcm"
+    enhanced([pydicom.dcmread(p) for p in study.paths]).save_as(path, enforce_file_format=True)
+    return path
 
 
 @dataclass
@@ -242,7 +255,16 @@ def _click_button(browser: Browser, text: str) -> bool:
     return False
 
 
-STUDY_NAMES = ["demo-ct", "demo-mr", "demo-op", "e2e-ct", "e2e-mr", "e2e-op", "empty-ct"]
+STUDY_NAMES = [
+    "demo-ct",
+    "demo-mr",
+    "demo-op",
+    "e2e-ct",
+    "e2e-mr",
+    "e2e-op",
+    "empty-ct",
+    "enhanced-ct",
+]
 
 
 @pytest.mark.parametrize("name", STUDY_NAMES)
@@ -372,6 +394,8 @@ def test_cornerstone_adapters_read_every_seg_and_sr(session: Session) -> None:
             assert [s["cielab"] for s in result["segments"]] == [
                 list(labels[s["label"]]) for s in result["segments"]
             ]
+            # The segments landed on source images (frames of a multi-frame source too).
+            assert result["images_with_segments"] > 0, study.name
         else:
             points = result["tools"].get("Probe", [])
             # Points are the one standard graphic Cornerstone3D reads into a tool without its
@@ -380,6 +404,10 @@ def test_cornerstone_adapters_read_every_seg_and_sr(session: Session) -> None:
             expected_points = {"lung_nodule": 1, "brain_tumor": 1, "fundus_dr": 0}[study.pipeline]
             findings = len(sr_findings(path)) if study.name != "empty-ct" else 0
             assert len(points) == expected_points * findings, (study.name, result["tools"])
+            if study.pipeline == "lung_nodule":
+                # Each on the source image (frame) it is drawn on, resolved by the adapters
+                # (a brain region's point is 3D: no image).
+                assert all(p["image"] for p in points), (study.name, points)
             if study.name == "empty-ct":
                 # "Nodule: Absent", drawn as a rectangle of the whole middle image.
                 assert len(result["tools"]["RectangleROI"]) == 1

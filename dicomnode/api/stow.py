@@ -385,6 +385,9 @@ def _report(request: Request, principal: Principal, outcomes: list[PartOutcome])
                 extra={**who, "status": f"0x{outcome.refusal.failure_reason:04X}"},
             )
     stored = sum(1 for o in outcomes if o.stored is not None)
+    counter = context(request).metrics.stow_instances
+    counter.labels(outcome="stored").inc(stored)
+    counter.labels(outcome="refused").inc(sum(1 for o in outcomes if o.refusal is not None))
     log.info(
         "STOW-RS stored %d of %d instance(s)",
         stored,

@@ -18,7 +18,7 @@ them to delivery.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -51,22 +51,28 @@ Raw = TypeVar("Raw")
 Findings = TypeVar("Findings")
 
 
+def _nodes(value: Any) -> Iterator[Any]:
+    """*value* and everything in it, reached through dataclasses, tuples, lists and dicts."""
+    yield value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for item in dataclasses.fields(value):
+            yield from _nodes(getattr(value, item.name))
+    elif isinstance(value, tuple | list):
+        for part in value:
+            yield from _nodes(part)
+    elif isinstance(value, Mapping):
+        for part in value.values():
+            yield from _nodes(part)
+
+
 def freeze(value: Any) -> Any:
     """Make the numpy arrays in *value* read-only, through dataclasses, tuples, lists and dicts.
 
     Returns *value*. Other objects (datasets, tensors) are left as they are.
     """
-    if isinstance(value, np.ndarray):
-        value.flags.writeable = False
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for item in dataclasses.fields(value):
-            freeze(getattr(value, item.name))
-    elif isinstance(value, tuple | list):
-        for item in value:
-            freeze(item)
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            freeze(item)
+    for node in _nodes(value):
+        if isinstance(node, np.ndarray):
+            node.flags.writeable = False
     return value
 
 
@@ -77,21 +83,9 @@ def series_read(value: Any) -> list[SeriesInput]:
     stage may return one series, several, or a dataclass holding them.
     """
     found: dict[str, SeriesInput] = {}
-
-    def walk(item: Any) -> None:
-        if isinstance(item, SeriesInput):
-            found.setdefault(item.series_instance_uid, item)
-        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            for f in dataclasses.fields(item):
-                walk(getattr(item, f.name))
-        elif isinstance(item, tuple | list):
-            for part in item:
-                walk(part)
-        elif isinstance(item, Mapping):
-            for part in item.values():
-                walk(part)
-
-    walk(value)
+    for node in _nodes(value):
+        if isinstance(node, SeriesInput):
+            found.setdefault(node.series_instance_uid, node)
     return list(found.values())
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import highdicom as hd
 from pydicom import Dataset
@@ -83,6 +83,25 @@ def software_versions() -> str:
     return f"dicomnode {__version__}"
 
 
+class Equipment(TypedDict):
+    """The General Equipment keywords of highdicom's constructors (typed, so mypy checks them)."""
+
+    manufacturer: str
+    manufacturer_model_name: str
+    software_versions: str
+    device_serial_number: str
+
+
+def equipment(algorithm: AlgorithmInfo) -> Equipment:
+    """The General Equipment of an object *algorithm* makes, as highdicom keywords."""
+    return {
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": algorithm.name[:64],
+        "software_versions": software_versions(),
+        "device_serial_number": "1",
+    }
+
+
 def copy_body_part(result: Dataset, source: Dataset) -> None:
     """Body Part Examined and General Series Laterality of a new series from its *source* image.
 
@@ -92,9 +111,41 @@ def copy_body_part(result: Dataset, source: Dataset) -> None:
     only when even that is unknown is Laterality left empty, as Type 2 allows.
     """
     laterality = source.get("Laterality", "") or source.get("ImageLaterality", "")
-    if source.get("BodyPartExamined"):
-        result.BodyPartExamined = source.BodyPartExamined
-    if laterality in ("R", "L"):
-        result.Laterality = laterality
-    elif not source.get("BodyPartExamined"):
+    # An enhanced multi-frame image says both in its Frame Anatomy macro instead.
+    anatomy = _frame_anatomy(source)
+    frame = str(anatomy.get("FrameLaterality", "")) if anatomy is not None else ""
+    body_part = source.get("BodyPartExamined") or _body_part_of(anatomy)
+    if body_part:
+        result.BodyPartExamined = body_part
+    if laterality in ("R", "L") or frame in ("R", "L"):
+        result.Laterality = laterality if laterality in ("R", "L") else frame
+    elif not body_part:
         result.Laterality = ""
+
+
+def _frame_anatomy(source: Dataset) -> Dataset | None:
+    """The (first) Frame Anatomy item of an enhanced image's functional groups, else None.
+
+    A :class:`~dicomnode.results.frames.SourceFrame` has it at its top level.
+    """
+    if "FrameLaterality" in source:
+        return source
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for item in (source.get(groups) or [])[:1]:
+            anatomy = item.get("FrameAnatomySequence")
+            if anatomy:
+                return anatomy[0]
+    return None
+
+
+def _body_part_of(anatomy: Dataset | None) -> str | None:
+    """Body Part Examined from a Frame Anatomy's region ("Chest" -> "CHEST", PS3.16 Annex L).
+
+    The defined terms are the region's name in capitals without spaces for the
+    regions our pipelines see; None when there is no region or no usable name.
+    """
+    regions = anatomy.get("AnatomicRegionSequence") if anatomy is not None else None
+    if not regions:
+        return None
+    term = "".join(c for c in str(regions[0].get("CodeMeaning", "")).upper() if c.isalnum())
+    return term[:16] or None

@@ -34,6 +34,8 @@ _FLATTENED = {
     "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"),
     "PixelValueTransformationSequence": ("RescaleIntercept", "RescaleSlope", "RescaleType"),
     "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction"),
+    # Where the frame is of the body: results.common.copy_body_part reads these.
+    "FrameAnatomySequence": ("AnatomicRegionSequence", "FrameLaterality"),
 }
 # Instance attributes a frame does not have (its pixels and frame description are the instance's).
 _LEFT_OUT = {

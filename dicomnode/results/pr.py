@@ -23,13 +23,12 @@ from pydicom import Dataset
 
 from dicomnode.results.codes import declare_private_schemes
 from dicomnode.results.common import (
-    MANUFACTURER,
     AlgorithmInfo,
     SeriesSpec,
     copy_body_part,
+    equipment,
     finding_uid,
     result_uid,
-    software_versions,
 )
 from dicomnode.results.frames import frame_number, instance_of, instances
 from dicomnode.results.palette import RGB, cielab
@@ -176,10 +175,7 @@ def write_presentation_state(
         series_number=series.number,
         sop_instance_uid=result_uid(uid_key, "pr"),
         instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=algorithm.name[:64],
-        software_versions=software_versions(),
-        device_serial_number="1",
+        **equipment(algorithm),
         content_label="AI_FINDINGS",
         content_description=algorithm.notice[:64] or None,
         graphic_annotations=graphic_annotations,

@@ -11,12 +11,11 @@ from pydicom import Dataset
 from pydicom.sr.coding import Code
 
 from dicomnode.results.common import (
-    MANUFACTURER,
     AlgorithmInfo,
     SeriesSpec,
+    equipment,
     finding_uid,
     result_uid,
-    software_versions,
 )
 from dicomnode.results.palette import RGB, cielab, colour_of
 
@@ -178,10 +177,7 @@ def write_segmentation(
         series_number=series.number,
         sop_instance_uid=result_uid(uid_key, "seg"),
         instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=algorithm.name[:64],
-        software_versions=software_versions(),
-        device_serial_number="1",
+        **equipment(algorithm),
         content_label="AI_SEG",
         content_description=algorithm.notice[:64] or None,
         omit_empty_frames=omit_empty_frames,

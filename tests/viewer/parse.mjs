@@ -33,6 +33,24 @@ function read(path) {
 }
 
 const modules = new Map();
+
+// One frame of a multi-frame image as the single-frame view a viewer's metadata has of
+// it: its plane position and the shared orientation and pixel spacing, at the top level.
+function frameOf(ds, index) {
+  const item = (sequence) => (Array.isArray(sequence) ? sequence[0] : sequence) || {};
+  const shared = item(ds.SharedFunctionalGroupsSequence);
+  const perFrame = (ds.PerFrameFunctionalGroupsSequence || [])[index] || {};
+  const group = (name) => ({ ...item(shared[name]), ...item(perFrame[name]) });
+  const measures = group('PixelMeasuresSequence');
+  return {
+    ...ds,
+    ImagePositionPatient: group('PlanePositionSequence').ImagePositionPatient,
+    ImageOrientationPatient: group('PlaneOrientationSequence').ImageOrientationPatient,
+    PixelSpacing: measures.PixelSpacing,
+    SliceThickness: measures.SliceThickness,
+  };
+}
+
 function register(imageId, ds) {
   const iop = (ds.ImageOrientationPatient || [1, 0, 0, 0, 1, 0]).map(Number);
   const spacing = (ds.PixelSpacing || [1, 1]).map(Number);
@@ -77,10 +95,27 @@ csCore.metaData.addProvider((type, imageId) => provider.get(type, imageId), 1000
 async function parse(job, number) {
   problems.length = 0;
   modules.clear();
-  const imageIds = job.sources.map((path, n) => {
-    const imageId = `dicomnode:${number}:${n}`;
-    register(imageId, read(path).dataset);
-    return imageId;
+  // An imageId per frame; a multi-frame image's as "<base>?frame=N" (1-based), the
+  // convention by which the adapters find a Referenced Frame Number's image, as OHIF's
+  // wadors: ".../frames/N" is.
+  const imageIds = [];
+  const frameNumbers = new Map();
+  job.sources.forEach((path, n) => {
+    const ds = read(path).dataset;
+    const frames = Number(ds.NumberOfFrames || 1);
+    if (frames > 1 && ds.PerFrameFunctionalGroupsSequence) {
+      for (let k = 1; k <= frames; k += 1) {
+        const imageId = `dicomnode:${number}:${n}?frame=${k}`;
+        register(imageId, frameOf(ds, k - 1));
+        frameNumbers.set(imageId, k);
+        imageIds.push(imageId);
+      }
+    } else {
+      const imageId = `dicomnode:${number}:${n}`;
+      register(imageId, ds);
+      frameNumbers.set(imageId, 1);
+      imageIds.push(imageId);
+    }
   });
   const result = { file: job.file };
   try {
@@ -98,7 +133,7 @@ async function parse(job, number) {
     } else {
       const sopToImageId = {};
       imageIds.forEach((id) => {
-        sopToImageId[`${modules.get(id).instance.SOPInstanceUID}:1`] = id;
+        sopToImageId[`${modules.get(id).instance.SOPInstanceUID}:${frameNumbers.get(id)}`] = id;
       });
       const state = adapters.adaptersSR.Cornerstone3D.MeasurementReport.generateToolState(
         dataset,
