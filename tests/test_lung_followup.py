@@ -239,3 +239,96 @@ def test_priors_stage_tracks_the_nodules_of_the_prior_the_node_holds(
     seg = hd.seg.segread(next(r.path for r in results if r.sop_class_uid.endswith(".66.4")))
     assert {str(item.TrackingUID) for item in seg.SegmentSequence} <= set(report["nodules"])
     print(f"follow-up run with the prior's inference: {seconds:.1f} s")
+
+
+def small_chest(
+    folder: Path, patient_id: str, study_date: str, accession: str, *, soft_tissue: bool = False
+) -> tuple[str, list[Path]]:
+    """A small chest CT (40 slices of 128 x 128) of *patient_id*, its UID and files.
+
+    *soft_tissue*: every voxel 40 HU, no lungs (a study the lung registration cannot use).
+    """
+    from dicomnode.synthetic.ct import write_chest_ct_study
+
+    study = write_chest_ct_study(
+        folder,
+        n_slices=40,
+        rows=128,
+        columns=128,
+        pixel_spacing=(2.8, 2.8),
+        seed=5,
+        patient_id=patient_id,
+    )
+    for path in study.paths:
+        ds = pydicom.dcmread(path)
+        ds.StudyDate, ds.AccessionNumber = study_date, accession
+        if soft_tissue:
+            stored = (40.0 - float(ds.RescaleIntercept)) / float(ds.RescaleSlope)
+            pixels = np.full_like(ds.pixel_array, int(round(stored)))
+            ds.PixelData = pixels.tobytes()
+        ds.save_as(path)
+    return study.study_instance_uid, list(study.paths)
+
+
+def test_a_prior_that_cannot_be_used_gives_a_baseline_that_says_why(
+    shipped: LungNodulePipeline,
+    make_settings: Callable[..., Settings],
+    start_node: Callable[..., Node],
+    tmp_path: Path,
+) -> None:
+    prior_uid, prior = small_chest(tmp_path / "prior", "PAT-C", "20250601", "A1", soft_tissue=True)
+    current_uid, current = small_chest(tmp_path / "current", "PAT-C", "20260601", "A2")
+    settings = make_settings()
+    node = start_node(settings)
+    push_and_settle(node, prior, [prior_uid])
+
+    def run_once(work: Path) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+        events: list[tuple[str, str, str]] = []
+
+        def sink(stage: str, message: str, seconds: float | None, level: str) -> None:
+            events.append((stage, message, level))
+
+        head = pydicom.dcmread(current[0], stop_before_pixels=True)
+        work.mkdir()
+        context = JobContext(
+            job_id=9,
+            study_instance_uid=current_uid,
+            series=[SeriesInput(str(head.SeriesInstanceUID), "CT", "chest", {}, tuple(current))],
+            work_dir=work,
+            event_sink=sink,
+            priors=NodePriors(
+                settings,
+                node.sessions,
+                lambda: node.store,
+                job_id=9,
+                pipeline="lung_nodule",
+                study_instance_uid=current_uid,
+                event=sink,
+            ),
+        )
+        results = shipped.run(context)
+        sr = next(r.path for r in results if r.sop_class_uid == SR_CLASS)
+        assert dciodvfy(sr) == []
+        return followup_report(sr), events
+
+    # A prior without lungs: the registration is poor, so it is not used.
+    report, events = run_once(tmp_path / "poor")
+    assert report["text"].startswith(
+        f"Baseline report: Prior study {prior_uid} of 2025-06-01 could not be compared: "
+        "No lungs found in the prior study"
+    ), report["text"]
+    assert report["other_studies"] == set()
+    assert ("priors", "warning") in {(s, level) for s, m, level in events if "registration" in m}
+    assert all("status" not in n for n in report["nodules"].values())
+    # Its files gone from the disk (the database still lists them): the prior's analysis
+    # fails, the job does not; the baseline says why and the stage line is a warning.
+    for path in Path(settings.storage.path).rglob("*.dcm"):
+        if pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID == prior_uid:
+            path.unlink()
+    report, events = run_once(tmp_path / "gone")
+    assert report["text"].startswith(
+        "Baseline report: The prior could not be analysed: lung nodule detection needs an "
+        "axial, original CT series"
+    ), report["text"]
+    (stage,) = [(m, level) for s, m, level in events if s == "priors" and m.startswith("Baseline")]
+    assert stage[1] == "warning"

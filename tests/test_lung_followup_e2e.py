@@ -14,14 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
 
 from dicomnode.config import Settings
 from dicomnode.service import Node
 from dicomnode.synthetic.followup import ChestPair, chest_pair, write_chest_pair
 from dicomnode.testing.peers import dciodvfy
-from tests.test_lung_followup import SEED, check_against_truth, followup_report
+from tests.test_lung_followup import SEED, check_against_truth, followup_report, small_chest
 
 pytestmark = pytest.mark.slow
 
@@ -197,28 +196,6 @@ def test_prior_processed_by_the_node_then_follow_up_carries_its_tracking_uids(
         )
         assert new or len(seen) == len(report["nodules"])
     print(f"follow-up job with the prior's findings at hand: {seconds:.1f} s")
-
-
-def small_chest(
-    folder: Path, patient_id: str, study_date: str, accession: str
-) -> tuple[str, list[Path]]:
-    """A small chest CT (40 slices of 128 x 128) of *patient_id*, its UID and files."""
-    from dicomnode.synthetic.ct import write_chest_ct_study
-
-    study = write_chest_ct_study(
-        folder,
-        n_slices=40,
-        rows=128,
-        columns=128,
-        pixel_spacing=(2.8, 2.8),
-        seed=5,
-        patient_id=patient_id,
-    )
-    for path in study.paths:
-        ds = pydicom.dcmread(path)
-        ds.StudyDate, ds.AccessionNumber = study_date, accession
-        ds.save_as(path)
-    return study.study_instance_uid, list(study.paths)
 
 
 def test_another_patients_study_with_the_same_accession_is_never_a_prior(

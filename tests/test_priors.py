@@ -288,3 +288,41 @@ def test_priors_at_a_source_found_by_c_find_retrieved_by_c_get_and_a_source_down
         assert none.reason.startswith(
             "the prior could not be fetched: source down unreachable: C-FIND: down"
         )
+
+
+@pytest.mark.slow
+def test_priors_at_a_dicomweb_source_found_by_qido_rs_retrieved_by_wado_rs(
+    make_settings: Callable[..., Settings], start_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    with Orthanc(tmp_path / "orthanc", dicomweb=True) as orthanc:
+        prior_uid, prior_paths = study(tmp_path / "prior", n=2, StudyDate="20260301")
+        other_uid, other_paths = study(
+            tmp_path / "other", StudyDate="20260401", PatientID="P2", AccessionNumber="ACC-CUR"
+        )
+        for path in [*prior_paths, *other_paths]:
+            orthanc.upload(path)
+        settings = make_settings(
+            sources=[{"name": "web", "kind": "dicomweb", "url": orthanc.dicomweb_url}]
+        )
+        node = start_node(settings)
+        current_uid, current_paths = study(tmp_path / "current", AccessionNumber="ACC-CUR")
+        events: list[tuple[str, str]] = []
+        service = NodePriors(
+            settings,
+            node.sessions,
+            lambda: node.store,
+            job_id=2,
+            pipeline="lung_nodule",
+            study_instance_uid=current_uid,
+            event=lambda stage, message, seconds, level: events.append((stage, message)),
+        )
+        from dicomnode.pipelines import SeriesInput
+
+        result = service.fetch(
+            SeriesInput("1.2.5", "CT", None, {}, tuple(current_paths)), PriorsOptions(max_priors=5)
+        )
+        (prior,) = result.priors  # never the other patient's study with the same accession
+        assert prior.study_instance_uid == prior_uid and prior.origin == "retrieved from source web"
+        assert len(prior.series[0].paths) == 2
+        assert any(s == "retrieve" and "by WADO-RS" in m for s, m in events)
+        assert other_uid not in result.reason

@@ -315,8 +315,14 @@ class ModelPipeline(Pipeline, Generic[Selected, Loaded, Prepared, Raw, Findings]
                 except Exception as exc:
                     if context.cancelled():
                         raise
-                    # A prior never fails the job: the report goes out as a baseline.
-                    reason = f"the comparison with the prior failed ({type(exc).__name__}: {exc})"
+                    # A prior never fails the job: the report goes out as a baseline. A
+                    # PipelineError is a sentence already (e.g. the prior has no usable series).
+                    if isinstance(exc, PipelineError):
+                        reason = f"the prior could not be analysed: {exc}"
+                    else:
+                        reason = (
+                            f"the comparison with the prior failed ({type(exc).__name__}: {exc})"
+                        )
                     note.level = "warning"
                     comparison = freeze(self.baseline(findings, reason, context))
                 note.message = getattr(comparison, "summary", "") or note.message
