@@ -16,7 +16,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from dicomnode.config import PriorsOptions, Settings
 from dicomnode.followup.priors import CurrentStudy, NodePriors, find_priors
@@ -246,6 +246,23 @@ def test_priors_at_a_source_found_by_c_find_retrieved_by_c_get_and_a_source_down
         assert any(n.startswith("source down unreachable: C-FIND: down") for n in found.notes), (
             found.notes
         )
+        # A prior that is arriving at the node right now is left to assembly, not fetched.
+        with node.sessions.begin() as session:
+            session.add(
+                Study(
+                    study_instance_uid=older_uid,
+                    patient_id="P1",
+                    status=StudyStatus.RECEIVING,
+                    instance_count=1,
+                )
+            )
+        busy = service.search(series, PriorsOptions(max_priors=3))
+        assert [c.study_instance_uid for c in busy.chosen] == [prior_uid]
+        assert f"prior study {older_uid} is receiving at this node: not compared this time" in (
+            busy.notes
+        )
+        with node.sessions.begin() as session:
+            session.execute(delete(Study).where(Study.study_instance_uid == older_uid))
         # The other patient sharing the accession and the other issuer's patient: never.
         assert other_uid not in {c.study_instance_uid for c in found.chosen}
         assert issuer_uid not in {c.study_instance_uid for c in found.chosen}

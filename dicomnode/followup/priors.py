@@ -346,6 +346,24 @@ def find_priors(
             except (RetrieveError, QueryError, OSError) as exc:
                 notes.append(f"source {config.name} unreachable: {exc}")
         if remote:
+            with sessions() as session:
+                busy = dict(
+                    session.execute(
+                        select(Study.study_instance_uid, Study.status).where(
+                            Study.study_instance_uid.in_(list(remote)),
+                            Study.status.in_(
+                                [StudyStatus.RECEIVING.value, StudyStatus.RETRIEVING.value]
+                            ),
+                        )
+                    ).all()
+                )
+            # Arriving at this node right now (pushed with the follow-up, or fetched for
+            # another job): a retrieve here would take it from assembly (its own route
+            # would never run) or race the other fetch. Not compared this time.
+            for uid, status in busy.items():
+                del remote[uid]
+                notes.append(f"prior study {uid} is {status} at this node: not compared this time")
+        if remote:
             notes.append(f"{len(remote)} prior(s) of the patient at the sources")
         merged = sorted(
             [*chosen, *remote.values()],
