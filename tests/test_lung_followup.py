@@ -332,3 +332,26 @@ def test_a_prior_that_cannot_be_used_gives_a_baseline_that_says_why(
     ), report["text"]
     (stage,) = [(m, level) for s, m, level in events if s == "priors" and m.startswith("Baseline")]
     assert stage[1] == "warning"
+
+
+def test_registration_grid_block_averages_thin_slices_and_fine_pixels() -> None:
+    from dicomnode.pipelines.lung_nodule.followup import registration_grid
+    from dicomnode.pipelines.volume import Volume
+
+    rng = np.random.default_rng(0)
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([1.25, 0.7, 0.7])  # (k, j, i) along z, y, x
+    affine[:3, 3] = (-10.0, 20.0, 5.0)
+    volume = Volume(rng.normal(size=(13, 9, 10)).astype(np.float32), affine)
+    coarse = registration_grid(volume)
+    # 4 mm / 1.25 → 3 slices, 3 mm / 0.7 → 4 pixels; incomplete blocks dropped.
+    assert coarse.shape == (4, 2, 2)
+    assert coarse.spacing == pytest.approx((3.75, 2.8, 2.8))
+    assert coarse.array[1, 1, 0] == pytest.approx(volume.array[3:6, 4:8, 0:4].mean(), rel=1e-5)
+    # Each new voxel centre is the centre of its block.
+    block = np.array([[k, j, i] for k in range(3, 6) for j in range(4, 8) for i in range(4)])
+    assert coarse.index_to_lps(np.array([1, 1, 0]))[0] == pytest.approx(
+        volume.index_to_lps(block).mean(axis=0)
+    )
+    # A grid as coarse as the registration's already is left as it is.
+    assert registration_grid(coarse) is coarse
