@@ -355,3 +355,23 @@ def test_registration_grid_block_averages_thin_slices_and_fine_pixels() -> None:
     )
     # A grid as coarse as the registration's already is left as it is.
     assert registration_grid(coarse) is coarse
+
+
+def test_priors_options_are_checked_like_every_pipeline_option() -> None:
+    from dicomnode.pipelines import OptionsError
+
+    options = LungNodulePipeline.validate_options("lung_nodule", {})
+    assert LungNodulePipeline.wants_priors
+    assert (options.priors.enabled, options.priors.max_years, options.priors.max_priors) == (
+        True,
+        3.0,
+        1,
+    )
+    chosen = LungNodulePipeline.validate_options(
+        "lung_nodule", {"priors": {"enabled": False, "max_years": 1.5, "max_priors": 2}}
+    )
+    assert not chosen.priors.enabled and chosen.priors.max_priors == 2
+    with pytest.raises(OptionsError, match=r"pipelines\.lung_nodule\.priors\.max_years"):
+        LungNodulePipeline.validate_options("lung_nodule", {"priors": {"max_years": 0}})
+    with pytest.raises(OptionsError, match="unknown key"):
+        LungNodulePipeline.validate_options("lung_nodule", {"priors": {"same_accession": True}})
