@@ -74,6 +74,7 @@ bench: install system-deps
 	$(PY) bench/results.py
 	$(PY) bench/queue.py
 	$(PY) bench/lung_nodule.py
+	$(PY) bench/lung_followup.py
 	$(PY) bench/brain_tumor.py
 	$(PY) bench/fundus.py
 

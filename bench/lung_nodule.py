@@ -41,7 +41,7 @@ from dicomnode.testing.peers import Orthanc, storescu  # noqa: E402
 
 TARGET_S = 60.0
 ZOO_PUBLISHED_MS = 996.0
-STAGES = ("select", "load", "preprocess", "infer", "postprocess", "write")
+STAGES = ("select", "load", "preprocess", "infer", "postprocess", "priors", "write")
 
 
 def wait_done(node: Node, timeout: float, jobs: int = 1) -> tuple[dict[str, Any], float]:

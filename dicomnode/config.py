@@ -468,6 +468,23 @@ class ResultOptions(PipelineOptions):
         return number, f"{self.series_description or pipeline} {label}"
 
 
+class PriorsOptions(BaseModel):
+    """``[pipelines.NAME.priors]``: which earlier studies a pipeline that wants priors compares with.
+
+    A prior is an earlier study of the same patient (Patient ID, and Issuer
+    of Patient ID when both studies have one; never the accession number),
+    of the same modality, and of the same body part when both say one, at
+    most ``max_years`` before the current study; the newest ``max_priors``
+    are used. ``dicomnode.followup.priors`` finds them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="look for priors and compare with them")
+    max_years: float = Field(3.0, gt=0, description="how far back a prior may be (years)")
+    max_priors: int = Field(1, ge=1, le=10, description="priors compared with at most")
+
+
 class ModelOptions(ResultOptions):
     """Options of pipelines that run a model bundle (:class:`~dicomnode.pipelines.model.ModelPipeline`)."""
 

@@ -36,15 +36,16 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.children import ProcessPool
 from dicomnode.config import Settings
 from dicomnode.database import make_engine, session_factory
+from dicomnode.followup.priors import NodePriors, stored_series
 from dicomnode.jobs import ClaimedJob, JobQueue, add_event
-from dicomnode.models import Instance, Job, JobRevision, ProducedInstance, Series, Study
-from dicomnode.pipelines import JobContext, Pipeline, PipelineError, SeriesInput, build_pipeline
+from dicomnode.models import Job, JobRevision, Study
+from dicomnode.pipelines import JobContext, Pipeline, PipelineError, build_pipeline
 from dicomnode.retrieval import RetrieveError
 from dicomnode.retrieval.fetch import StudyFetch
 from dicomnode.revisions import LATE, SR_CLASS_PREFIX, InputsUnchanged, NewRevision, PriorRevision
@@ -188,38 +189,9 @@ class Worker:
     def _context(self, job: ClaimedJob) -> JobContext:
         with self.sessions() as session:
             study = session.get_one(Study, job.study_id)
-            series_rows = (
-                session.execute(
-                    select(Series)
-                    .where(Series.study_id == job.study_id)
-                    .order_by(Series.series_number, Series.id)
-                )
-                .scalars()
-                .all()
-            )
-            inputs = []
             # The node's own results may come back with the study (a PACS forwarding it
             # whole, a retrieve after an earlier run): never an input of a pipeline.
-            ours = exists().where(ProducedInstance.sop_instance_uid == Instance.sop_instance_uid)
-            for s in series_rows:
-                paths = list(
-                    session.execute(
-                        select(Instance.path)
-                        .where(Instance.series_id == s.id, ~ours)
-                        .order_by(Instance.instance_number, Instance.id)
-                    ).scalars()
-                )
-                if not paths:
-                    continue
-                inputs.append(
-                    SeriesInput(
-                        series_instance_uid=s.series_instance_uid,
-                        modality=s.modality,
-                        series_description=s.series_description,
-                        attributes=dict(s.attributes or {}),
-                        paths=tuple(self.storage / p for p in paths),
-                    )
-                )
+            inputs = stored_series(session, job.study_id, self.storage)
             study_info = {
                 "study_instance_uid": study.study_instance_uid,
                 "accession_number": study.accession_number,
@@ -275,6 +247,20 @@ class Worker:
             context.cancelled = lost.is_set
             pipeline = self._pipeline(job.pipeline)
             context.model = pipeline.model_identity()
+            if pipeline.wants_priors:
+                # The pipeline asks; the node queries and retrieves (pipelines open no sockets).
+                context.priors = NodePriors(
+                    self.settings,
+                    self.sessions,
+                    self.instance_store,
+                    job_id=job.id,
+                    pipeline=job.pipeline,
+                    study_instance_uid=job.study_instance_uid,
+                    event=lambda stage, msg, dur, level: self._event(
+                        job.id, stage, msg, dur, level
+                    ),
+                    cancelled=lost.is_set,
+                )
             if not pipeline.declares_inputs:
                 # It does not say which series it reads: all of them are its input.
                 context.use_inputs(context.series)

@@ -54,6 +54,7 @@ def run(
         "preprocess",
         "infer",
         "postprocess",
+        "priors",  # no priors service here: a baseline report that says so
         "write",
     ]
     return results

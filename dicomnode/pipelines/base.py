@@ -6,12 +6,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from dicomnode.config import ConfigError, PipelineOptions
+from dicomnode.config import ConfigError, PipelineOptions, PriorsOptions
 from dicomnode.revisions import (
     InputsUnchanged,
     Predecessor,
@@ -54,6 +55,67 @@ class ResultObject:
     sop_class_uid: str
 
 
+@dataclass(frozen=True)
+class PriorStudy:
+    """An earlier study of the patient, its images in the node's store.
+
+    Attributes
+    ----------
+    study_instance_uid, study_date, accession_number
+        The prior's identity and when it was made.
+    series
+        Its stored series (paths in the node's store), as a job's own.
+    origin
+        Where it came from, for the report: ``"this node"`` or ``"source pacs"``.
+    results
+        The node's own SR(s) of it, from a done job of the same pipeline
+        (empty: the node has no findings for it and the pipeline runs its model).
+    """
+
+    study_instance_uid: str
+    study_date: date
+    accession_number: str | None
+    series: tuple[SeriesInput, ...]
+    origin: str
+    results: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class PriorsResult:
+    """What the node found of a study's priors.
+
+    ``priors`` newest first (empty: a baseline); ``reason`` one sentence
+    saying which prior was chosen or why there is none (a report quotes it);
+    ``notes`` the lines of the search for the job's timeline.
+    """
+
+    priors: tuple[PriorStudy, ...]
+    reason: str
+    notes: tuple[str, ...] = ()
+    current_date: date | None = None
+
+
+class PriorsService(Protocol):
+    """Finds and fetches priors for a pipeline that wants them (the node's job, not the pipeline's).
+
+    The worker gives a :class:`JobContext` one (``context.priors``) when the
+    pipeline declares ``wants_priors``; it queries the database and the
+    ``[[sources]]`` and retrieves into the store, so pipelines never open sockets.
+    """
+
+    def fetch(self, series: SeriesInput, options: PriorsOptions) -> PriorsResult:
+        """The priors of the study *series* belongs to (never raises for a missing prior)."""
+        ...
+
+
+@dataclass
+class StageNote:
+    """The line a timed stage writes when it ends (see :meth:`JobContext.stage`)."""
+
+    message: str = ""
+    level: str = "info"
+
+
 @dataclass
 class JobContext:
     """What a pipeline sees of its job.
@@ -76,6 +138,9 @@ class JobContext:
         The revision these results are (set by :meth:`use_inputs`).
     inputs
         What :meth:`use_inputs` recorded; None until it is called.
+    priors
+        The node's :class:`PriorsService` (pipelines with ``wants_priors``);
+        None when there is none (then their reports are baselines and say so).
     """
 
     job_id: int
@@ -91,6 +156,8 @@ class JobContext:
     revision: int = 1
     inputs: dict[str, dict[str, Any]] | None = None
     revision_reason: str | None = None
+    # Set by the worker for pipelines that want priors; None: none can be looked up (a baseline).
+    priors: PriorsService | None = None
 
     @property
     def predecessors(self) -> tuple[Predecessor, ...]:
@@ -154,12 +221,18 @@ class JobContext:
             self.event_sink(stage, message, None, level)
 
     @contextmanager
-    def stage(self, name: str, message: str = "") -> Iterator[None]:
-        """Time a stage of the pipeline into the job's events."""
+    def stage(self, name: str, message: str = "") -> Iterator[StageNote]:
+        """Time a stage of the pipeline into the job's events.
+
+        Yields a :class:`StageNote` whose ``message`` (and ``level``) the block may
+        change: a stage whose outcome is its message (``priors``: compared with
+        what, or why a baseline) says it in its own timed line.
+        """
+        note = StageNote(message)
         start = time.perf_counter()
-        yield
+        yield note
         if self.event_sink is not None:
-            self.event_sink(name, message, time.perf_counter() - start, "info")
+            self.event_sink(name, note.message, time.perf_counter() - start, note.level)
 
     def check_cancelled(self) -> None:
         """Raise PipelineError if the job was cancelled meanwhile."""

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from dicomnode.revisions import Predecessor
 
 STAGES = ("select", "load", "preprocess", "infer", "postprocess", "write")
+# Pipelines that want priors add this stage between postprocess and write.
+PRIORS_STAGE = "priors"
 
 Selected = TypeVar("Selected")
 Loaded = TypeVar("Loaded")
@@ -248,14 +250,44 @@ class ModelPipeline(Pipeline, Generic[Selected, Loaded, Prepared, Raw, Findings]
         """Build the DICOM result objects (SEG, SR, SC)."""
         raise NotImplementedError
 
+    def compare(
+        self, selected: Selected, findings: Findings, loaded: Loaded, context: JobContext
+    ) -> Any:
+        """The ``priors`` stage of a pipeline that ``wants_priors``: compare with the priors.
+
+        Returns what :meth:`write_compared` takes (a pipeline's own type). Must
+        never fail the job for a prior that cannot be had or used: it returns a
+        baseline that says why (the base class turns an exception into one by
+        calling :meth:`baseline`).
+        """
+        return None
+
+    def baseline(self, findings: Findings, reason: str, context: JobContext) -> Any:
+        """What :meth:`compare` returns when there is no comparison, saying *reason*."""
+        return None
+
+    def write_compared(
+        self, findings: Findings, loaded: Loaded, context: JobContext, comparison: Any
+    ) -> Sequence[Dataset]:
+        """:meth:`write` with what :meth:`compare` returned (default: ignores it)."""
+        return self.write(findings, loaded, context)
+
     # -- the order ---------------------------------------------------------------------
 
-    def run(self, context: JobContext) -> list[ResultObject]:
+    def analyse(
+        self, context: JobContext, *, record_inputs: bool = True
+    ) -> tuple[Selected, Loaded, Findings]:
+        """select → load → preprocess → infer → postprocess on *context*'s study, each timed.
+
+        *record_inputs* False: a prior's analysis (its series are no input of the
+        job's results and decide no revision).
+        """
         with context.stage("select"):
             selected = freeze(self.select(context))
             # Before anything costly: a re-run for a late series that this pipeline does
             # not read stops here (InputsUnchanged), and the revision fixes the UIDs.
-            context.use_inputs(series_read(selected))
+            if record_inputs:
+                context.use_inputs(series_read(selected))
         context.check_cancelled()
         with context.stage("load"):
             loaded = freeze(self.load(selected, context))
@@ -270,8 +302,35 @@ class ModelPipeline(Pipeline, Generic[Selected, Loaded, Prepared, Raw, Findings]
         context.check_cancelled()
         with context.stage("postprocess"):
             findings = freeze(self.postprocess(raw, prepared, loaded, context))
+        return selected, loaded, findings
+
+    def run(self, context: JobContext) -> list[ResultObject]:
+        selected, loaded, findings = self.analyse(context)
+        comparison = None
+        if self.wants_priors:
+            context.check_cancelled()
+            with context.stage("priors") as note:
+                try:
+                    comparison = freeze(self.compare(selected, findings, loaded, context))
+                except Exception as exc:
+                    if context.cancelled():
+                        raise
+                    # A prior never fails the job: the report goes out as a baseline. A
+                    # PipelineError is a sentence already (e.g. the prior has no usable series).
+                    if isinstance(exc, PipelineError):
+                        reason = f"the prior could not be analysed: {exc}"
+                    else:
+                        reason = (
+                            f"the comparison with the prior failed ({type(exc).__name__}: {exc})"
+                        )
+                    note.level = "warning"
+                    comparison = freeze(self.baseline(findings, reason, context))
+                note.message = getattr(comparison, "summary", "") or note.message
         with context.stage("write"):
-            datasets = list(self.write(findings, loaded, context))
+            if self.wants_priors:
+                datasets = list(self.write_compared(findings, loaded, context, comparison))
+            else:
+                datasets = list(self.write(findings, loaded, context))
             return save_results(datasets, context)
 
 

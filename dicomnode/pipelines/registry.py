@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
 
 from dicomnode.config import ConfigError, PipelineConfig, PipelineOptions
 from dicomnode.pipelines.base import Pipeline, PipelineError
@@ -233,11 +235,21 @@ def options_markdown(names: Iterable[str] | None = None) -> str:
 
 def _table(fields: dict[str, Any]) -> list[str]:
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    return rows + list(_rows(fields))
+
+
+def _rows(fields: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """One row per key; a sub-table (a pydantic model, e.g. ``priors``) as ``priors.KEY`` rows."""
     for key, field in fields.items():
-        rows.append(
-            f"| `{key}` | {_annotation(field)} | {_default(field)} | {field.description or ''} |"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            # [pipelines.NAME.priors] is its own TOML table: its keys are what one writes.
+            yield from _rows(dict(annotation.model_fields), f"{prefix}{key}.")
+            continue
+        yield (
+            f"| `{prefix}{key}` | {_annotation(field)} | {_default(field)} "
+            f"| {field.description or ''} |"
         )
-    return rows
 
 
 def common_options_markdown() -> str:

@@ -22,13 +22,30 @@ PRIVATE_SCHEME_NAME = "dicomnode private codes"
 PRIVATE_SCHEME_ORGANIZATION = "dicomnode project"
 
 # Designators of PS3.16 Table 8-1 the results use; anything else must be declared.
-STANDARD_SCHEMES = frozenset({"DCM", "SCT", "LN", "UCUM", "SRT", "DCMUID"})
+STANDARD_SCHEMES = frozenset({"DCM", "SCT", "LN", "UCUM", "SRT", "DCMUID", "UMLS"})
 
 # The detector's output when its calibration is not good enough to call it a probability
 # (SNOMED CT "Score (attribute)"): a rank, not a chance. See models/lung_nodule_ct/docs.
 SCORE = Code("246262008", "SCT", "Score")
 # A probability the model gives for its answer once calibrated (DCM "Certainty of Finding").
 CERTAINTY = codes.DCM.CertaintyOfFinding
+
+
+# -- follow-up reports (docs/followup.md) -------------------------------------------------
+
+# A finding's change since the prior: DCM "Description of Change" with SNOMED CT values.
+DESCRIPTION_OF_CHANGE = codes.DCM.DescriptionOfChange
+CHANGE_CODES: dict[str, Code] = {
+    "new": Code("7147002", "SCT", "New"),
+    "growing": codes.SCT.IncreaseInSize,  # 15454001
+    "stable": codes.SCT.NoChange,  # 260388006
+    "shrinking": codes.SCT.DecreaseInSize,  # 19776001
+    "resolved": codes.SCT.ProblemResolved,  # 413322009
+}
+# The days between the prior and the current study (SNOMED CT "Interval"), in UCUM "d".
+INTERVAL = codes.SCT.Interval
+# TID 1500's "Qualitative Evaluations" container (UMLS, as PS3.16 names it).
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 
 
 def private(value: str, meaning: str) -> Code:
@@ -69,3 +86,15 @@ def declare_private_schemes(ds: DatasetT) -> DatasetT:
     if items:
         ds.CodingSchemeIdentificationSequence = items
     return ds
+
+
+# No standard scheme has these (checked against PS3.16 and pydicom's dictionary): private.
+VOLUME_DOUBLING_TIME = private("VDT", "Volume doubling time")
+VOLUME_CHANGE = private("VOLCHG", "Volume change since prior")
+# Lung-RADS categories are ACR's, not in SNOMED CT, LOINC or DICOM: private, and a suggestion.
+LUNG_RADS = private("LUNGRADS", "Lung-RADS v2022 category suggestion")
+
+
+def lung_rads_category(category: str) -> Code:
+    """The coded value of Lung-RADS v2022 category *category* (``"1"`` … ``"4B"``)."""
+    return private(f"LR{category}", f"Lung-RADS {category}")

@@ -24,6 +24,14 @@ finding's SEG segment label) and one Tracking UID (the segment's):
   with the coded answer, its certainty, probabilities, flags and the heat
   maps as "Illustration of ROI".
 
+A follow-up report (``comparison=``, ``docs/followup.md``) adds to each
+nodule the current TID 1502 time point and its change since the prior
+(status, volume change, volume doubling time), a group of the prior's
+measurements at the prior time point under the same Tracking Identifier
+and UID, groups of resolved nodules, TID 1500's Qualitative Evaluations
+(the Lung-RADS suggestion, the comparison or baseline sentence) and the
+prior's images as Pertinent Other Evidence.
+
 "Nothing found" is a group too: the evaluation "<finding>: Absent", drawn as
 the whole middle image (TID 1410), with every source image in the evidence.
 
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import highdicom as hd
@@ -49,7 +58,19 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from dicomnode.results.codes import CERTAINTY, declare_private_schemes, private
+from dicomnode.results.codes import (
+    CERTAINTY,
+    CHANGE_CODES,
+    DESCRIPTION_OF_CHANGE,
+    INTERVAL,
+    LUNG_RADS,
+    QUALITATIVE_EVALUATIONS,
+    VOLUME_CHANGE,
+    VOLUME_DOUBLING_TIME,
+    declare_private_schemes,
+    lung_rads_category,
+    private,
+)
 from dicomnode.results.common import (
     MANUFACTURER,
     AlgorithmInfo,
@@ -64,6 +85,7 @@ MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
 MM3 = hd.sr.CodedConcept("mm3", "UCUM", "cubic millimeter")
 ML = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
 PERCENT = hd.sr.CodedConcept("%", "UCUM", "percent")
+DAY = hd.sr.CodedConcept("d", "UCUM", "day")
 
 Group = (
     hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
@@ -89,6 +111,79 @@ class NoduleFinding:
     # (6, 3) end points (LPS, mm) of the ellipsoid's three axes, as SCOORD3D ELLIPSOID
     # wants them; default: the sphere of the long axis around the centre.
     ellipsoid_mm: np.ndarray | None = None
+    # The Tracking UID carried from the prior's report (default: this report's own).
+    tracking_uid: str | None = None
+    # Its change since the prior (follow-up reports only).
+    change: NoduleChange | None = None
+
+
+@dataclass(frozen=True)
+class PriorMeasurement:
+    """A finding as the prior study measured it, in the prior's own LPS (mm)."""
+
+    center_mm: tuple[float, float, float]
+    volume_mm3: float
+    long_axis_mm: float | None = None
+
+
+@dataclass(frozen=True)
+class NoduleChange:
+    """How one tracked finding changed since the prior (``docs/followup.md``).
+
+    ``status`` is ``new``, ``growing``, ``stable``, ``shrinking`` or
+    ``resolved``; ``prior`` its measurements there (None: new).
+    """
+
+    status: str
+    prior: PriorMeasurement | None = None
+    volume_change_percent: float | None = None
+    vdt_days: float | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedFinding:
+    """A prior finding with no current counterpart: reported at the prior time point."""
+
+    label: str
+    tracking_uid: str
+    prior: PriorMeasurement
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The report's comparison with a prior study, or why it is a baseline.
+
+    Attributes
+    ----------
+    text
+        The sentence the report states: the prior compared with, or why there
+        is none (no prior, the source unreachable, a poor registration).
+    prior_images
+        Headers of the prior's images the prior measurements come from (empty:
+        a baseline); their study is cited in the evidence (Pertinent Other
+        Evidence) and their Frame of Reference is the prior measurements'.
+    current_date, prior_date, interval_days
+        The two Study Dates and the days between them (the time points).
+    category, category_rule
+        The exam's Lung-RADS category suggestion (``"2"``, ``"4A"``, ...) and the
+        rule that gave it; None when none is suggested.
+    resolved
+        Prior findings not seen any more.
+    """
+
+    text: str
+    prior_images: tuple[Dataset, ...] = ()
+    current_date: date | None = None
+    prior_date: date | None = None
+    interval_days: float | None = None
+    category: str | None = None
+    category_rule: str = ""
+    resolved: tuple[ResolvedFinding, ...] = ()
+
+    @property
+    def compared(self) -> bool:
+        """Whether there is a prior (False: a baseline report)."""
+        return bool(self.prior_images)
 
 
 def ellipsoid_of(points_mm: np.ndarray) -> np.ndarray:
@@ -350,13 +445,17 @@ def _report(
     derived: Sequence[Dataset] = (),
     about: Sequence[int] = (),
     examined: Sequence[int] = (),
+    comparison: Comparison | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The SR: *groups*, the source images they reference as Image Library and evidence.
 
     *about* are further source images (indices) the findings are about without a
     region on them (Image Library and evidence); *examined* further ones that are
     evidence only; *derived* are result objects the groups reference (the SEG,
-    heat maps): they join the evidence, not the Image Library.
+    heat maps): they join the evidence, not the Image Library. A *comparison*
+    adds the report's Qualitative Evaluations (the comparison or baseline
+    sentence, the Lung-RADS suggestion) and cites the prior's images as Pertinent
+    Other Evidence (highdicom files evidence of another study there).
     """
     indices = sorted({*_referenced_sources(groups, source_images), *about})
     referenced = [source_images[i] for i in indices]
@@ -368,9 +467,13 @@ def _report(
         referenced_images=referenced,
     )
     _library_frames(report, referenced)
+    prior: list[Dataset] = []
+    if comparison is not None:
+        report[0].ContentSequence.append(_assessment(comparison))
+        prior = list(instances(comparison.prior_images))
     sr = hd.sr.Comprehensive3DSR(
         # Evidence lists instances: a multi-frame image once, whatever its frames.
-        evidence=[*instances([*referenced, *basis]), *derived],
+        evidence=[*instances([*referenced, *basis]), *derived, *prior],
         content=report,
         series_instance_uid=result_uid(uid_key, "sr-series"),
         series_number=series.number,
@@ -410,6 +513,8 @@ def _segment_report(
     uid_key: str,
     procedure: Code,
     empty_finding: Code,
+    comparison: Comparison | None = None,
+    prior_groups: Sequence[Any] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """The tail of the nodule and volume reports: "nothing found" when empty, the SEG as evidence.
 
@@ -422,13 +527,14 @@ def _segment_report(
         examined = list(range(len(source_images)))
     return _report(
         source_images,
-        groups,
+        [*groups, *prior_groups],
         procedure=procedure,
         algorithm=algorithm,
         series=series,
         uid_key=uid_key,
         derived=[segmentation] if segmentation is not None else [],
         examined=examined,
+        comparison=comparison,
     )
 
 
@@ -443,15 +549,20 @@ def _finding_groups(
     algorithm: hd.sr.AlgorithmIdentification,
     uid_key: str,
     score_concept: Code,
+    time_point: hd.sr.TimePointContext | None = None,
 ) -> list[Group]:
     label = finding.label or f"{finding.finding_type.meaning} {index}"
     image = source_images[finding.key_slice]
     common: dict[str, Any] = {
-        "tracking_identifier": _tracking(finding_uid(uid_key, index), label),
+        "tracking_identifier": _tracking(
+            finding.tracking_uid or finding_uid(uid_key, index), label
+        ),
         "finding_type": finding.finding_type,
         "algorithm_id": algorithm,
         "finding_sites": _sites(finding.finding_site),
     }
+    if time_point is not None:
+        common["time_point_context"] = time_point
     ellipse = _ellipse(image, finding.center_mm, finding.long_axis_mm)
     # The centre on the key slice comes first: it is what OHIF draws, on that slice, and
     # can load as a measurement. The nodule in 3D is an ellipsoid (its centre the
@@ -494,10 +605,156 @@ def _finding_groups(
             hd.sr.Measurement(
                 name=score_concept, value=round(100.0 * finding.score, 1), unit=PERCENT
             ),
+            *_change_measurements(finding.change),
         ],
+        qualitative_evaluations=_change_evaluations(finding.change),
         **common,
     )
     return [centre, planar, outlined, in_3d]
+
+
+# -- follow-up: the change of each finding, the prior's measurements, the assessment ----------
+
+
+def _change_measurements(change: NoduleChange | None) -> list[hd.sr.Measurement]:
+    """Volume change (%) and volume doubling time (days) of a matched finding."""
+    if change is None:
+        return []
+    measurements = []
+    if change.volume_change_percent is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=VOLUME_CHANGE, value=round(change.volume_change_percent, 1), unit=PERCENT
+            )
+        )
+    if change.vdt_days is not None:
+        measurements.append(
+            hd.sr.Measurement(name=VOLUME_DOUBLING_TIME, value=round(change.vdt_days, 1), unit=DAY)
+        )
+    return measurements
+
+
+def _change_evaluations(change: NoduleChange | None) -> list[hd.sr.QualitativeEvaluation] | None:
+    if change is None:
+        return None
+    return [
+        hd.sr.QualitativeEvaluation(name=DESCRIPTION_OF_CHANGE, value=CHANGE_CODES[change.status])
+    ]
+
+
+def time_points(
+    comparison: Comparison,
+) -> tuple[hd.sr.TimePointContext, hd.sr.TimePointContext]:
+    """TID 1502 contexts of the prior (order 1, the comparison's baseline) and current study.
+
+    Each names its study's date; the current one is offset from the prior by the
+    interval (days), so a reader has the interval without a calculation.
+    """
+    baseline = codes.DCM.Baseline
+    prior = hd.sr.TimePointContext(
+        time_point="prior",
+        time_point_type=baseline,
+        time_point_order=1,
+        subject_time_point_identifier=comparison.prior_date.isoformat()
+        if comparison.prior_date
+        else None,
+        temporal_offset_from_event=hd.sr.LongitudinalTemporalOffsetFromEvent(
+            value=0.0, unit=DAY, event_type=baseline
+        ),
+    )
+    current = hd.sr.TimePointContext(
+        time_point="current",
+        time_point_order=2,
+        subject_time_point_identifier=comparison.current_date.isoformat()
+        if comparison.current_date
+        else None,
+        temporal_offset_from_event=hd.sr.LongitudinalTemporalOffsetFromEvent(
+            value=float(comparison.interval_days or 0.0), unit=DAY, event_type=baseline
+        ),
+    )
+    return prior, current
+
+
+def _prior_group(
+    label: str,
+    tracking_uid: str,
+    prior: PriorMeasurement,
+    frame_of_reference_uid: str,
+    *,
+    time_point: hd.sr.TimePointContext,
+    algorithm: hd.sr.AlgorithmIdentification,
+    finding_type: Code,
+    finding_site: Code | None,
+    status: str | None = None,
+    interval_days: float | None = None,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """A finding as the prior measured it: its centre in the prior's frame, size, time point.
+
+    The same Tracking Identifier and UID as the current finding, so a TID 1500
+    reader links the two time points; a resolved finding also says so.
+    """
+    measurements = [
+        hd.sr.Measurement(name=codes.SCT.Volume, value=round(prior.volume_mm3, 1), unit=MM3)
+    ]
+    if prior.long_axis_mm is not None:
+        measurements.insert(
+            0,
+            hd.sr.Measurement(name=codes.SCT.LongAxis, value=round(prior.long_axis_mm, 2), unit=MM),
+        )
+    if interval_days is not None:
+        measurements.append(
+            hd.sr.Measurement(name=INTERVAL, value=round(float(interval_days), 1), unit=DAY)
+        )
+    evaluations = None
+    if status is not None:
+        evaluations = [
+            hd.sr.QualitativeEvaluation(name=DESCRIPTION_OF_CHANGE, value=CHANGE_CODES[status])
+        ]
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(tracking_uid, label),
+        referenced_region=hd.sr.ImageRegion3D(
+            graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+            graphic_data=np.array([prior.center_mm], dtype=float),
+            frame_of_reference_uid=frame_of_reference_uid,
+        ),
+        time_point_context=time_point,
+        finding_type=finding_type,
+        algorithm_id=algorithm,
+        finding_sites=_sites(finding_site),
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
+    )
+
+
+def _assessment(comparison: Comparison) -> hd.sr.ContainerContentItem:
+    """TID 1500's Qualitative Evaluations: the Lung-RADS suggestion and the comparison sentence."""
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    items: list[Any] = []
+    if comparison.category is not None:
+        items.append(
+            hd.sr.CodeContentItem(
+                name=LUNG_RADS,
+                value=lung_rads_category(comparison.category),
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    text = comparison.text
+    if comparison.category is not None:
+        text += (
+            f" Lung-RADS v2022 {comparison.category} ({comparison.category_rule}): a suggestion "
+            "for the radiologist from automatic measurements, not a diagnosis."
+        )
+    items.append(
+        hd.sr.TextContentItem(
+            name=codes.DCM.Comment,
+            value=text[:1024],
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    )
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
 
 
 def write_measurement_report(
@@ -511,20 +768,73 @@ def write_measurement_report(
     procedure: Code = codes.LN.CTUnspecifiedBodyRegion,
     empty_finding: Code = codes.SCT.Nodule,
     score_concept: Code = CERTAINTY,
+    comparison: Comparison | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """TID 1500 report of *findings*; no finding is a valid, explicit empty report.
 
     With no findings the report holds one group stating ``empty_finding: Absent``.
     The score goes in as *score_concept*: "Certainty of Finding" for a calibrated
     probability, :data:`dicomnode.results.codes.SCORE` for a raw detector score.
+
+    A *comparison* makes it a follow-up report (``docs/followup.md``): each
+    finding's groups carry the current time point and its change (status,
+    volume change, volume doubling time); a finding seen on the prior has a
+    group of the prior's measurements at the prior time point, under the same
+    Tracking Identifier and UID; resolved findings have only that group; the
+    report states the comparison (or why it is a baseline) and the Lung-RADS
+    suggestion, and cites the prior's images.
     """
     identification = algorithm.sr_identification()
     groups: list[Any] = []
+    prior_groups: list[Any] = []
+    prior_point = current_point = None
+    prior_frame = ""
+    if comparison is not None and comparison.compared:
+        prior_point, current_point = time_points(comparison)
+        prior_frame = str(comparison.prior_images[0].FrameOfReferenceUID)
     for index, finding in enumerate(findings, start=1):
         groups.extend(
             _finding_groups(
-                finding, index, source_images, segmentation, identification, uid_key, score_concept
+                finding,
+                index,
+                source_images,
+                segmentation,
+                identification,
+                uid_key,
+                score_concept,
+                time_point=current_point,
             )
+        )
+        change = finding.change
+        if prior_point is not None and change is not None and change.prior is not None:
+            prior_groups.append(
+                _prior_group(
+                    finding.label or f"{finding.finding_type.meaning} {index}",
+                    finding.tracking_uid or finding_uid(uid_key, index),
+                    change.prior,
+                    prior_frame,
+                    time_point=prior_point,
+                    algorithm=identification,
+                    finding_type=finding.finding_type,
+                    finding_site=finding.finding_site,
+                    interval_days=comparison.interval_days if comparison else None,
+                )
+            )
+    if prior_point is not None and comparison is not None:
+        prior_groups.extend(
+            _prior_group(
+                gone.label,
+                gone.tracking_uid,
+                gone.prior,
+                prior_frame,
+                time_point=prior_point,
+                algorithm=identification,
+                finding_type=empty_finding,
+                finding_site=codes.SCT.Lung if empty_finding == codes.SCT.Nodule else None,
+                status="resolved",
+                interval_days=comparison.interval_days,
+            )
+            for gone in comparison.resolved
         )
     return _segment_report(
         source_images,
@@ -535,6 +845,8 @@ def write_measurement_report(
         uid_key=uid_key,
         procedure=procedure,
         empty_finding=empty_finding,
+        comparison=comparison,
+        prior_groups=prior_groups,
     )
 
 

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 from pydantic import Field
 
-from dicomnode.config import ModelOptions
+from dicomnode.config import ModelOptions, PriorsOptions
 from dicomnode.pipelines.base import JobContext, SeriesInput
 from dicomnode.pipelines.calibration import score_calibration
 from dicomnode.pipelines.lung_nodule.detector import detector_settings, make_detector
 from dicomnode.pipelines.lung_nodule.findings import Detection, find_nodules
+from dicomnode.pipelines.lung_nodule.followup import LungFollowUp, baseline, compare_with_prior
 from dicomnode.pipelines.lung_nodule.preprocessing import network_input
 from dicomnode.pipelines.lung_nodule.report import write_results
 from dicomnode.pipelines.lung_nodule.selection import choose_ct_series
@@ -46,6 +47,10 @@ class LungNoduleOptions(ModelOptions):
         description="among equally thin series, a lung kernel first (default: the bundle's, else no)",
     )
     mask_threshold_hu: float = Field(-650.0, description="HU above which a nodule mask grows")
+    priors: PriorsOptions = Field(
+        default_factory=PriorsOptions,
+        description="comparison with the patient's prior CT (docs/followup.md)",
+    )
 
 
 @dataclass(frozen=True)
@@ -67,11 +72,13 @@ class Boxes:
 class LungNodulePipeline(
     ModelPipeline[SeriesInput, Volume, Prepared, Boxes, tuple[Detection, ...]]
 ):
-    """Detect lung nodules on chest CT; write a SEG and a TID 1500 SR."""
+    """Detect lung nodules on chest CT; compare with the prior; write a SEG and a TID 1500 SR."""
 
     options_model: ClassVar[type[ModelOptions]] = LungNoduleOptions
     options: LungNoduleOptions
     default_bundle = "lung_nodule_ct"
+    # The priors stage compares with the patient's prior CT (followup.py); never blocking.
+    wants_priors: ClassVar[bool] = True
 
     def load_model(self) -> None:
         self.settings = detector_settings(self.bundle)
@@ -169,8 +176,31 @@ class LungNodulePipeline(
         )
         return tuple(found)
 
+    def compare(
+        self,
+        selected: SeriesInput,
+        findings: tuple[Detection, ...],
+        loaded: Volume,
+        context: JobContext,
+    ) -> LungFollowUp:
+        return compare_with_prior(self, selected, findings, loaded, context)
+
+    def baseline(
+        self, findings: tuple[Detection, ...], reason: str, context: JobContext
+    ) -> LungFollowUp:
+        return baseline(findings, self.results(context).uid_key, reason)
+
     def write(
         self, findings: tuple[Detection, ...], loaded: Volume, context: JobContext
+    ) -> list[Dataset]:
+        return self.write_compared(findings, loaded, context, None)
+
+    def write_compared(
+        self,
+        findings: tuple[Detection, ...],
+        loaded: Volume,
+        context: JobContext,
+        comparison: LungFollowUp | None,
     ) -> list[Dataset]:
         return write_results(
             findings,
@@ -178,4 +208,5 @@ class LungNodulePipeline(
             self.results(context),
             key_images=self.options.key_images,
             calibration=self.calibration,
+            follow_up=comparison,
         )

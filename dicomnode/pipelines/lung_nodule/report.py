@@ -8,11 +8,13 @@ Tracking UID links them all.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dicomnode.pipelines.lung_nodule.findings import Detection
+from dicomnode.pipelines.lung_nodule.followup import LungFollowUp, nodule_change, report_comparison
 from dicomnode.pipelines.volume import Volume
 
 if TYPE_CHECKING:
@@ -30,13 +32,18 @@ def write_results(
     *,
     key_images: bool,
     calibration: ScoreCalibration | None = None,
+    follow_up: LungFollowUp | None = None,
 ) -> list[Dataset]:
     """SEG, GSPS and key image (when there are nodules and they are asked for), then the SR.
 
     No nodule is a valid result: an SR saying "Nodule: Absent". With a
     *calibration* each nodule's score becomes the probability that it is one,
     stated as "Certainty of Finding"; without, the detector's score is stated as
-    such ("Score").
+    such ("Score"). With a *follow_up* (the ``priors`` stage) a nodule matched
+    to a prior one keeps its Tracking Identifier and UID in the SEG, the GSPS
+    and the SR, and the SR states each nodule's change, the prior
+    measurements, the comparison (or why it is a baseline) and the Lung-RADS
+    suggestion.
     """
     from dicomnode.results import segment_annotations, write_measurement_report
     from dicomnode.results.codes import CERTAINTY, SCORE
@@ -46,7 +53,16 @@ def write_results(
     outputs: list[Dataset] = []
     segmentation = None
     drawn: dict[int, dict[int, list[np.ndarray]]] = {}
+    tracked = list(follow_up.nodules[: len(findings)]) if follow_up is not None else []
     segments = _segments(findings)
+    if tracked:
+        # The prior's identifiers where a nodule was matched (tracking.track), else its own.
+        segments = [
+            replace(
+                spec, label=n.tracking_id, tracking_id=n.tracking_id, tracking_uid=n.tracking_uid
+            )
+            for spec, n in zip(segments, tracked, strict=True)
+        ]
     if findings:
         labels = _labels(findings, volume)
         segmentation = writer.segmentation(source, labels, segments)
@@ -61,7 +77,17 @@ def write_results(
         _nodule(found, number, volume, drawn.get(number, {}), calibration)
         for number, found in enumerate(findings, start=1)
     ]
-    texts = {n: _text(n, f, calibration is not None) for n, f in enumerate(nodules, start=1)}
+    if tracked:
+        nodules = [
+            replace(
+                nodule,
+                label=n.tracking_id,
+                tracking_uid=n.tracking_uid,
+                change=nodule_change(n),
+            )
+            for nodule, n in zip(nodules, tracked, strict=True)
+        ]
+    texts = {n: _text(f, calibration is not None) for n, f in enumerate(nodules, start=1)}
     gsps = writer.presentation_state(
         source, segment_annotations(segments, drawn, writer.uid_key, texts)
     )
@@ -78,15 +104,17 @@ def write_results(
             series=writer.series("sr"),
             uid_key=writer.uid_key,
             score_concept=CERTAINTY if calibration is not None else SCORE,
+            comparison=report_comparison(follow_up) if follow_up is not None else None,
         )
     )
     return outputs
 
 
-def _text(number: int, nodule: NoduleFinding, calibrated: bool) -> str:
+def _text(nodule: NoduleFinding, calibrated: bool) -> str:
     """The GSPS label: what a radiologist with only the presentation state reads."""
     score = f"{100 * nodule.score:.0f} %" if calibrated else f"score {nodule.score:.2f}"
-    return f"Nodule {number} {nodule.long_axis_mm:.0f} mm {score}"
+    status = f" {nodule.change.status}" if nodule.change is not None else ""
+    return f"{nodule.label} {nodule.long_axis_mm:.0f} mm{status} {score}"
 
 
 def _labels(findings: Sequence[Detection], volume: Volume) -> np.ndarray:

@@ -1,0 +1,372 @@
+"""Registration of a prior study onto the current one: rigid, then affine, with SimpleITK.
+
+A prior and a current study of one patient have different Frames of
+Reference: the patient lay differently on the table, breathed differently,
+and the scanner's LPS coordinates of one piece of anatomy differ between
+them. :func:`register` finds the mapping prior LPS → current LPS from the
+pixels, on the anatomy that matters (the lungs on CT, the brain on MR), and
+checks it.
+
+Method (SimpleITK's ImageRegistrationMethod, no hand-written optimiser):
+
+1. Masks: lungs on CT (:func:`lung_mask`: air inside the body, below
+   -400 HU), brain region on MR (:func:`brain_mask`: Otsu foreground,
+   holes filled, eroded by 8 mm to leave scalp and skull out).
+2. Initialisation: the centres of mass of the two masks are aligned
+   (``CenteredTransformInitializer``, MOMENTS), which absorbs table shifts far
+   beyond the 30 mm the synthetic follow-ups use.
+3. Rigid (``Euler3DTransform``), then affine (``AffineTransform`` started from
+   the rigid result): Mattes mutual information (32 bins, 20 % random
+   samples with a fixed seed, so results are reproducible), evaluated only
+   inside the current study's mask dilated by 10 mm (the lung or brain edge
+   and what lies inside drive the fit, not the table or the arms); regular
+   step gradient descent with scales from physical shift; three resolution
+   levels (shrink 4, 2, 1; smoothing 2, 1, 0 mm). The affine stage absorbs a
+   different inspiration (lungs a few percent longer or shorter), which a
+   rigid transform cannot.
+4. Quality: the prior's mask is resampled onto the current grid through the
+   transform (nearest neighbour) and compared with the current mask (Dice).
+   A registration is *poor* when the Dice is below :data:`POOR_DICE` (0.90),
+   when a mask is empty, or when the affine part is implausible for one
+   patient (scale outside 0.8-1.25 on any axis or a rotation over 15 degrees).
+   A poor registration carries a sentence saying why; callers report it and
+   must not use its mapping silently.
+
+Measured on the synthetic pairs (``docs/followup.md``): Dice after
+registration 0.96-0.99 on lungs, about 0.94 on the brain region; unregistered
+(identity) 0.67-0.87. The 0.90 floor sits below what a good fit gives and
+above what a fit that did not move gives on these pairs; on real pairs it is
+a starting value to be checked against radiologists' judgement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from dicomnode.pipelines.volume import Volume
+
+# Below this Dice of the registered masks a registration is poor (see the module docstring).
+POOR_DICE = 0.90
+# Beyond these the affine part is not one patient scanned twice.
+MAX_ROTATION_DEG = 15.0
+SCALE_RANGE = (0.8, 1.25)
+LUNG_HU = -400.0
+
+Anatomy = Literal["lung", "brain"]
+
+
+def _sitk() -> Any:
+    import SimpleITK  # no stubs (mypy: ignore_missing_imports); imported only when registering
+
+    return SimpleITK
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The mapping prior LPS → current LPS and how well it fits.
+
+    Attributes
+    ----------
+    matrix
+        4x4: ``matrix @ (x, y, z, 1)`` of a prior LPS point is its current LPS position.
+    dice
+        Dice of the prior mask mapped onto the current grid against the current mask.
+    dice_unregistered
+        The same with the identity mapping (prior LPS taken as current LPS).
+    poor
+        True when the mapping must not be used without a person checking it.
+    reason
+        A sentence: why it is poor, or what was measured when it is not.
+    anatomy
+        ``"lung"`` or ``"brain"``.
+    """
+
+    matrix: np.ndarray
+    dice: float
+    dice_unregistered: float
+    poor: bool
+    reason: str
+    anatomy: str
+
+    def map_points(self, points_lps: np.ndarray | Sequence[float]) -> np.ndarray:
+        """``(n, 3)`` prior LPS points → current LPS."""
+        points = np.atleast_2d(np.asarray(points_lps, dtype=float))
+        return points @ self.matrix[:3, :3].T + self.matrix[:3, 3]
+
+    @property
+    def rotation_deg(self) -> float:
+        """Angle (degrees) of the rotation closest to the affine part."""
+        return _rotation_angle(self.matrix[:3, :3])
+
+    @property
+    def scales(self) -> tuple[float, float, float]:
+        """Singular values of the affine part (1 for a rigid motion)."""
+        s = np.linalg.svd(self.matrix[:3, :3], compute_uv=False)
+        return (float(s[0]), float(s[1]), float(s[2]))
+
+
+def _rotation_angle(linear: np.ndarray) -> float:
+    u, _, vt = np.linalg.svd(linear)
+    r = u @ vt
+    return float(np.degrees(np.arccos(np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0))))
+
+
+def to_sitk(array: np.ndarray, affine: np.ndarray) -> Any:
+    """A SimpleITK image of a ``(slices, rows, columns)`` array with a (k, j, i) → LPS affine.
+
+    SimpleITK's index is (i, j, k) (column, row, slice) and its physical space
+    is LPS, as DICOM's: spacing and direction come from the affine's columns.
+    """
+    sitk = _sitk()
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    columns = affine[:3, [2, 1, 0]]
+    spacing = np.linalg.norm(columns, axis=0)
+    image.SetSpacing([float(v) for v in spacing])
+    image.SetDirection([float(v) for v in (columns / spacing).ravel()])
+    image.SetOrigin([float(v) for v in affine[:3, 3]])
+    return image
+
+
+def lung_mask(volume: Volume) -> np.ndarray:
+    """Both lungs of a chest CT: air (< -400 HU) inside the body, large components only.
+
+    Air connected to the volume's in-plane border is outside the body and
+    dropped; of what remains, components over 5 % of the largest are kept
+    (both lungs, not bowel gas or noise), holes (vessels, nodules) filled
+    slice by slice.
+    """
+    from scipy import ndimage
+
+    air = volume.array < LUNG_HU
+    labels, count = ndimage.label(air)
+    if count == 0:
+        return np.zeros(volume.shape, dtype=bool)
+    border = np.unique(
+        np.concatenate(
+            [
+                labels[:, 0, :].ravel(),
+                labels[:, -1, :].ravel(),
+                labels[:, :, 0].ravel(),
+                labels[:, :, -1].ravel(),
+            ]
+        )
+    )
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    sizes[border] = 0
+    if sizes.max() == 0:
+        return np.zeros(volume.shape, dtype=bool)
+    keep = sizes >= 0.05 * sizes.max()
+    keep[0] = False
+    mask = keep[labels]
+    for k in range(mask.shape[0]):
+        mask[k] = ndimage.binary_fill_holes(mask[k])
+    return np.asarray(mask)
+
+
+def brain_mask(volume: Volume, erosion_mm: float = 8.0) -> np.ndarray:
+    """The brain region of a head MR: Otsu foreground, largest part, holes filled, eroded.
+
+    Not a skull strip: the erosion by *erosion_mm* takes scalp and skull off a
+    normal head well enough to register on (dark skull and bright scalp would
+    otherwise dominate the fit).
+    """
+    from scipy import ndimage
+
+    sitk = _sitk()
+    image = sitk.GetImageFromArray(volume.array.astype(np.float32))
+    # Otsu returns 0 inside the foreground with these values: (inside=0, outside=1).
+    foreground = sitk.GetArrayFromImage(sitk.OtsuThreshold(image, 0, 1)).astype(bool)
+    labels, count = ndimage.label(foreground)
+    if count == 0:
+        return np.zeros(volume.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    head = ndimage.binary_fill_holes(labels == int(np.argmax(sizes)))
+    spacing = np.array(volume.spacing)
+    radius = np.maximum(np.rint(erosion_mm / spacing).astype(int), 1)
+    zz, yy, xx = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
+    ball = (zz / radius[0]) ** 2 + (yy / radius[1]) ** 2 + (xx / radius[2]) ** 2 <= 1.0
+    return np.asarray(ndimage.binary_erosion(head, ball))
+
+
+def _dilated(mask: np.ndarray, spacing: tuple[float, float, float], mm: float) -> np.ndarray:
+    from scipy import ndimage
+
+    radius = np.maximum(np.rint(mm / np.array(spacing)).astype(int), 1)
+    zz, yy, xx = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
+    ball = (zz / radius[0]) ** 2 + (yy / radius[1]) ** 2 + (xx / radius[2]) ** 2 <= 1.0
+    return np.asarray(ndimage.binary_dilation(mask, ball))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice coefficient of two boolean masks (0 when both are empty)."""
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * float(np.logical_and(a, b).sum()) / total if total else 0.0
+
+
+def _matrix(transform: Any) -> np.ndarray:
+    """4x4 of a SimpleITK matrix-offset transform (fixed → moving physical points)."""
+    a = np.array(transform.GetMatrix(), dtype=float).reshape(3, 3)
+    c = np.array(transform.GetCenter(), dtype=float)
+    t = np.array(transform.GetTranslation(), dtype=float)
+    m = np.eye(4)
+    m[:3, :3] = a
+    m[:3, 3] = c + t - a @ c
+    return m
+
+
+def _mapped_mask(
+    prior_mask: np.ndarray, prior: Volume, current: Volume, current_to_prior: np.ndarray
+) -> np.ndarray:
+    """The prior mask on the current grid: each current voxel looked up in the prior (nearest)."""
+    from scipy import ndimage
+
+    index_to_prior_index = np.linalg.inv(prior.affine) @ current_to_prior @ current.affine
+    out = ndimage.affine_transform(
+        prior_mask.astype(np.uint8),
+        index_to_prior_index[:3, :3],
+        offset=index_to_prior_index[:3, 3],
+        output_shape=current.shape,
+        order=0,
+        mode="constant",
+        cval=0,
+    )
+    return np.asarray(out.astype(bool))
+
+
+def _stage(sitk: Any, fixed: Any, moving: Any, fixed_mask: Any, transform: Any) -> float:
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(0.2, 20260)
+    method.SetMetricFixedMask(fixed_mask)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0,
+        minStep=1e-3,
+        numberOfIterations=150,
+        relaxationFactor=0.6,
+        gradientMagnitudeTolerance=1e-6,
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel([4, 2, 1])
+    method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    method.SetInitialTransform(transform, inPlace=True)
+    method.Execute(fixed, moving)
+    return float(method.GetMetricValue())
+
+
+def register(
+    prior: Volume,
+    current: Volume,
+    *,
+    anatomy: Anatomy = "lung",
+    affine: bool = True,
+    initialise: bool = True,
+) -> Registration:
+    """The mapping prior LPS → current LPS, found on the lungs (CT) or the brain (MR).
+
+    Parameters
+    ----------
+    prior, current
+        The two studies' volumes, each in its own LPS.
+    anatomy
+        ``"lung"`` (CT, HU) or ``"brain"`` (MR).
+    affine
+        Run the affine stage after the rigid one (default); False: rigid only.
+    initialise
+        Align the masks' centres of mass first (default). False starts from the
+        identity: for tests of what a registration outside its capture range gives.
+
+    Returns
+    -------
+    Registration
+        Never raises for bad input anatomy: an empty mask or a failed fit
+        comes back as a poor registration with its reason.
+    """
+    sitk = _sitk()
+    masker = lung_mask if anatomy == "lung" else brain_mask
+    prior_mask, current_mask = masker(prior), masker(current)
+    identity = np.eye(4)
+    empty = [name for name, m in (("prior", prior_mask), ("current", current_mask)) if not m.any()]
+    if empty:
+        what = "lungs" if anatomy == "lung" else "brain"
+        return Registration(
+            identity,
+            0.0,
+            0.0,
+            True,
+            f"No {what} found in the {' and '.join(empty)} study.",
+            anatomy,
+        )
+    dice_identity = dice(_mapped_mask(prior_mask, prior, current, identity), current_mask)
+    if anatomy == "lung":
+        # Clip to the lung window: bone and contrast above 300 HU add nothing to the fit.
+        fixed_array = np.clip(current.array, -1000.0, 300.0)
+        moving_array = np.clip(prior.array, -1000.0, 300.0)
+    else:
+        fixed_array, moving_array = current.array, prior.array
+    fixed = to_sitk(fixed_array.astype(np.float32), current.affine)
+    moving = to_sitk(moving_array.astype(np.float32), prior.affine)
+    region = to_sitk(_dilated(current_mask, current.spacing, 10.0).astype(np.uint8), current.affine)
+    rigid = sitk.Euler3DTransform()
+    if initialise:
+        rigid = sitk.Euler3DTransform(
+            sitk.CenteredTransformInitializer(
+                to_sitk(current_mask.astype(np.float32), current.affine),
+                to_sitk(prior_mask.astype(np.float32), prior.affine),
+                sitk.Euler3DTransform(),
+                sitk.CenteredTransformInitializerFilter.MOMENTS,
+            )
+        )
+    else:
+        centre = current.index_to_lps(np.array(current.shape) / 2.0 - 0.5)[0]
+        rigid.SetCenter([float(v) for v in centre])
+    try:
+        _stage(sitk, fixed, moving, region, rigid)
+        final: Any = rigid
+        if affine:
+            final = sitk.AffineTransform(3)
+            final.SetCenter(rigid.GetCenter())
+            final.SetMatrix(rigid.GetMatrix())
+            final.SetTranslation(rigid.GetTranslation())
+            _stage(sitk, fixed, moving, region, final)
+    except RuntimeError as error:  # SimpleITK raises RuntimeError when too few samples overlap
+        return Registration(
+            identity,
+            0.0,
+            dice_identity,
+            True,
+            f"The registration failed: {str(error).strip().splitlines()[-1]}",
+            anatomy,
+        )
+    current_to_prior = _matrix(final)
+    matrix = np.linalg.inv(current_to_prior)
+    overlap = dice(_mapped_mask(prior_mask, prior, current, current_to_prior), current_mask)
+    result = Registration(matrix, overlap, dice_identity, False, "", anatomy)
+    reasons = []
+    if overlap < POOR_DICE:
+        reasons.append(f"the {anatomy} masks overlap by Dice {overlap:.2f} (under {POOR_DICE:.2f})")
+    if result.rotation_deg > MAX_ROTATION_DEG:
+        reasons.append(f"it rotates by {result.rotation_deg:.1f} degrees")
+    if min(result.scales) < SCALE_RANGE[0] or max(result.scales) > SCALE_RANGE[1]:
+        scales = ", ".join(f"{s:.2f}" for s in result.scales)
+        reasons.append(f"it scales by {scales}")
+    if reasons:
+        reason = "Poor registration: " + "; ".join(reasons) + "."
+        return Registration(matrix, overlap, dice_identity, True, reason, anatomy)
+    return Registration(
+        matrix,
+        overlap,
+        dice_identity,
+        False,
+        f"Registered on the {anatomy}: Dice {overlap:.2f} (unregistered {dice_identity:.2f}), "
+        f"rotation {result.rotation_deg:.1f} degrees.",
+        anatomy,
+    )
