@@ -22,7 +22,6 @@ import pydicom
 import pytest
 
 from dicomnode.config import PipelineConfig, Settings
-from dicomnode.followup.priors import NodePriors
 from dicomnode.pipelines import JobContext, SeriesInput
 from dicomnode.pipelines.lung_nodule import LungNodulePipeline
 from dicomnode.pipelines.lung_nodule.followup import time_point_of
@@ -36,7 +35,7 @@ from dicomnode.results.codes import (
 from dicomnode.service import Node
 from dicomnode.synthetic.followup import ChestPair, chest_pair, write_chest_pair
 from dicomnode.testing.peers import dciodvfy
-from tests.test_priors import push_and_settle
+from tests.test_priors import node_priors, push_and_settle
 
 SEED = 3000007  # a held-out evaluation seed (docs/followup.md): two growing, stable, resolved, new
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -201,15 +200,7 @@ def test_priors_stage_tracks_the_nodules_of_the_prior_the_node_holds(
         ],
         work_dir=tmp_path / "out",
         event_sink=sink,
-        priors=NodePriors(
-            settings,
-            node.sessions,
-            lambda: node.store,
-            job_id=7,
-            pipeline="lung_nodule",
-            study_instance_uid=current,
-            event=sink,
-        ),
+        priors=node_priors(node, current, sink, job_id=7),
     )
     (tmp_path / "out").mkdir()
     started = time.perf_counter()
@@ -296,15 +287,7 @@ def test_a_prior_that_cannot_be_used_gives_a_baseline_that_says_why(
             series=[SeriesInput(str(head.SeriesInstanceUID), "CT", "chest", {}, tuple(current))],
             work_dir=work,
             event_sink=sink,
-            priors=NodePriors(
-                settings,
-                node.sessions,
-                lambda: node.store,
-                job_id=9,
-                pipeline="lung_nodule",
-                study_instance_uid=current_uid,
-                event=sink,
-            ),
+            priors=node_priors(node, current_uid, sink, job_id=9),
         )
         results = shipped.run(context)
         sr = next(r.path for r in results if r.sop_class_uid == SR_CLASS)

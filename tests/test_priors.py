@@ -74,6 +74,21 @@ def push_and_settle(node: Node, paths: list[Path], uids: list[str], timeout: flo
         time.sleep(0.2)
 
 
+def node_priors(
+    node: Node, study_instance_uid: str, event: Callable[..., None], *, job_id: int = 1
+) -> NodePriors:
+    """The worker's priors service for job *job_id* of the lung pipeline, on *node*'s store."""
+    return NodePriors(
+        node.settings,
+        node.sessions,
+        lambda: node.store,
+        job_id=job_id,
+        pipeline="lung_nodule",
+        study_instance_uid=study_instance_uid,
+        event=event,
+    )
+
+
 def current_study(uid: str = "1.2.826.0.1.3680043.8.498.1", **changes: Any) -> CurrentStudy:
     values: dict[str, Any] = {
         "study_instance_uid": uid,
@@ -226,14 +241,11 @@ def test_priors_at_a_source_found_by_c_find_retrieved_by_c_get_and_a_source_down
         )
         push_and_settle(node, current_paths, [current_uid])
         events: list[tuple[str, str, str]] = []
-        service = NodePriors(
-            settings,
-            node.sessions,
-            lambda: node.store,
+        service = node_priors(
+            node,
+            current_uid,
+            lambda stage, message, seconds, level: events.append((stage, message, level)),
             job_id=1,
-            pipeline="lung_nodule",
-            study_instance_uid=current_uid,
-            event=lambda stage, message, seconds, level: events.append((stage, message, level)),
         )
         from dicomnode.pipelines import SeriesInput
 
@@ -324,14 +336,11 @@ def test_priors_at_a_dicomweb_source_found_by_qido_rs_retrieved_by_wado_rs(
         node = start_node(settings)
         current_uid, current_paths = study(tmp_path / "current", AccessionNumber="ACC-CUR")
         events: list[tuple[str, str]] = []
-        service = NodePriors(
-            settings,
-            node.sessions,
-            lambda: node.store,
+        service = node_priors(
+            node,
+            current_uid,
+            lambda stage, message, seconds, level: events.append((stage, message)),
             job_id=2,
-            pipeline="lung_nodule",
-            study_instance_uid=current_uid,
-            event=lambda stage, message, seconds, level: events.append((stage, message)),
         )
         from dicomnode.pipelines import SeriesInput
 
