@@ -55,6 +55,7 @@ from dicomnode.models import (
 from dicomnode.pipelines.base import PriorsResult, PriorStudy, SeriesInput
 from dicomnode.retrieval import QueryError, RetrieveError, StudyMatch, StudyQuery, open_source
 from dicomnode.retrieval.base import Source
+from dicomnode.retrieval.query import parse_date
 from dicomnode.store import InstanceStore
 from dicomnode.store.files import results_dir
 
@@ -65,17 +66,6 @@ SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 _HELD_STATES = (StudyStatus.COMPLETE, StudyStatus.UNMATCHED)
 
 Event = Callable[[str, str, float | None, str], None]
-
-
-def parse_date(text: str | None) -> date | None:
-    """A DICOM DA value (``YYYYMMDD``) as a date; None when absent or not a date."""
-    text = (text or "").strip()
-    if len(text) < 8 or not text[:8].isdigit():
-        return None
-    try:
-        return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
-    except ValueError:
-        return None
 
 
 def _text(value: Any) -> str | None:

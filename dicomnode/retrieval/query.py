@@ -57,6 +57,17 @@ def _dicom_date(value: date) -> str:
     return value.strftime("%Y%m%d")
 
 
+def parse_date(text: str | None) -> date | None:
+    """A DICOM DA value (``YYYYMMDD``) as a date; None when absent or not a date."""
+    text = (text or "").strip()
+    if len(text) < 8 or not text[:8].isdigit():
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class StudyQuery:
     """Which studies to find at a source; None matches anything.
@@ -197,11 +208,7 @@ class StudyMatch:
     @property
     def study_day(self) -> date | None:
         """Study Date as a date, when the source gave a valid one."""
-        text = self.study_date or ""
-        try:
-            return date(int(text[:4]), int(text[4:6]), int(text[6:8])) if len(text) >= 8 else None
-        except ValueError:
-            return None
+        return parse_date(self.study_date)
 
     def study_fields(self) -> dict[str, str | None]:
         """The study row's columns from this match (cut to the columns' sizes)."""
