@@ -318,7 +318,8 @@ def test_a_prior_that_cannot_be_used_gives_a_baseline_that_says_why(
 
 
 def test_registration_grid_block_averages_thin_slices_and_fine_pixels() -> None:
-    from dicomnode.pipelines.lung_nodule.followup import registration_grid
+    from dicomnode.followup.registration import coarsened
+    from dicomnode.pipelines.lung_nodule.followup import REGISTRATION_GRID_MM
     from dicomnode.pipelines.volume import Volume
 
     rng = np.random.default_rng(0)
@@ -326,7 +327,7 @@ def test_registration_grid_block_averages_thin_slices_and_fine_pixels() -> None:
     affine[:3, :3] = np.diag([1.25, 0.7, 0.7])  # (k, j, i) along z, y, x
     affine[:3, 3] = (-10.0, 20.0, 5.0)
     volume = Volume(rng.normal(size=(13, 9, 10)).astype(np.float32), affine)
-    coarse = registration_grid(volume)
+    coarse = coarsened(volume, REGISTRATION_GRID_MM)
     # 4 mm / 1.25 → 3 slices, 3 mm / 0.7 → 4 pixels; incomplete blocks dropped.
     assert coarse.shape == (4, 2, 2)
     assert coarse.spacing == pytest.approx((3.75, 2.8, 2.8))
@@ -337,7 +338,7 @@ def test_registration_grid_block_averages_thin_slices_and_fine_pixels() -> None:
         volume.index_to_lps(block).mean(axis=0)
     )
     # A grid as coarse as the registration's already is left as it is.
-    assert registration_grid(coarse) is coarse
+    assert coarsened(coarse, REGISTRATION_GRID_MM) is coarse
 
 
 def test_priors_options_are_checked_like_every_pipeline_option() -> None:

@@ -75,15 +75,20 @@ def push_and_settle(node: Node, paths: list[Path], uids: list[str], timeout: flo
 
 
 def node_priors(
-    node: Node, study_instance_uid: str, event: Callable[..., None], *, job_id: int = 1
+    node: Node,
+    study_instance_uid: str,
+    event: Callable[..., None],
+    *,
+    job_id: int = 1,
+    pipeline: str = "lung_nodule",
 ) -> NodePriors:
-    """The worker's priors service for job *job_id* of the lung pipeline, on *node*'s store."""
+    """The worker's priors service for job *job_id* of *pipeline*, on *node*'s store."""
     return NodePriors(
         node.settings,
         node.sessions,
         lambda: node.store,
         job_id=job_id,
-        pipeline="lung_nodule",
+        pipeline=pipeline,
         study_instance_uid=study_instance_uid,
         event=event,
     )

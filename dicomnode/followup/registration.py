@@ -109,6 +109,34 @@ class Registration:
         return (float(s[0]), float(s[1]), float(s[2]))
 
 
+def coarsened(volume: Volume, grid_mm: Sequence[float]) -> Volume:
+    """*volume* block-averaged to at most the resolution of *grid_mm* (itself when it is as coarse).
+
+    Each axis (slices, rows, columns) is averaged over ``floor(grid / spacing)``
+    voxels (a whole number, so the new voxels tile the old ones exactly; the
+    last incomplete block is dropped); the affine moves each voxel centre to its
+    block's centre. Registration needs no finer grid than its figures were
+    measured on (``docs/followup.md``), and the time it takes grows with the voxels.
+    """
+    strides = np.array(
+        [max(1, int(g // s)) for g, s in zip(grid_mm, volume.spacing, strict=True)], dtype=int
+    )
+    if (strides == 1).all():
+        return volume
+    kept = np.array(volume.shape) // strides
+    sk, sj, si = (int(v) for v in strides)
+    nk, nj, ni = (int(v) for v in kept)
+    array = (
+        volume.array[: nk * sk, : nj * sj, : ni * si]
+        .reshape(nk, sk, nj, sj, ni, si)
+        .mean(axis=(1, 3, 5), dtype=np.float32)
+    )
+    affine = np.array(volume.affine, dtype=float)
+    affine[:3, 3] = affine[:3, 3] + affine[:3, :3] @ ((strides - 1) / 2.0)
+    affine[:3, :3] = affine[:3, :3] * strides[None, :]
+    return Volume(array, affine, frame_of_reference_uid=volume.frame_of_reference_uid)
+
+
 def _rotation_angle(linear: np.ndarray) -> float:
     u, _, vt = np.linalg.svd(linear)
     r = u @ vt

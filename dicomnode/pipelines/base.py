@@ -234,6 +234,33 @@ class JobContext:
         if self.event_sink is not None:
             self.event_sink(name, note.message, time.perf_counter() - start, note.level)
 
+    def for_prior(self, prior: PriorStudy) -> JobContext:
+        """A context for running the pipeline's stages on *prior* (the ``priors`` stage).
+
+        Its lines go to this job's timeline under ``priors`` ("prior load (1.2 s)"),
+        its files under ``<work_dir>/prior``; it records no inputs and decides no
+        revision (a prior is no input of the job's results).
+        """
+        sink = self.event_sink
+
+        def forward(stage: str, message: str, seconds: float | None, level: str) -> None:
+            if sink is not None:
+                took = f" ({seconds:.2f} s)" if seconds is not None else ""
+                text = f"prior {stage}{took}" + (f": {message}" if message else "")
+                sink("priors", text, None, level)
+
+        work = self.work_dir / "prior"
+        work.mkdir(parents=True, exist_ok=True)
+        return JobContext(
+            job_id=self.job_id,
+            study_instance_uid=prior.study_instance_uid,
+            series=list(prior.series),
+            work_dir=work,
+            event_sink=forward,
+            cancelled=self.cancelled,
+            model=self.model,
+        )
+
     def check_cancelled(self) -> None:
         """Raise PipelineError if the job was cancelled meanwhile."""
         if self.cancelled():

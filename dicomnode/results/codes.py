@@ -98,3 +98,20 @@ LUNG_RADS = private("LUNGRADS", "Lung-RADS v2022 category suggestion")
 def lung_rads_category(category: str) -> Code:
     """The coded value of Lung-RADS v2022 category *category* (``"1"`` … ``"4B"``)."""
     return private(f"LR{category}", f"Lung-RADS {category}")
+
+
+# The absolute change of a segmented volume since the prior (mL); VOLUME_CHANGE is the relative one.
+VOLUME_CHANGE_ML = private("VOLCHGML", "Absolute volume change since prior")
+# RANO 2.0's volumetric response: not coded in SNOMED CT, LOINC or DICOM; a suggestion.
+RANO_RESPONSE = private("RANOVOL", "RANO 2.0 volumetric response suggestion")
+RANO_MEANINGS = {
+    "CR": "Complete response",
+    "PR": "Partial response",
+    "SD": "Stable disease",
+    "PD": "Progressive disease",
+}
+
+
+def rano_category(category: str) -> Code:
+    """The coded value of volumetric RANO category *category* (``"CR"``, ``"PR"``, ``"SD"``, ``"PD"``)."""
+    return private(f"RANO{category}", f"RANO {RANO_MEANINGS[category]}")

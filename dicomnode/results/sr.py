@@ -65,11 +65,14 @@ from dicomnode.results.codes import (
     INTERVAL,
     LUNG_RADS,
     QUALITATIVE_EVALUATIONS,
+    RANO_RESPONSE,
     VOLUME_CHANGE,
+    VOLUME_CHANGE_ML,
     VOLUME_DOUBLING_TIME,
     declare_private_schemes,
     lung_rads_category,
     private,
+    rano_category,
 )
 from dicomnode.results.common import (
     MANUFACTURER,
@@ -147,6 +150,9 @@ class ResolvedFinding:
     label: str
     tracking_uid: str
     prior: PriorMeasurement
+    # What it was (default: the report's "nothing found" finding type, e.g. a nodule).
+    finding_type: Code | None = None
+    finding_site: Code | None = None
 
 
 @dataclass(frozen=True)
@@ -165,8 +171,10 @@ class Comparison:
     current_date, prior_date, interval_days
         The two Study Dates and the days between them (the time points).
     category, category_rule
-        The exam's Lung-RADS category suggestion (``"2"``, ``"4A"``, ...) and the
-        rule that gave it; None when none is suggested.
+        The exam's category suggestion and the rule that gave it; None when
+        none is suggested. On the ``scale`` ``"lung-rads"``: a Lung-RADS v2022
+        category (``"2"``, ``"4A"``, ...); ``"rano"``: a volumetric RANO 2.0
+        response (``"CR"``, ``"PR"``, ``"SD"``, ``"PD"``).
     resolved
         Prior findings not seen any more.
     """
@@ -179,6 +187,7 @@ class Comparison:
     category: str | None = None
     category_rule: str = ""
     resolved: tuple[ResolvedFinding, ...] = ()
+    scale: str = "lung-rads"
 
     @property
     def compared(self) -> bool:
@@ -255,6 +264,23 @@ class SegmentVolumeFinding:
     finding_site: Code | None = None
     outline: np.ndarray | None = None  # (n, 2) closed (column, row) outline on the key slice
     center_mm: tuple[float, float, float] | None = None  # its centre, a point group
+    # The Tracking UID carried from the prior's report (default: this report's own).
+    tracking_uid: str | None = None
+    # Its change since the prior (follow-up reports only).
+    change: VolumeChange | None = None
+
+
+@dataclass(frozen=True)
+class VolumeChange:
+    """How a segmented region's volume changed since the prior (mL, %).
+
+    ``prior`` is its measurement there (None: absent from the prior, a new
+    region; the change is then its whole volume and no percentage).
+    """
+
+    change_ml: float
+    change_percent: float | None = None
+    prior: PriorMeasurement | None = None
 
 
 # -- shared parts ------------------------------------------------------------------------------
@@ -687,6 +713,7 @@ def _prior_group(
     finding_site: Code | None,
     status: str | None = None,
     interval_days: float | None = None,
+    in_ml: bool = False,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     """A finding as the prior measured it: its centre in the prior's frame, size, time point.
 
@@ -694,7 +721,9 @@ def _prior_group(
     reader links the two time points; a resolved finding also says so.
     """
     measurements = [
-        hd.sr.Measurement(name=codes.SCT.Volume, value=round(prior.volume_mm3, 1), unit=MM3)
+        hd.sr.Measurement(name=codes.SCT.Volume, value=round(prior.volume_mm3 / 1000.0, 3), unit=ML)
+        if in_ml
+        else hd.sr.Measurement(name=codes.SCT.Volume, value=round(prior.volume_mm3, 1), unit=MM3)
     ]
     if prior.long_axis_mm is not None:
         measurements.insert(
@@ -727,24 +756,26 @@ def _prior_group(
 
 
 def _assessment(comparison: Comparison) -> hd.sr.ContainerContentItem:
-    """TID 1500's Qualitative Evaluations: the Lung-RADS suggestion and the comparison sentence."""
+    """TID 1500's Qualitative Evaluations: the category suggestion and the comparison sentence."""
     container = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
     items: list[Any] = []
+    text = comparison.text
     if comparison.category is not None:
+        rano = comparison.scale == "rano"
         items.append(
             hd.sr.CodeContentItem(
-                name=LUNG_RADS,
-                value=lung_rads_category(comparison.category),
+                name=RANO_RESPONSE if rano else LUNG_RADS,
+                value=(rano_category if rano else lung_rads_category)(comparison.category),
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
-    text = comparison.text
-    if comparison.category is not None:
+        named = "RANO 2.0 volumetric" if rano else "Lung-RADS v2022"
         text += (
-            f" Lung-RADS v2022 {comparison.category} ({comparison.category_rule}): a suggestion "
-            "for the radiologist from automatic measurements, not a diagnosis."
+            f" {named} {comparison.category} ({comparison.category_rule}): a suggestion "
+            "for the radiologist from automatic measurements, not a "
+            + ("response assessment." if rano else "diagnosis.")
         )
     items.append(
         hd.sr.TextContentItem(
@@ -829,8 +860,9 @@ def write_measurement_report(
                 prior_frame,
                 time_point=prior_point,
                 algorithm=identification,
-                finding_type=empty_finding,
-                finding_site=codes.SCT.Lung if empty_finding == codes.SCT.Nodule else None,
+                finding_type=gone.finding_type or empty_finding,
+                finding_site=gone.finding_site
+                or (codes.SCT.Lung if empty_finding == codes.SCT.Nodule else None),
                 status="resolved",
                 interval_days=comparison.interval_days,
             )
@@ -974,24 +1006,31 @@ def _volume_groups(
     segmentation: Dataset | None,
     algorithm: hd.sr.AlgorithmIdentification,
     uid_key: str,
+    time_point: hd.sr.TimePointContext | None = None,
 ) -> list[Group]:
     if finding.outline is None:
         raise ValueError(f"{finding.label}: a finding needs its outline on its key slice")
-    # Segment findings share the SEG segment's tracking UID (seg.py's default), so viewers link them.
+    # Segment findings share the SEG segment's tracking UID (seg.py's default), so viewers link
+    # them; a follow-up carries the prior's, which the SEG segment carries too.
     number = finding.label if finding.segment_number is None else finding.segment_number
     common: dict[str, Any] = {
-        "tracking_identifier": _tracking(finding_uid(uid_key, number), finding.label),
+        "tracking_identifier": _tracking(
+            finding.tracking_uid or finding_uid(uid_key, number), finding.label
+        ),
         "finding_type": finding.finding_type,
         "algorithm_id": algorithm,
         "finding_sites": _sites(finding.finding_site),
     }
+    if time_point is not None:
+        common["time_point_context"] = time_point
     groups: list[Group] = [
         hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             referenced_region=_region(
                 source_images[finding.key_slice], "POLYLINE", finding.outline
             ),
             measurements=[
-                _volume(round(finding.volume_ml, 3), ML, segmentation, finding.segment_number)
+                _volume(round(finding.volume_ml, 3), ML, segmentation, finding.segment_number),
+                *_volume_change_measurements(finding.change),
             ],
             **common,
         )
@@ -1010,6 +1049,22 @@ def _volume_groups(
     return groups
 
 
+def _volume_change_measurements(change: VolumeChange | None) -> list[hd.sr.Measurement]:
+    """Change since the prior in mL, then in % (none for a region the prior did not have)."""
+    if change is None:
+        return []
+    measurements = [
+        hd.sr.Measurement(name=VOLUME_CHANGE_ML, value=round(change.change_ml, 3), unit=ML)
+    ]
+    if change.change_percent is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=VOLUME_CHANGE, value=round(change.change_percent, 1), unit=PERCENT
+            )
+        )
+    return measurements
+
+
 def write_volume_report(
     source_images: Sequence[Dataset],
     findings: Sequence[SegmentVolumeFinding],
@@ -1020,19 +1075,67 @@ def write_volume_report(
     uid_key: str,
     procedure: Code = codes.LN.MRIHeadReport,
     empty_finding: Code = codes.SCT.Neoplasm,
+    comparison: Comparison | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """TID 1500 report with the volume (mL) of each segment and of composites.
 
     Each finding is a TID 1410 group of its outline on the key slice whose
     volume references its SEG segment (composites: none), and a TID 1410 group
     with its centre. No finding is an explicit ``empty_finding: Absent`` report.
+
+    A *comparison* makes it a follow-up report, as :func:`write_measurement_report`'s:
+    each finding's groups carry the current time point and its change (mL and
+    %), a region the prior had has a group of the prior's volume and centre at
+    the prior time point under the same Tracking Identifier and UID, regions
+    gone since have only that group, and the report states the comparison (or
+    why it is a baseline) and the response suggestion, and cites the prior.
     """
     identification = algorithm.sr_identification()
-    groups: list[Any] = [
-        group
-        for finding in findings
-        for group in _volume_groups(finding, source_images, segmentation, identification, uid_key)
-    ]
+    prior_point = current_point = None
+    prior_frame = ""
+    if comparison is not None and comparison.compared:
+        prior_point, current_point = time_points(comparison)
+        prior_frame = str(comparison.prior_images[0].FrameOfReferenceUID)
+    groups: list[Any] = []
+    prior_groups: list[Any] = []
+    for finding in findings:
+        groups += _volume_groups(
+            finding, source_images, segmentation, identification, uid_key, current_point
+        )
+        before = finding.change.prior if finding.change is not None else None
+        if prior_point is not None and before is not None:
+            number = finding.label if finding.segment_number is None else finding.segment_number
+            prior_groups.append(
+                _prior_group(
+                    finding.label,
+                    finding.tracking_uid or finding_uid(uid_key, number),
+                    before,
+                    prior_frame,
+                    time_point=prior_point,
+                    algorithm=identification,
+                    finding_type=finding.finding_type,
+                    finding_site=finding.finding_site,
+                    interval_days=comparison.interval_days if comparison else None,
+                    in_ml=True,
+                )
+            )
+    if prior_point is not None and comparison is not None:
+        prior_groups += [
+            _prior_group(
+                gone.label,
+                gone.tracking_uid,
+                gone.prior,
+                prior_frame,
+                time_point=prior_point,
+                algorithm=identification,
+                finding_type=gone.finding_type or empty_finding,
+                finding_site=gone.finding_site,
+                status="resolved",
+                interval_days=comparison.interval_days,
+                in_ml=True,
+            )
+            for gone in comparison.resolved
+        ]
     return _segment_report(
         source_images,
         groups,
@@ -1042,4 +1145,6 @@ def write_volume_report(
         uid_key=uid_key,
         procedure=procedure,
         empty_finding=empty_finding,
+        comparison=comparison,
+        prior_groups=prior_groups,
     )

@@ -60,7 +60,10 @@ from dicomnode.synthetic.mr import (
     LABEL_OEDEMA,
     Geometry,
     HeadPhantom,
+    MRStudyTruth,
     Tumour,
+    default_geometries,
+    write_mr_study,
 )
 
 BASELINE_DATE = datetime(2025, 1, 6, 9, 30, 0)
@@ -660,3 +663,39 @@ def head_pair(
         )
         scans.append(HeadScan(image, geometry.affine, labels, placed, info, _true_volumes(placed)))
     return HeadPair(seed, interval, scans[0], scans[1], motion, scenario)
+
+
+def write_head_scan(scan: HeadScan, directory: str | os.PathLike[str], seed: int) -> MRStudyTruth:
+    """One study of a head pair as a four-series MR study (T1, T1c, T2, FLAIR) under *directory*.
+
+    The series are :func:`dicomnode.synthetic.mr.default_geometries` centred on
+    the head where this study placed it (a technologist centres the field of
+    view on the head), in the study's own Frame of Reference, with its
+    patient, accession number and date. *seed* draws the noise.
+    """
+    centre = apply(scan.phantom.anatomy_to_lps, scan.phantom.center_mm)[0]
+    return write_mr_study(
+        directory,
+        seed,
+        phantom=scan.phantom,
+        geometries=default_geometries(centre),
+        study_instance_uid=scan.study.study_instance_uid,
+        patient_id=scan.study.patient_id,
+        patient_name=scan.study.patient_name,
+        accession_number=scan.study.accession_number,
+        study_datetime=scan.study.study_datetime,
+    )
+
+
+def write_head_pair(pair: HeadPair, directory: str | os.PathLike[str]) -> dict[str, MRStudyTruth]:
+    """Both studies of *pair*, four series each, under ``<directory>/baseline`` and ``/followup``.
+
+    The pair's T1c arrays are on its own (coarser) evaluation grid; these are
+    the studies a scanner would send, each series simulated afresh from the
+    same placed phantoms. Truth volumes: ``pair.<scan>.true_volumes_ml``.
+    """
+    root = Path(directory)
+    return {
+        "baseline": write_head_scan(pair.baseline, root / "baseline", pair.seed * 2 + 1),
+        "followup": write_head_scan(pair.followup, root / "followup", pair.seed * 2 + 2),
+    }

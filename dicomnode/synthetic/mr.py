@@ -382,7 +382,7 @@ def _mr_dataset(
         accession_number=common["accession"],
         series_number=series_number,
         series_description=common.get(f"description-{role}", acquisition.description),
-        when=datetime(2026, 1, 1, 12, 0, 0),
+        when=datetime.fromisoformat(common.get("when", "2026-01-01T12:00:00")),
     )
     ds.StudyDescription = "MR head (synthetic, not patient data)"
     ds.SOPInstanceUID = generate_uid(entropy_srcs=[common[f"series-{role}"], str(index)])
@@ -437,6 +437,9 @@ def mr_study_datasets(
     frames_of_reference: Mapping[str, str] | None = None,
     geometries: Mapping[str, Geometry] | None = None,
     phantom_options: Mapping[str, Any] | None = None,
+    phantom: HeadPhantom | None = None,
+    accession_number: str | None = None,
+    study_datetime: datetime | None = None,
 ) -> tuple[dict[str, list[Dataset]], HeadPhantom, dict[str, Geometry], dict[str, str]]:
     """The datasets of a four-series head MR study, plus the phantom and grids they came from.
 
@@ -444,9 +447,13 @@ def mr_study_datasets(
     series) or leave one out; *descriptions* overrides Series Descriptions by role;
     *frames_of_reference* gives a role its own Frame of Reference UID;
     *geometries* replaces :func:`default_geometries` (e.g. BraTS-sized grids);
-    *phantom_options* go to :meth:`HeadPhantom.random` (tumour size, core, oedema).
+    *phantom_options* go to :meth:`HeadPhantom.random` (tumour size, core, oedema);
+    a *phantom* replaces that random one (e.g. one study of a follow-up pair).
+    *accession_number* (default ``MR<seed>``) and *study_datetime* (default
+    2026-01-01 12:00) identify the study in time.
     """
-    phantom = HeadPhantom.random(seed, tumour=tumour, **dict(phantom_options or {}))
+    if phantom is None:
+        phantom = HeadPhantom.random(seed, tumour=tumour, **dict(phantom_options or {}))
     grids = dict(geometries or default_geometries(phantom.center_mm))
     study = study_instance_uid or generate_uid(entropy_srcs=["mr-study", str(seed)])
     common = {
@@ -454,7 +461,8 @@ def mr_study_datasets(
         "frame": generate_uid(entropy_srcs=[study, "frame"]),
         "patient_id": patient_id,
         "patient_name": patient_name,
-        "accession": f"MR{seed:06d}",
+        "accession": accession_number or f"MR{seed:06d}",
+        "when": (study_datetime or datetime(2026, 1, 1, 12, 0, 0)).isoformat(),
     }
     rng = np.random.default_rng(seed + 1)
     out: dict[str, list[Dataset]] = {}

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import Field, field_validator
 
-from dicomnode.config import ModelOptions
+from dicomnode.config import ModelOptions, PriorsOptions
 from dicomnode.pipelines.base import JobContext, PipelineError, SeriesInput
 from dicomnode.pipelines.brain_tumor.findings import (
     LABEL_NAMES,
@@ -17,6 +17,7 @@ from dicomnode.pipelines.brain_tumor.findings import (
     labels_from_probabilities,
     probabilities_on_grid,
 )
+from dicomnode.pipelines.brain_tumor.followup import BrainFollowUp, baseline, compare_with_prior
 from dicomnode.pipelines.brain_tumor.preprocessing import (
     MULTIPLE,
     NORMALISATIONS,
@@ -103,6 +104,10 @@ class BrainTumorOptions(ModelOptions):
     trim_core_rim: bool = Field(
         True, description="the necrosis layer outside the enhancing rim becomes oedema"
     )
+    priors: PriorsOptions = Field(
+        default_factory=PriorsOptions,
+        description="comparison with the patient's prior MR (docs/followup.md)",
+    )
 
     @field_validator("series_patterns")
     @classmethod
@@ -136,11 +141,16 @@ class BrainTumorOptions(ModelOptions):
 class BrainTumorPipeline(
     ModelPipeline[dict[str, SeriesInput], dict[str, Volume], Prepared, np.ndarray, Findings]
 ):
-    """SegResNet brain tumour segmentation: SEG (3 segments) and volumes SR on the T1c series."""
+    """SegResNet brain tumour segmentation: SEG (3 segments) and volumes SR on the T1c series.
+
+    With a prior MR of the patient (``wants_priors``) the SR states each
+    compartment's change and a volumetric RANO 2.0 suggestion (:mod:`.followup`).
+    """
 
     options_model: ClassVar[type[ModelOptions]] = BrainTumorOptions
     options: BrainTumorOptions
     default_bundle = "brain_tumor_mri"
+    wants_priors: ClassVar[bool] = True
 
     def load_model(self) -> None:
         self.network: torch.nn.Module = self.bundle.load_network(self.runtime.device)
@@ -271,7 +281,28 @@ class BrainTumorPipeline(
         )
         return Findings(labels, volumes)
 
+    def compare(
+        self,
+        selected: dict[str, SeriesInput],
+        findings: Findings,
+        loaded: dict[str, Volume],
+        context: JobContext,
+    ) -> BrainFollowUp:
+        return compare_with_prior(self, selected, findings, loaded, context)
+
+    def baseline(self, findings: Findings, reason: str, context: JobContext) -> BrainFollowUp:
+        return baseline(reason)
+
     def write(
         self, findings: Findings, loaded: dict[str, Volume], context: JobContext
     ) -> list[Dataset]:
-        return write_results(loaded["T1c"], findings, self.results(context))
+        return self.write_compared(findings, loaded, context, None)
+
+    def write_compared(
+        self,
+        findings: Findings,
+        loaded: dict[str, Volume],
+        context: JobContext,
+        comparison: BrainFollowUp | None,
+    ) -> list[Dataset]:
+        return write_results(loaded["T1c"], findings, self.results(context), comparison)

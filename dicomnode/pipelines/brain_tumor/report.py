@@ -22,6 +22,12 @@ from dicomnode.pipelines.brain_tumor.findings import (
     OEDEMA,
     Findings,
 )
+from dicomnode.pipelines.brain_tumor.followup import (
+    WHOLE_TUMOUR,
+    BrainFollowUp,
+    compartment_change,
+    report_comparison,
+)
 from dicomnode.pipelines.volume import Volume
 
 if TYPE_CHECKING:
@@ -37,10 +43,19 @@ def _finding_types() -> dict[int, Any]:
     return {ENHANCING: codes.SCT.Neoplasm, NECROSIS: codes.SCT.Necrosis, OEDEMA: codes.SCT.Edema}
 
 
-def write_results(t1c: Volume, findings: Findings, writer: ResultWriter) -> list[Dataset]:
+def write_results(
+    t1c: Volume,
+    findings: Findings,
+    writer: ResultWriter,
+    follow_up: BrainFollowUp | None = None,
+) -> list[Dataset]:
     """SEG and GSPS (present labels only), then the volume SR, on the T1c source slices.
 
-    Segment numbers follow the present labels and the SR references the same numbers.
+    Segment numbers follow the present labels and the SR references the same
+    numbers. With a *follow_up* (the ``priors`` stage) a compartment the prior
+    had keeps the prior's Tracking UID in the SEG, the GSPS and the SR, and the
+    SR states each compartment's change, the prior's volumes, the comparison
+    (or why it is a baseline) and the volumetric RANO suggestion.
     """
     from pydicom.sr.codedict import codes
 
@@ -60,7 +75,7 @@ def write_results(t1c: Volume, findings: Findings, writer: ResultWriter) -> list
     drawn: dict[int, dict[int, list[np.ndarray]]] = {}
     if present:
         labels = _renumbered(findings.labels, present)
-        segments = _segments(present)
+        segments = _segments(present, follow_up)
         seg = writer.segmentation(source, labels, segments)
         outputs.append(seg)
         drawn = segment_outlines(labels)
@@ -76,13 +91,14 @@ def write_results(t1c: Volume, findings: Findings, writer: ResultWriter) -> list
     outputs.append(
         write_volume_report(
             source,
-            _volume_findings(findings, present, drawn, t1c),
+            _volume_findings(findings, present, drawn, t1c, follow_up),
             segmentation=seg,
             algorithm=writer.algorithm,
             series=writer.series("sr"),
             uid_key=writer.uid_key,
             procedure=codes.LN.MRIHeadReport,
             empty_finding=codes.SCT.Neoplasm,
+            comparison=report_comparison(follow_up) if follow_up is not None else None,
         )
     )
     return outputs
@@ -97,7 +113,13 @@ def _renumbered(labels: np.ndarray, present: Sequence[int]) -> np.ndarray:
     return renumbered
 
 
-def _segments(present: Sequence[int]) -> list[Any]:
+def _carried_uid(follow_up: BrainFollowUp | None, label: str) -> str | None:
+    """The prior's Tracking UID of compartment *label* (None: this report's own)."""
+    tracked = follow_up.of(label) if follow_up is not None else None
+    return tracked.tracking_uid if tracked is not None else None
+
+
+def _segments(present: Sequence[int], follow_up: BrainFollowUp | None = None) -> list[Any]:
     from pydicom.sr.codedict import codes
 
     from dicomnode.results import SegmentSpec
@@ -110,6 +132,7 @@ def _segments(present: Sequence[int]) -> list[Any]:
             types[label],
             tracking_id=LABEL_NAMES[label],
             anatomic_region=codes.SCT.Brain,
+            tracking_uid=_carried_uid(follow_up, LABEL_NAMES[label]),
         )
         for label in present
     ]
@@ -127,6 +150,7 @@ def _volume_findings(
     present: Sequence[int],
     drawn: dict[int, dict[int, list[np.ndarray]]],
     t1c: Volume,
+    follow_up: BrainFollowUp | None = None,
 ) -> list[SegmentVolumeFinding]:
     """A finding per present compartment, then the whole tumour (when there is one)."""
     from pydicom.sr.codedict import codes
@@ -149,6 +173,8 @@ def _volume_findings(
                 finding_site=codes.SCT.Brain,
                 outline=outline,
                 center_mm=centre,
+                tracking_uid=_carried_uid(follow_up, LABEL_NAMES[label]),
+                change=_change(follow_up, LABEL_NAMES[label]),
             )
         )
     if present:
@@ -157,7 +183,7 @@ def _volume_findings(
         key_slice, outline = key_outline({key_slice: outlines(whole[key_slice])}, key_slice)
         volume_findings.append(
             SegmentVolumeFinding(
-                label="Whole tumour",
+                label=WHOLE_TUMOUR,
                 finding_type=codes.SCT.Neoplasm,
                 volume_ml=findings.whole_tumour_ml,
                 segment_number=None,
@@ -165,6 +191,12 @@ def _volume_findings(
                 finding_site=codes.SCT.Brain,
                 outline=outline,
                 center_mm=centre,
+                tracking_uid=_carried_uid(follow_up, WHOLE_TUMOUR),
+                change=_change(follow_up, WHOLE_TUMOUR),
             )
         )
     return volume_findings
+
+
+def _change(follow_up: BrainFollowUp | None, label: str) -> Any:
+    return compartment_change(follow_up.of(label)) if follow_up is not None else None

@@ -168,30 +168,6 @@ def report_lesions(path: Path) -> list[Lesion]:
     return lesions
 
 
-def _prior_context(context: JobContext, prior: PriorStudy) -> JobContext:
-    """A context for running the pipeline's stages on *prior*: its lines go to the job's timeline."""
-    sink = context.event_sink
-
-    def forward(stage: str, message: str, seconds: float | None, level: str) -> None:
-        if sink is not None:
-            took = f" ({seconds:.2f} s)" if seconds is not None else ""
-            sink(
-                "priors", f"prior {stage}{took}" + (f": {message}" if message else ""), None, level
-            )
-
-    work = context.work_dir / "prior"
-    work.mkdir(parents=True, exist_ok=True)
-    return JobContext(
-        job_id=context.job_id,
-        study_instance_uid=prior.study_instance_uid,
-        series=list(prior.series),
-        work_dir=work,
-        event_sink=forward,
-        cancelled=context.cancelled,
-        model=context.model,
-    )
-
-
 def _prior_lesions(
     pipeline: LungNodulePipeline, prior: PriorStudy, context: JobContext
 ) -> tuple[list[Lesion], Volume, str]:
@@ -199,7 +175,7 @@ def _prior_lesions(
     from dicomnode.followup.tracking import lesion_from_detection
     from dicomnode.results import finding_uid
 
-    prior_context = _prior_context(context, prior)
+    prior_context = context.for_prior(prior)
     for report in prior.results:
         try:
             lesions = report_lesions(report)
@@ -223,34 +199,6 @@ def _prior_lesions(
     return lesions, volume, "nodules found by running the model on it"
 
 
-def registration_grid(volume: Volume, grid_mm: Sequence[float] = REGISTRATION_GRID_MM) -> Volume:
-    """*volume* block-averaged to at most the resolution of *grid_mm* (itself when it is as coarse).
-
-    Each axis is averaged over ``floor(grid / spacing)`` voxels (a whole number,
-    so the new voxels tile the old ones exactly; the last incomplete block is
-    dropped); the affine moves each voxel centre to its block's centre.
-    """
-    import numpy as np
-
-    strides = np.array(
-        [max(1, int(g // s)) for g, s in zip(grid_mm, volume.spacing, strict=True)], dtype=int
-    )
-    if (strides == 1).all():
-        return volume
-    kept = np.array(volume.shape) // strides
-    sk, sj, si = (int(v) for v in strides)
-    nk, nj, ni = (int(v) for v in kept)
-    array = (
-        volume.array[: nk * sk, : nj * sj, : ni * si]
-        .reshape(nk, sk, nj, sj, ni, si)
-        .mean(axis=(1, 3, 5), dtype=np.float32)
-    )
-    affine = np.array(volume.affine, dtype=float)
-    affine[:3, 3] = affine[:3, 3] + affine[:3, :3] @ ((strides - 1) / 2.0)
-    affine[:3, :3] = affine[:3, :3] * strides[None, :]
-    return Volume(array, affine, frame_of_reference_uid=volume.frame_of_reference_uid)
-
-
 def _counts(nodules: Sequence[TrackedNodule]) -> str:
     order = ("new", "growing", "stable", "shrinking", "resolved")
     counts = {s: sum(1 for n in nodules if n.status == s) for s in order}
@@ -265,7 +213,7 @@ def compare_with_prior(
     context: JobContext,
 ) -> LungFollowUp:
     """The ``priors`` stage (module docstring); a baseline with its reason when there is no comparison."""
-    from dicomnode.followup.registration import register
+    from dicomnode.followup.registration import coarsened, register
 
     uid_key = pipeline.results(context).uid_key
     options = pipeline.options.priors
@@ -284,7 +232,9 @@ def compare_with_prior(
     context.check_cancelled()
     started = time.perf_counter()
     registration = register(
-        registration_grid(prior_volume), registration_grid(volume), anatomy="lung"
+        coarsened(prior_volume, REGISTRATION_GRID_MM),
+        coarsened(volume, REGISTRATION_GRID_MM),
+        anatomy="lung",
     )
     context.log(
         f"registration prior → current ({time.perf_counter() - started:.1f} s): {registration.reason}",
