@@ -232,6 +232,21 @@ def test_priors_stage_tracks_the_nodules_of_the_prior_the_node_holds(
     # The SEG's segments carry the same Tracking UIDs as the SR's nodules.
     seg = hd.seg.segread(next(r.path for r in results if r.sop_class_uid.endswith(".66.4")))
     assert {str(item.TrackingUID) for item in seg.SegmentSequence} <= set(report["nodules"])
+    # Besides the job's key image, one prior/current image per new or growing nodule.
+    key_images = [r.path for r in results if r.sop_class_uid == SC_CLASS]
+    compared = {n["label"] for n in report["nodules"].values() if n["status"] in ("new", "growing")}
+    assert len(key_images) == 1 + len(compared), (key_images, compared)
+    prior_uids = {
+        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths["baseline"]
+    }
+    described = set()
+    for path in key_images:
+        sc = pydicom.dcmread(path, stop_before_pixels=True)
+        if len(sc.SourceImageSequence) == 2:  # prior left, current right
+            assert dciodvfy(path) == [], dciodvfy(path)
+            assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID in prior_uids
+            described.add(str(sc.DerivationDescription).split(",")[0])
+    assert described == compared
     print(f"follow-up run with the prior's inference: {seconds:.1f} s")
 
 
