@@ -440,7 +440,7 @@ def test_follow_up_key_images_show_each_new_and_growing_nodule_beside_its_prior(
     pair: ChestPair, pair_volumes: tuple[Volume, Volume], tmp_path: Path
 ) -> None:
     from dicomnode.pipelines.lung_nodule.followup import baseline
-    from dicomnode.pipelines.lung_nodule.keyimages import mask_centre
+    from dicomnode.pipelines.lung_nodule.keyimages import mask_centre, prior_slice
     from dicomnode.pipelines.lung_nodule.report import write_results
     from dicomnode.pipelines.model import ResultWriter
     from dicomnode.results import AlgorithmInfo
@@ -496,6 +496,9 @@ def test_follow_up_key_images_show_each_new_and_growing_nodule_beside_its_prior(
             assert before > 160, (nodule, before)
         else:
             assert before < 120, (nodule, before)
+    # A position beyond the prior's slices has no prior slice (and so no side-by-side image).
+    below = prior.index_to_lps(np.array([-1.0, 0.0, 0.0]))[0]
+    assert prior_slice(prior, below, current, (0.0, 0.0)) is None
     # A re-run resends the same instances: each keyed on its nodule's Tracking UID.
     again = key_images(write_results(found, current, writer, key_images=True, follow_up=follow_up))
     uids = [str(sc.SOPInstanceUID) for sc in first]
