@@ -24,7 +24,9 @@ import pytest
 from dicomnode.config import PipelineConfig, Settings
 from dicomnode.pipelines import JobContext, SeriesInput
 from dicomnode.pipelines.lung_nodule import LungNodulePipeline
-from dicomnode.pipelines.lung_nodule.followup import time_point_of
+from dicomnode.pipelines.lung_nodule.findings import Detection
+from dicomnode.pipelines.lung_nodule.followup import LungFollowUp, time_point_of
+from dicomnode.pipelines.volume import Volume
 from dicomnode.results.codes import (
     CHANGE_CODES,
     DESCRIPTION_OF_CHANGE,
@@ -39,6 +41,7 @@ from tests.test_priors import node_priors, push_and_settle
 
 SEED = 3000007  # a held-out evaluation seed (docs/followup.md): two growing, stable, resolved, new
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 STATUS_OF = {code.value: status for status, code in CHANGE_CODES.items()}
 
 
@@ -229,6 +232,21 @@ def test_priors_stage_tracks_the_nodules_of_the_prior_the_node_holds(
     # The SEG's segments carry the same Tracking UIDs as the SR's nodules.
     seg = hd.seg.segread(next(r.path for r in results if r.sop_class_uid.endswith(".66.4")))
     assert {str(item.TrackingUID) for item in seg.SegmentSequence} <= set(report["nodules"])
+    # Besides the job's key image, one prior/current image per new or growing nodule.
+    key_images = [r.path for r in results if r.sop_class_uid == SC_CLASS]
+    compared = {n["label"] for n in report["nodules"].values() if n["status"] in ("new", "growing")}
+    assert len(key_images) == 1 + len(compared), (key_images, compared)
+    prior_uids = {
+        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths["baseline"]
+    }
+    described = set()
+    for path in key_images:
+        sc = pydicom.dcmread(path, stop_before_pixels=True)
+        if len(sc.SourceImageSequence) == 2:  # prior left, current right
+            assert dciodvfy(path) == [], dciodvfy(path)
+            assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID in prior_uids
+            described.add(str(sc.DerivationDescription).split(",")[0])
+    assert described == compared
     print(f"follow-up run with the prior's inference: {seconds:.1f} s")
 
 
@@ -359,3 +377,138 @@ def test_priors_options_are_checked_like_every_pipeline_option() -> None:
         LungNodulePipeline.validate_options("lung_nodule", {"priors": {"max_years": 0}})
     with pytest.raises(OptionsError, match="unknown key"):
         LungNodulePipeline.validate_options("lung_nodule", {"priors": {"same_accession": True}})
+
+
+# -- side-by-side key images of new and growing nodules ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pair_volumes(
+    pair: ChestPair, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Volume, Volume]:
+    """The pair written as CT files and loaded back: (prior, current)."""
+    from dicomnode.pipelines.volume import load_series
+
+    paths = write_chest_pair(pair, tmp_path_factory.mktemp("pair"))
+    return load_series(paths["baseline"]), load_series(paths["followup"])
+
+
+def truth_follow_up(
+    pair: ChestPair, prior: Volume, current: Volume, uid_key: str
+) -> tuple[list[Detection], LungFollowUp]:
+    """The current nodules and a follow-up as the ``priors`` stage makes it, from the truth.
+
+    The truth's masks stand for the detector's and its motion for the
+    registration, so the statuses are the tracking's on exact data and the
+    test needs no inference (the run above has the real parts).
+    """
+    from dicomnode.followup.registration import Registration
+    from dicomnode.followup.tracking import lesion_from_detection, track
+    from dicomnode.pipelines.lung_nodule.findings import detections_from_labels
+    from dicomnode.pipelines.lung_nodule.followup import current_lesions, read_only
+    from dicomnode.results import finding_uid
+
+    before = detections_from_labels(prior, pair.baseline.labels)
+    found = detections_from_labels(current, pair.followup.labels)
+    lesions = [
+        lesion_from_detection(d, f"Nodule {n}", finding_uid("prior", n))
+        for n, d in enumerate(before, start=1)
+    ]
+    matrix = pair.true_prior_to_current
+    nodules = track(lesions, current_lesions(found, uid_key), matrix, pair.interval_days)
+    return found, LungFollowUp(
+        summary="Compared with the truth",
+        nodules=tuple(nodules),
+        category=None,
+        compared=True,
+        prior_study_instance_uid=pair.baseline.study.study_instance_uid,
+        prior_date=pair.baseline.study.study_datetime.date(),
+        current_date=pair.followup.study.study_datetime.date(),
+        interval_days=float(pair.interval_days),
+        prior_images=tuple(prior.slices()),
+        registration=Registration(matrix, 1.0, 1.0, False, "the true motion", "lung"),
+        prior_volume=read_only(prior),
+    )
+
+
+def grey_at(image: np.ndarray, row: float, column: float) -> float:
+    """The grey of the RGB *image*'s pixel nearest (row, column) (a circle's centre is not drawn)."""
+    return float(image[int(round(row)), int(round(column))].mean())
+
+
+def test_follow_up_key_images_show_each_new_and_growing_nodule_beside_its_prior(
+    pair: ChestPair, pair_volumes: tuple[Volume, Volume], tmp_path: Path
+) -> None:
+    from dicomnode.pipelines.lung_nodule.followup import baseline
+    from dicomnode.pipelines.lung_nodule.keyimages import mask_centre, prior_slice
+    from dicomnode.pipelines.lung_nodule.report import write_results
+    from dicomnode.pipelines.model import ResultWriter
+    from dicomnode.results import AlgorithmInfo
+    from dicomnode.results.sc import DIVIDER_COLUMNS
+
+    prior, current = pair_volumes
+    options = LungNodulePipeline.validate_options("lung_nodule", {})
+    writer = ResultWriter(AlgorithmInfo("lung test", "1"), options, "lung_nodule", "study/1/test")
+    found, follow_up = truth_follow_up(pair, prior, current, writer.uid_key)
+    tracked = follow_up.nodules[: len(found)]
+    shown = [(f, n) for f, n in zip(found, tracked, strict=True) if n.status in ("new", "growing")]
+    statuses = [n.status for n in tracked]
+    assert {"new", "growing", "stable"} <= set(statuses), statuses
+
+    def key_images(outputs: list[Any]) -> list[Any]:
+        return [o for o in outputs if o.SOPClassUID == SC_CLASS]
+
+    first = key_images(write_results(found, current, writer, key_images=True, follow_up=follow_up))
+    # The job's key image, then one per new or growing nodule: none for stable or shrinking.
+    assert len(first) == 1 + len(shown)
+    key, *side_by_side = first
+    prior_uids = {str(s.SOPInstanceUID) for s in prior.source}
+    rows, columns = current.shape[1:]
+    for n, (sc, (detection, nodule)) in enumerate(zip(side_by_side, shown, strict=True)):
+        path = tmp_path / f"sc{n}.dcm"
+        sc.save_as(path, enforce_file_format=True)
+        assert dciodvfy(path) == [], dciodvfy(path)
+        back = pydicom.dcmread(path)
+        assert (back.Rows, back.Columns) == (rows, 2 * columns + DIVIDER_COLUMNS)
+        assert back.SeriesInstanceUID == key.SeriesInstanceUID  # the job's "sc" series
+        assert back.StudyInstanceUID == pair.followup.study.study_instance_uid
+        assert back.PatientID == pair.followup.study.patient_id
+        left, right = (str(s.ReferencedSOPInstanceUID) for s in back.SourceImageSequence)
+        assert left in prior_uids
+        assert (
+            right
+            == current.source[
+                round(current.lps_to_index(detection.center_lps)[0, 0])
+            ].SOPInstanceUID
+        )
+        assert back.DerivationDescription.startswith(
+            f"{nodule.tracking_id}, {nodule.status}: prior {follow_up.prior_date} left, "
+            f"current {follow_up.current_date} right"
+        )
+        # The nodule is where it is circled: bright (soft tissue in the lung window) on
+        # the current half; on the prior half too when it was there, lung (dark) when new.
+        pixels = back.pixel_array
+        row, column = mask_centre(detection)
+        now = grey_at(pixels, row, columns + DIVIDER_COLUMNS + column)
+        before = grey_at(pixels, row, column)
+        assert now > 160, (nodule, now)
+        if nodule.status == "growing":
+            assert before > 160, (nodule, before)
+        else:
+            assert before < 120, (nodule, before)
+    # A position beyond the prior's slices has no prior slice (and so no side-by-side image).
+    below = prior.index_to_lps(np.array([-1.0, 0.0, 0.0]))[0]
+    assert prior_slice(prior, below, current, (0.0, 0.0)) is None
+    # A re-run resends the same instances: each keyed on its nodule's Tracking UID.
+    again = key_images(write_results(found, current, writer, key_images=True, follow_up=follow_up))
+    uids = [str(sc.SOPInstanceUID) for sc in first]
+    assert [str(sc.SOPInstanceUID) for sc in again] == uids and len(set(uids)) == len(uids)
+    # A baseline has only the key image; without key images, none at all.
+    plain = baseline(found, writer.uid_key, "no prior")
+    assert (
+        len(key_images(write_results(found, current, writer, key_images=True, follow_up=plain)))
+        == 1
+    )
+    assert not key_images(
+        write_results(found, current, writer, key_images=False, follow_up=follow_up)
+    )

@@ -232,3 +232,76 @@ def test_key_image_and_classification_report(source: list[pydicom.Dataset], tmp_
         finding_type=codes.SCT.Nodule,
     )
     save(sr, tmp_path / "grade.dcm")
+
+
+def test_comparison_image_puts_a_prior_frame_beside_the_current_slice(
+    source: list[pydicom.Dataset], tmp_path: Path
+) -> None:
+    from dicomnode.results import ComparisonPanel, write_comparison_image
+    from dicomnode.results.frames import source_frames
+    from dicomnode.results.sc import DIVIDER_COLUMNS, DIVIDER_GREY
+    from dicomnode.synthetic.multiframe import enhanced
+
+    # The prior as an enhanced multi-frame instance: its frame is named with its number.
+    prior = source_frames(enhanced(source[10:16]))[3]
+    current = source[13]
+    hu = current.pixel_array * float(current.RescaleSlope) + float(current.RescaleIntercept)
+    mark = KeyImageMark(row=40, column=30, radius=5)
+    halves = (
+        ComparisonPanel(prior, hu, (mark,), "PRIOR 2025-01-06"),
+        ComparisonPanel(current, hu, (), "CURRENT 2026-01-06"),
+    )
+    sc = write_comparison_image(
+        *halves,
+        description="Nodule 1, growing: prior 2025-01-06 left, current 2026-01-06 right",
+        algorithm=ALGORITHM,
+        series=SeriesSpec(903, "AI key images"),
+        uid_key="job-1",
+        uid_role="sc-comparison-1",
+        instance_number=2,
+    )
+    back = pydicom.dcmread(save(sc, tmp_path / "comparison.dcm"))
+    columns = int(current.Columns)
+    assert (back.Rows, back.Columns) == (current.Rows, 2 * columns + DIVIDER_COLUMNS)
+    assert back.StudyInstanceUID == current.StudyInstanceUID
+    assert [float(v) for v in back.PixelSpacing] == [float(v) for v in current.PixelSpacing]
+    first, second = back.SourceImageSequence
+    assert first.ReferencedSOPInstanceUID == prior.SOPInstanceUID
+    assert first.ReferencedFrameNumber == 4
+    assert second.ReferencedSOPInstanceUID == current.SOPInstanceUID
+    assert "ReferencedFrameNumber" not in second
+    assert back.DerivationDescription.startswith("Nodule 1, growing: prior")
+    pixels = back.pixel_array
+    assert (pixels[:, columns : columns + DIVIDER_COLUMNS] == DIVIDER_GREY).all()
+    # The circle on the prior half only; one window, so the same HU is the same grey.
+    assert tuple(pixels[40, 25]) == mark.colour
+    assert tuple(pixels[40, columns + DIVIDER_COLUMNS + 25]) != mark.colour
+    assert (pixels[60:, :columns] == pixels[60:, columns + DIVIDER_COLUMNS :]).all()
+    # Each label burnt in white on black at its half's top left.
+    for left in (0, columns + DIVIDER_COLUMNS):
+        corner = pixels[:9, left : left + 40]
+        assert (corner == 255).all(axis=2).any() and (corner == 0).all(axis=2).any()
+    # A re-run gives the same instance; halves of two sizes are refused.
+    assert (
+        write_comparison_image(
+            *halves,
+            description="d",
+            algorithm=ALGORITHM,
+            series=SeriesSpec(903, "AI key images"),
+            uid_key="job-1",
+            uid_role="sc-comparison-1",
+            instance_number=2,
+        ).SOPInstanceUID
+        == back.SOPInstanceUID
+    )
+    with pytest.raises(ValueError, match="differ in size"):
+        write_comparison_image(
+            halves[0],
+            ComparisonPanel(current, hu[:-1], ()),
+            description="d",
+            algorithm=ALGORITHM,
+            series=SeriesSpec(903, "AI key images"),
+            uid_key="job-1",
+            uid_role="sc-comparison-1",
+            instance_number=2,
+        )

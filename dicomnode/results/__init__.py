@@ -14,7 +14,13 @@ same SOP Instance UIDs and a PACS never sees duplicates.
 
 from dicomnode.results.common import AlgorithmInfo, SeriesSpec, finding_uid, result_uid
 from dicomnode.results.pr import Annotation, segment_annotations, write_presentation_state
-from dicomnode.results.sc import KeyImageMark, write_key_image, write_overlay_image
+from dicomnode.results.sc import (
+    ComparisonPanel,
+    KeyImageMark,
+    write_comparison_image,
+    write_key_image,
+    write_overlay_image,
+)
 from dicomnode.results.seg import SegmentSpec, write_segmentation
 from dicomnode.results.sr import (
     ClassificationFinding,
@@ -35,6 +41,7 @@ __all__ = [
     "Annotation",
     "ClassificationFinding",
     "Comparison",
+    "ComparisonPanel",
     "KeyImageMark",
     "NoduleChange",
     "NoduleFinding",
@@ -48,6 +55,7 @@ __all__ = [
     "result_uid",
     "segment_annotations",
     "write_classification_report",
+    "write_comparison_image",
     "write_key_image",
     "write_measurement_report",
     "write_overlay_image",

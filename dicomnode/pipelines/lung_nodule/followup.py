@@ -66,6 +66,11 @@ class LungFollowUp:
         False: a baseline (no prior, or none usable).
     prior_images
         The prior's slices (their headers go to the SR's evidence).
+    registration
+        The mapping prior LPS → current LPS the nodules were matched with.
+    prior_volume
+        The prior's voxels (read-only), for the side-by-side key images
+        (:mod:`~dicomnode.pipelines.lung_nodule.keyimages`).
     """
 
     summary: str
@@ -78,6 +83,7 @@ class LungFollowUp:
     interval_days: float | None = None
     prior_images: tuple[Any, ...] = field(default=())
     registration: Registration | None = None
+    prior_volume: Volume | None = field(default=None, repr=False, compare=False)
 
 
 def current_lesions(detections: Sequence[Detection], uid_key: str) -> list[Lesion]:
@@ -199,6 +205,13 @@ def _prior_lesions(
     return lesions, volume, "nodules found by running the model on it"
 
 
+def read_only(volume: Volume) -> Volume:
+    """*volume* on a read-only view of its voxels: a follow-up is a record, not a workspace."""
+    view = volume.array.view()
+    view.flags.writeable = False
+    return volume.with_array(view)
+
+
 def _counts(nodules: Sequence[TrackedNodule]) -> str:
     order = ("new", "growing", "stable", "shrinking", "resolved")
     counts = {s: sum(1 for n in nodules if n.status == s) for s in order}
@@ -266,6 +279,7 @@ def compare_with_prior(
         interval_days=interval,
         prior_images=tuple(prior_volume.slices()),
         registration=registration,
+        prior_volume=read_only(prior_volume),
     )
 
 

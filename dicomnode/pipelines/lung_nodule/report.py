@@ -1,4 +1,8 @@
-"""The lung results: SEG (a segment per nodule), TID 1500 SR, GSPS outlines and a key image.
+"""The lung results: SEG (a segment per nodule), TID 1500 SR, GSPS outlines and key images.
+
+The key images: the top nodule's slice, every nodule on it circled; in a
+follow-up, also the prior and the current slice side by side for each new or
+growing nodule (:mod:`~dicomnode.pipelines.lung_nodule.keyimages`).
 
 Nodule n is "Nodule n" everywhere: its SEG segment label and tracking
 identifier, its SR groups' tracking identifier, its GSPS graphics; one
@@ -15,6 +19,7 @@ import numpy as np
 
 from dicomnode.pipelines.lung_nodule.findings import Detection
 from dicomnode.pipelines.lung_nodule.followup import LungFollowUp, nodule_change, report_comparison
+from dicomnode.pipelines.lung_nodule.keyimages import circle, comparison_images, mask_centre
 from dicomnode.pipelines.volume import Volume
 
 if TYPE_CHECKING:
@@ -34,7 +39,7 @@ def write_results(
     calibration: ScoreCalibration | None = None,
     follow_up: LungFollowUp | None = None,
 ) -> list[Dataset]:
-    """SEG, GSPS and key image (when there are nodules and they are asked for), then the SR.
+    """SEG, GSPS and key images (when there are nodules and they are asked for), then the SR.
 
     No nodule is a valid result: an SR saying "Nodule: Absent". With a
     *calibration* each nodule's score becomes the probability that it is one,
@@ -95,6 +100,10 @@ def write_results(
         outputs.append(gsps)
     if findings and key_images:
         outputs.append(_key_image(findings, nodules, source, writer))
+        if follow_up is not None:
+            outputs.extend(
+                comparison_images(findings, nodules, tracked, volume, source, follow_up, writer)
+            )
     outputs.append(
         write_measurement_report(
             source,
@@ -171,21 +180,15 @@ def _key_image(
     writer: ResultWriter,
 ) -> Dataset:
     """A Secondary Capture of the top nodule's slice, every nodule on it circled."""
-    from pydicom.sr.codedict import codes
-
-    from dicomnode.results import KeyImageMark, write_key_image
-    from dicomnode.results.palette import colour_of
+    from dicomnode.results import write_key_image
 
     key_slice = nodules[0].key_slice
-    marks = []
-    for found, nodule in zip(findings, nodules, strict=True):
-        if nodule.key_slice != key_slice:
-            continue
-        offset = np.array([s.start for s in found.box_index])
-        _, row, column = np.argwhere(found.mask).mean(axis=0) + offset
-        pixel = float(source[key_slice].PixelSpacing[1])
-        radius = found.long_axis_mm / pixel / 2 + 3
-        marks.append(KeyImageMark(float(row), float(column), radius, colour_of(codes.SCT.Nodule)))
+    pixel = float(source[key_slice].PixelSpacing[1])
+    marks = [
+        circle(mask_centre(found), found.long_axis_mm, pixel)
+        for found, nodule in zip(findings, nodules, strict=True)
+        if nodule.key_slice == key_slice
+    ]
     return write_key_image(
         source[key_slice],
         marks,
