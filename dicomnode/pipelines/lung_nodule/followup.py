@@ -226,29 +226,11 @@ def _prior_lesions(
 def registration_grid(volume: Volume, grid_mm: Sequence[float] = REGISTRATION_GRID_MM) -> Volume:
     """*volume* block-averaged to at most the resolution of *grid_mm* (itself when it is as coarse).
 
-    Each axis is averaged over ``floor(grid / spacing)`` voxels (a whole number,
-    so the new voxels tile the old ones exactly; the last incomplete block is
-    dropped); the affine moves each voxel centre to its block's centre.
+    See :func:`dicomnode.followup.registration.block_average`.
     """
-    import numpy as np
+    from dicomnode.followup.registration import block_average
 
-    strides = np.array(
-        [max(1, int(g // s)) for g, s in zip(grid_mm, volume.spacing, strict=True)], dtype=int
-    )
-    if (strides == 1).all():
-        return volume
-    kept = np.array(volume.shape) // strides
-    sk, sj, si = (int(v) for v in strides)
-    nk, nj, ni = (int(v) for v in kept)
-    array = (
-        volume.array[: nk * sk, : nj * sj, : ni * si]
-        .reshape(nk, sk, nj, sj, ni, si)
-        .mean(axis=(1, 3, 5), dtype=np.float32)
-    )
-    affine = np.array(volume.affine, dtype=float)
-    affine[:3, 3] = affine[:3, 3] + affine[:3, :3] @ ((strides - 1) / 2.0)
-    affine[:3, :3] = affine[:3, :3] * strides[None, :]
-    return Volume(array, affine, frame_of_reference_uid=volume.frame_of_reference_uid)
+    return block_average(volume, grid_mm)
 
 
 def _counts(nodules: Sequence[TrackedNodule]) -> str:
