@@ -271,3 +271,26 @@ def test_poor_registration_is_reported(pair):
         Volume(turned, pair.baseline.affine), current, anatomy="lung", initialise=False
     )
     assert result.poor and result.reason.startswith("Poor registration")
+
+
+def test_brain_check_in_the_common_field_of_view():
+    from dicomnode.followup.registration import _mapped_mask, assess, brain_mask, dice
+
+    # A 27 mm shift along the table on a 90 mm slab: the head is cut at one end in one
+    # study and elsewhere in the other; only the common field of view can be compared.
+    pair = head_pair(32, max_shift_mm=30.0, extent_mm=(160.0, 160.0, 90.0), pixel_spacing=2.0)
+    prior = Volume(pair.baseline.array, pair.baseline.affine)
+    current = Volume(pair.followup.array, pair.followup.affine)
+    # The cut is real: over the whole grid, the true motion's masks overlap under the 0.90 floor.
+    truly = _mapped_mask(brain_mask(prior), prior, current, np.linalg.inv(pair.motion))
+    assert dice(truly, brain_mask(current)) < 0.90
+    result = register(prior, current, anatomy="brain")
+    assert not result.poor and result.dice > 0.95, result.reason
+    assert result.scales == pytest.approx((1.0, 1.0, 1.0), abs=1e-6)  # the brain is rigid
+    assert not assess(prior, current, pair.motion, "brain").poor
+    wrong = pair.motion.copy()
+    wrong[2, 3] += 8.0  # 8 mm off along the table
+    bad = assess(prior, current, wrong, "brain")
+    assert bad.poor and "Dice" in bad.reason, bad.reason
+    shrunk = pair.motion @ np.diag([0.92, 0.92, 0.92, 1.0])  # what the affine stage gave
+    assert assess(prior, current, shrunk, "brain").poor

@@ -335,7 +335,7 @@ def test_a_prior_that_cannot_be_used_gives_a_baseline_that_says_why(
     assert stage[1] == "warning"
 
 
-def test_registration_grid_block_averages_thin_slices_and_fine_pixels() -> None:
+def test_coarsened_block_averages_thin_slices_and_fine_pixels() -> None:
     from dicomnode.followup.registration import coarsened
     from dicomnode.pipelines.lung_nodule.followup import REGISTRATION_GRID_MM
     from dicomnode.pipelines.volume import Volume

@@ -618,7 +618,7 @@ def head_pair(
     *,
     scenario: str | None = None,
     extent_mm: Sequence[float] = (160.0, 160.0, 120.0),
-    pixel_spacing: float = 2.0,
+    pixel_spacing: float = 1.0,
     slice_spacing: float = 2.0,
     interval_days: int | None = None,
     max_shift_mm: float = 20.0,
@@ -631,6 +631,11 @@ def head_pair(
     and the necrotic core change independently (x0.7-1.3, x0.85-1.15). The
     truth volumes come from a 0.75 mm grid of the analytic phantom, the label
     maps from the scan's own grid (what a perfect segmentation would give).
+
+    The default grid is 1 mm in-plane with 2 mm slices: clinical post-contrast
+    T1 is acquired at about 1 mm in-plane (and the brain pipeline resamples
+    to 1 mm); on a 2 mm in-plane grid the label maps of a necrotic core of
+    under 1 mL missed its true change by up to 13 percentage points.
     """
     rng = np.random.default_rng(seed)
     if scenario is None:
