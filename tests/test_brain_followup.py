@@ -58,7 +58,11 @@ def brain_followup_report(path: Path) -> dict[str, Any]:
     sr = hd.sr.srread(path)
     content: Any = sr.content
     found: dict[str, dict[str, Any]] = {}
-    for group in content.get_planar_roi_measurement_groups():
+    groups = [
+        *content.get_planar_roi_measurement_groups(),
+        *content.get_volumetric_roi_measurement_groups(),
+    ]
+    for group in groups:
         label = str(group.tracking_identifier)
         item = found.setdefault(label, {"uids": set(), "time_points": set()})
         item["uids"].add(str(group.tracking_uid))

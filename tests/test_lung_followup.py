@@ -53,7 +53,7 @@ def followup_report(path: Path) -> dict[str, Any]:
 
     ``nodules``: per Tracking UID, its ``label``, ``status``, ``vdt`` (days),
     ``volume_change`` (%), ``center`` (current LPS, from the ellipsoid),
-    ``prior_center`` (prior LPS), ``time_points`` (the groups' TID 1502 Time
+    ``prior_center`` (prior LPS, from the prior group's ellipsoid), ``time_points`` (the groups' TID 1502 Time
     Points); ``category`` the Lung-RADS code value; ``text`` the comparison or
     baseline sentence; ``other_studies`` the studies of the Pertinent Other Evidence.
     """
@@ -78,12 +78,13 @@ def followup_report(path: Path) -> dict[str, Any]:
             measured = group.get_measurements(name=concept)
             if measured:
                 item[key] = float(measured[0].value)
-        if time_point_of(group) == "prior" and isinstance(group.roi, hd.sr.ImageRegion3D):
-            item["prior_center"] = np.asarray(group.roi.value, dtype=float)[0]
     for group in content.get_volumetric_roi_measurement_groups():
         item = entry(group)
         if isinstance(group.roi, hd.sr.VolumeSurface):
-            item["center"] = np.asarray(group.roi[0].value, dtype=float).mean(axis=0)
+            centre = np.asarray(group.roi[0].value, dtype=float).mean(axis=0)
+            item["prior_center" if time_point_of(group) == "prior" else "center"] = centre
+        for evaluation in group.get_qualitative_evaluations(name=DESCRIPTION_OF_CHANGE):
+            item["status"] = STATUS_OF[evaluation.value.value]
     category = text = None
     for item in content[0].ContentSequence:
         if item.ConceptNameCodeSequence[0].CodeValue != "C0034375":

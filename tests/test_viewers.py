@@ -32,7 +32,7 @@ import pytest
 
 from dicomnode.testing.peers import Orthanc, dciodvfy, dciodvfy_warnings
 from dicomnode.testing.viewer import Browser, ViewerServer, cornerstone_parse, missing_viewer
-from tests.runs import run_pipeline
+from tests.runs import FilesPriors, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +50,8 @@ class Study:
     pipeline: str
     sources: list[Path]
     results: list[Path] = field(default_factory=list)
+    # A follow-up: the prior study's files (in Orthanc too; the pipeline compares with it).
+    prior: list[Path] = field(default_factory=list)
 
     @property
     def uid(self) -> str:
@@ -102,6 +104,27 @@ def _studies(root: Path) -> list[Study]:
         # tests/test_enhanced.py's chest phantom as one Enhanced CT instance: results
         # reference its frames.
         Study("enhanced-ct", "lung_nodule", [_enhanced_ct(root / "enhanced-ct")]),
+        *_follow_ups(root),
+    ]
+
+
+def _follow_ups(root: Path) -> list[Study]:
+    """tests/test_lung_followup.py's and test_brain_followup.py's pairs: follow-up SRs."""
+    from dicomnode.synthetic.followup import (
+        chest_pair,
+        head_pair,
+        write_chest_pair,
+        write_head_pair,
+    )
+
+    chest = write_chest_pair(chest_pair(3000007), root / "followup-ct")
+    head = write_head_pair(head_pair(3100003, scenario="progression"), root / "followup-mr")
+    files = {
+        name: sorted(p for ps in study.series.values() for p in ps) for name, study in head.items()
+    }
+    return [
+        Study("followup-ct", "lung_nodule", chest["followup"], prior=chest["baseline"]),
+        Study("followup-mr", "brain_tumor", files["followup"], prior=files["baseline"]),
     ]
 
 
@@ -131,12 +154,12 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     root = tmp_path_factory.mktemp("viewers")
     studies = _studies(root / "studies")
     for job_id, study in enumerate(studies, start=1):
-        study.results = run_pipeline(
-            study.pipeline, study.sources, root / "work" / study.name, job_id
-        )
+        work = root / "work" / study.name
+        priors = FilesPriors(study.prior, study.sources, work) if study.prior else None
+        study.results = run_pipeline(study.pipeline, study.sources, work, job_id, priors)
     with Orthanc(root / "orthanc", dicomweb=True) as orthanc:
         for study in studies:
-            for path in [*study.sources, *study.results]:
+            for path in [*study.prior, *study.sources, *study.results]:
                 orthanc.upload(path)
         with ViewerServer(orthanc.url) as viewer, Browser(root / "chromium", ARTIFACTS) as browser:
             # The onboarding tour would cover the viewport: mark it seen.
@@ -179,6 +202,28 @@ def sr_findings(path: Path) -> dict[str, str]:
             elif item.ValueType == "SCOORD3D" and uid not in drawn:
                 drawn[uid] = ""
     return drawn
+
+
+def prior_findings(path: Path) -> list[str]:
+    """Tracking UIDs whose every group is at a follow-up's "prior" time point (resolved findings)."""
+    sr = pydicom.dcmread(path)
+    container = next(
+        i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010"
+    )
+    points: dict[str, set[str]] = {}
+    for group in container.ContentSequence:
+        items = group.ContentSequence
+        uid = next(str(i.UID) for i in items if i.ValueType == "UIDREF")
+        point = next(
+            (
+                str(i.TextValue)
+                for i in items
+                if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "C2348792"
+            ),
+            "",
+        )
+        points.setdefault(uid, set()).add(point)
+    return [uid for uid, seen in points.items() if seen == {"prior"}]
 
 
 # -- driving OHIF -------------------------------------------------------------------------------
@@ -264,6 +309,8 @@ STUDY_NAMES = [
     "e2e-op",
     "empty-ct",
     "enhanced-ct",
+    "followup-ct",
+    "followup-mr",
 ]
 
 
@@ -316,16 +363,22 @@ def _check_seg(session: Session, study: Study, seg: Path) -> None:
 
 def _check_sr(session: Session, study: Study, sr: Path) -> None:
     browser = session.browser
-    drawn = sr_findings(sr)
+    everything = sr_findings(sr)
+    # A follow-up's resolved findings are only in the prior's Frame of Reference: OHIF lists
+    # them but cannot load them onto the current study's images.
+    prior_only = {uid for uid in everything if uid in set(prior_findings(sr))}
+    drawn = {uid: image for uid, image in everything.items() if uid not in prior_only}
     _load(session, "SR")
     measurements = browser.wait_for(
         lambda: browser.script(
             "const d = window.services.displaySetService.getActiveDisplaySets()"
-            ".find(x => x.Modality === 'SR');"
-            " return d && d.isLoaded && d.measurements && d.measurements.every(m => m.loaded) &&"
-            " {rehydratable: d.isRehydratable, items: d.measurements.map(m =>"
+            ".find(x => x.Modality === 'SR'); const skip = new Set(arguments[0]);"
+            " return d && d.isLoaded && d.measurements && d.measurements.every(m => m.loaded"
+            " || skip.has(m.TrackingUniqueIdentifier)) && {rehydratable: d.isRehydratable,"
+            " items: d.measurements.filter(m => m.loaded).map(m =>"
             " [m.TrackingUniqueIdentifier, m.TrackingIdentifier, m.ReferencedSOPInstanceUID || '',"
-            " m.labels.map(l => l.label + ': ' + l.value)])};"
+            " m.labels.map(l => l.label + ': ' + l.value)])};",
+            sorted(prior_only),
         ),
         60,
         f"{study.name}'s SR measurements drawn on their images",
@@ -402,7 +455,10 @@ def test_cornerstone_adapters_read_every_seg_and_sr(session: Session) -> None:
             # own tracking identifiers: one per nodule (its key-slice centre; in 3D it is an
             # ellipsoid, no point) and per region (its 3D centre).
             expected_points = {"lung_nodule": 1, "brain_tumor": 1, "fundus_dr": 0}[study.pipeline]
-            findings = len(sr_findings(path)) if study.name != "empty-ct" else 0
+            # Findings drawn on a current image (a follow-up's resolved ones are in the
+            # prior's frame only: no point, no tool).
+            drawn = [image for image in sr_findings(path).values() if image]
+            findings = len(drawn) if study.name != "empty-ct" else 0
             assert len(points) == expected_points * findings, (study.name, result["tools"])
             if study.pipeline == "lung_nodule":
                 # Each on the source image (frame) it is drawn on, resolved by the adapters

@@ -671,41 +671,54 @@ def _change_evaluations(change: NoduleChange | None) -> list[hd.sr.QualitativeEv
 def time_points(
     comparison: Comparison,
 ) -> tuple[hd.sr.TimePointContext, hd.sr.TimePointContext]:
-    """TID 1502 contexts of the prior (order 1, the comparison's baseline) and current study.
+    """TID 1502 contexts of the prior (the comparison's baseline) and the current study.
 
-    Each names its study's date; the current one is offset from the prior by the
-    interval (days), so a reader has the interval without a calculation.
+    Each names its time point ("prior", "current") and its study's date (Subject
+    Time Point Identifier); the prior's Time Point Type is DCM "Baseline". The
+    two numeric items of TID 1502 (Time Point Order, Longitudinal Temporal
+    Offset from Event; both optional) are left out on purpose: the
+    Cornerstone3D adapters, and OHIF through them, take a group's first NUM
+    item for its measurement and then find no coordinates under it, and drop
+    every group that carries them. The interval is stated instead as the
+    prior groups' SNOMED CT "Interval" (days), and the dates order the points.
     """
-    baseline = codes.DCM.Baseline
     prior = hd.sr.TimePointContext(
         time_point="prior",
-        time_point_type=baseline,
-        time_point_order=1,
+        time_point_type=codes.DCM.Baseline,
         subject_time_point_identifier=comparison.prior_date.isoformat()
         if comparison.prior_date
         else None,
-        temporal_offset_from_event=hd.sr.LongitudinalTemporalOffsetFromEvent(
-            value=0.0, unit=DAY, event_type=baseline
-        ),
     )
     current = hd.sr.TimePointContext(
         time_point="current",
-        time_point_order=2,
         subject_time_point_identifier=comparison.current_date.isoformat()
         if comparison.current_date
         else None,
-        temporal_offset_from_event=hd.sr.LongitudinalTemporalOffsetFromEvent(
-            value=float(comparison.interval_days or 0.0), unit=DAY, event_type=baseline
-        ),
     )
     return prior, current
+
+
+def prior_sphere(prior: PriorMeasurement) -> np.ndarray:
+    """``(6, 3)`` axis end points of the sphere a prior finding is drawn as, in the prior's LPS.
+
+    Its diameter is the prior long axis when known, else that of the sphere of
+    the prior volume; the prior's voxels are not at hand (only its measurements).
+    """
+    if prior.long_axis_mm:
+        radius = prior.long_axis_mm / 2.0
+    else:
+        radius = float(np.cbrt(3.0 * max(prior.volume_mm3, 0.0) / (4.0 * np.pi)))
+    radius = max(radius, 0.5)
+    return np.asarray(prior.center_mm, dtype=float) + np.repeat(np.eye(3), 2, axis=0) * np.tile(
+        [[-radius], [radius]], (3, 1)
+    )
 
 
 def _prior_group(
     label: str,
     tracking_uid: str,
     prior: PriorMeasurement,
-    frame_of_reference_uid: str,
+    prior_images: Sequence[Dataset],
     *,
     time_point: hd.sr.TimePointContext,
     algorithm: hd.sr.AlgorithmIdentification,
@@ -714,11 +727,16 @@ def _prior_group(
     status: str | None = None,
     interval_days: float | None = None,
     in_ml: bool = False,
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """A finding as the prior measured it: its centre in the prior's frame, size, time point.
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """A finding as the prior measured it: its size and extent in the prior's frame, its time point.
 
-    The same Tracking Identifier and UID as the current finding, so a TID 1500
-    reader links the two time points; a resolved finding also says so.
+    A TID 1411 group (a volume is a 3D measurement): the prior finding as the
+    SCOORD3D ellipsoid of :func:`prior_sphere` in the prior's Frame of
+    Reference, its long axis and volume, the interval, under the same Tracking
+    Identifier and UID as the current finding, so a TID 1500 reader links the
+    two time points; a resolved finding also says so. Not a point: viewers
+    draw a point group on the study they show (here the current one), and the
+    Cornerstone3D adapters cannot read a point group that holds measurements.
     """
     measurements = [
         hd.sr.Measurement(name=codes.SCT.Volume, value=round(prior.volume_mm3 / 1000.0, 3), unit=ML)
@@ -739,12 +757,14 @@ def _prior_group(
         evaluations = [
             hd.sr.QualitativeEvaluation(name=DESCRIPTION_OF_CHANGE, value=CHANGE_CODES[status])
         ]
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+    image = prior_images[0]
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(tracking_uid, label),
-        referenced_region=hd.sr.ImageRegion3D(
-            graphic_type=hd.sr.GraphicTypeValues3D.POINT,
-            graphic_data=np.array([prior.center_mm], dtype=float),
-            frame_of_reference_uid=frame_of_reference_uid,
+        referenced_volume_surface=hd.sr.VolumeSurface(
+            graphic_type=hd.sr.GraphicTypeValues3D.ELLIPSOID,
+            graphic_data=prior_sphere(prior),
+            frame_of_reference_uid=image.FrameOfReferenceUID,
+            source_series=hd.sr.SourceSeriesForSegmentation(image.SeriesInstanceUID),
         ),
         time_point_context=time_point,
         finding_type=finding_type,
@@ -819,10 +839,10 @@ def write_measurement_report(
     groups: list[Any] = []
     prior_groups: list[Any] = []
     prior_point = current_point = None
-    prior_frame = ""
+    prior_images: Sequence[Dataset] = ()
     if comparison is not None and comparison.compared:
         prior_point, current_point = time_points(comparison)
-        prior_frame = str(comparison.prior_images[0].FrameOfReferenceUID)
+        prior_images = comparison.prior_images
     for index, finding in enumerate(findings, start=1):
         groups.extend(
             _finding_groups(
@@ -843,7 +863,7 @@ def write_measurement_report(
                     finding.label or f"{finding.finding_type.meaning} {index}",
                     finding.tracking_uid or finding_uid(uid_key, index),
                     change.prior,
-                    prior_frame,
+                    prior_images,
                     time_point=prior_point,
                     algorithm=identification,
                     finding_type=finding.finding_type,
@@ -857,7 +877,7 @@ def write_measurement_report(
                 gone.label,
                 gone.tracking_uid,
                 gone.prior,
-                prior_frame,
+                prior_images,
                 time_point=prior_point,
                 algorithm=identification,
                 finding_type=gone.finding_type or empty_finding,
@@ -1092,10 +1112,10 @@ def write_volume_report(
     """
     identification = algorithm.sr_identification()
     prior_point = current_point = None
-    prior_frame = ""
+    prior_images: Sequence[Dataset] = ()
     if comparison is not None and comparison.compared:
         prior_point, current_point = time_points(comparison)
-        prior_frame = str(comparison.prior_images[0].FrameOfReferenceUID)
+        prior_images = comparison.prior_images
     groups: list[Any] = []
     prior_groups: list[Any] = []
     for finding in findings:
@@ -1110,7 +1130,7 @@ def write_volume_report(
                     finding.label,
                     finding.tracking_uid or finding_uid(uid_key, number),
                     before,
-                    prior_frame,
+                    prior_images,
                     time_point=prior_point,
                     algorithm=identification,
                     finding_type=finding.finding_type,
@@ -1125,7 +1145,7 @@ def write_volume_report(
                 gone.label,
                 gone.tracking_uid,
                 gone.prior,
-                prior_frame,
+                prior_images,
                 time_point=prior_point,
                 algorithm=identification,
                 finding_type=gone.finding_type or empty_finding,
