@@ -459,10 +459,34 @@ def test_follow_up_key_images_show_each_new_and_growing_nodule_beside_its_prior(
     def key_images(outputs: list[Any]) -> list[Any]:
         return [o for o in outputs if o.SOPClassUID == SC_CLASS]
 
-    first = key_images(write_results(found, current, writer, key_images=True, follow_up=follow_up))
+    outputs = write_results(found, current, writer, key_images=True, follow_up=follow_up)
+    first = key_images(outputs)
     # The job's key image, then one per new or growing nodule: none for stable or shrinking.
     assert len(first) == 1 + len(shown)
     key, *side_by_side = first
+    # The SR's group of each such nodule names its image as "Illustration of ROI" (DCM
+    # 121200), and the images are in the SR's evidence.
+    sr = next(o for o in outputs if o.SOPClassUID == SR_CLASS)
+    sr_path = tmp_path / "sr.dcm"
+    sr.save_as(sr_path, enforce_file_format=True)
+    assert dciodvfy(sr_path) == [], dciodvfy(sr_path)
+    illustrated = {
+        (str(g.tracking_uid), str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+        for g in hd.sr.srread(sr_path).content.get_planar_roi_measurement_groups()
+        for item in g[0].ContentSequence
+        if item.ValueType == "IMAGE" and item.ConceptNameCodeSequence[0].CodeValue == "121200"
+    }
+    assert illustrated == {
+        (n.tracking_uid, str(sc.SOPInstanceUID))
+        for sc, (_, n) in zip(side_by_side, shown, strict=True)
+    }
+    evidence = {
+        str(i.ReferencedSOPInstanceUID)
+        for e in sr.CurrentRequestedProcedureEvidenceSequence
+        for s in e.ReferencedSeriesSequence
+        for i in s.ReferencedSOPSequence
+    }
+    assert {str(sc.SOPInstanceUID) for sc in side_by_side} <= evidence
     prior_uids = {str(s.SOPInstanceUID) for s in prior.source}
     rows, columns = current.shape[1:]
     for n, (sc, (detection, nodule)) in enumerate(zip(side_by_side, shown, strict=True)):

@@ -118,6 +118,8 @@ class NoduleFinding:
     tracking_uid: str | None = None
     # Its change since the prior (follow-up reports only).
     change: NoduleChange | None = None
+    # Result images of it (e.g. prior and current side by side), as "Illustration of ROI".
+    illustrations: tuple[Dataset, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -541,10 +543,12 @@ def _segment_report(
     empty_finding: Code,
     comparison: Comparison | None = None,
     prior_groups: Sequence[Any] = (),
+    illustrations: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """The tail of the nodule and volume reports: "nothing found" when empty, the SEG as evidence.
 
     An empty report has every source image in its evidence: "absent" is about all of them.
+    *illustrations* (result images the groups reference) join the evidence, as the SEG does.
     """
     examined: list[int] = []
     if not groups:
@@ -558,7 +562,7 @@ def _segment_report(
         algorithm=algorithm,
         series=series,
         uid_key=uid_key,
-        derived=[segmentation] if segmentation is not None else [],
+        derived=[*([segmentation] if segmentation is not None else []), *illustrations],
         examined=examined,
         comparison=comparison,
     )
@@ -636,7 +640,22 @@ def _finding_groups(
         qualitative_evaluations=_change_evaluations(finding.change),
         **common,
     )
+    _illustrate(outlined, finding.illustrations)
     return [centre, planar, outlined, in_3d]
+
+
+def _illustrate(group: Group, pictures: Sequence[Dataset]) -> None:
+    """Reference result images of a finding from its group, as TID 1410's "Illustration of ROI"."""
+    for picture in pictures:
+        # DCM 121200; highdicom's group classes do not take it: appended to the group.
+        group[0].ContentSequence.append(
+            hd.sr.ImageContentItem(
+                name=codes.DCM.IllustrationOfROI,
+                referenced_sop_class_uid=picture.SOPClassUID,
+                referenced_sop_instance_uid=picture.SOPInstanceUID,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
 
 
 # -- follow-up: the change of each finding, the prior's measurements, the assessment ----------
@@ -899,6 +918,7 @@ def write_measurement_report(
         empty_finding=empty_finding,
         comparison=comparison,
         prior_groups=prior_groups,
+        illustrations=[p for f in findings for p in f.illustrations],
     )
 
 
@@ -962,16 +982,7 @@ def _classification_group(
         measurements=measurements or None,
         qualitative_evaluations=evaluations,
     )
-    for picture in result.illustrations:
-        # TID 1410 names a picture of the finding "Illustration of ROI" (DCM 121200).
-        group[0].ContentSequence.append(
-            hd.sr.ImageContentItem(
-                name=codes.DCM.IllustrationOfROI,
-                referenced_sop_class_uid=picture.SOPClassUID,
-                referenced_sop_instance_uid=picture.SOPInstanceUID,
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
-        )
+    _illustrate(group, result.illustrations)
     return group
 
 

@@ -117,16 +117,17 @@ def comparison_images(
     source: Sequence[Dataset],
     follow_up: LungFollowUp,
     writer: ResultWriter,
-) -> list[Dataset]:
+) -> dict[str, Dataset]:
     """One side-by-side image per new or growing nodule (module docstring); none for a baseline.
 
     *findings*, *nodules* and *tracked* are the current nodules in one order
-    (detection order); *source* is *volume*'s slices.
+    (detection order); *source* is *volume*'s slices. Returns the images by
+    the nodule's Tracking UID (the SR references each from its nodule).
     """
     prior, registration = follow_up.prior_volume, follow_up.registration
     if not follow_up.compared or prior is None or registration is None:
-        return []
-    images: list[Dataset] = []
+        return {}
+    images: dict[str, Dataset] = {}
     for found, nodule, track in zip(findings, nodules, tracked, strict=True):
         if track.status not in COMPARED_STATUSES:
             continue
@@ -135,7 +136,9 @@ def comparison_images(
         if sliced is None:
             continue
         panels = _panels(found, nodule, track, sliced, source[nodule.key_slice], volume, follow_up)
-        images.append(_write(panels, track, follow_up, writer, instance_number=len(images) + 2))
+        images[track.tracking_uid] = _write(
+            panels, track, follow_up, writer, instance_number=len(images) + 2
+        )
     return images
 
 

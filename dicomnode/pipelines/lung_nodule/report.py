@@ -101,9 +101,17 @@ def write_results(
     if findings and key_images:
         outputs.append(_key_image(findings, nodules, source, writer))
         if follow_up is not None:
-            outputs.extend(
-                comparison_images(findings, nodules, tracked, volume, source, follow_up, writer)
+            beside = comparison_images(
+                findings, nodules, tracked, volume, source, follow_up, writer
             )
+            outputs.extend(beside.values())
+            # Each new or growing nodule's SR group names its prior/current image.
+            nodules = [
+                replace(n, illustrations=(beside[n.tracking_uid],))
+                if n.tracking_uid in beside
+                else n
+                for n in nodules
+            ]
     outputs.append(
         write_measurement_report(
             source,
