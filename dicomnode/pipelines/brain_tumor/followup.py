@@ -37,7 +37,6 @@ the SR both state.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -283,39 +282,23 @@ def compare_with_prior(
 ) -> BrainFollowUp:
     """The ``priors`` stage (module docstring); a baseline with its reason when there is no comparison."""
     from dicomnode.followup.rano import volumetric_response
-    from dicomnode.followup.registration import coarsened, register
+    from dicomnode.followup.stage import NoComparison, newest_prior, registered
 
-    options = pipeline.options.priors
-    if not options.enabled:
-        return baseline("comparison with priors is off (priors.enabled = false)")
-    if context.priors is None:
-        return baseline("no prior could be looked for (no priors service)")
-    found = context.priors.fetch(selected["T1c"], options)
-    if not found.priors or found.current_date is None:
-        return baseline(found.reason, found.current_date)
-    prior = found.priors[0]
+    chosen = newest_prior(context, selected["T1c"], pipeline.options.priors)
+    if isinstance(chosen, NoComparison):
+        return baseline(chosen.reason, chosen.current_date)
+    prior = chosen.prior
     context.check_cancelled()
     prior_compartments, prior_t1c, where = _prior_compartments(pipeline, prior, context)
     context.check_cancelled()
-    started = time.perf_counter()
     t1c = loaded["T1c"]
-    registration = register(
-        coarsened(prior_t1c, REGISTRATION_GRID_MM),
-        coarsened(t1c, REGISTRATION_GRID_MM),
-        anatomy="brain",
+    registration = registered(
+        prior_t1c, t1c, anatomy="brain", grid_mm=REGISTRATION_GRID_MM, context=context
     )
-    context.log(
-        f"registration prior → current ({time.perf_counter() - started:.1f} s): {registration.reason}",
-        stage="priors",
-        level="warning" if registration.poor else "info",
-    )
-    named = f"prior study {prior.study_instance_uid} of {prior.study_date.isoformat()}"
     if registration.poor:
-        return baseline(
-            f"{named} could not be compared: {registration.reason.rstrip('.')}",
-            found.current_date,
-        )
-    interval = float((found.current_date - prior.study_date).days)
+        poor = chosen.not_compared(registration)
+        return baseline(poor.reason, poor.current_date)
+    interval = chosen.interval_days
     compartments = track_compartments(prior_compartments, current_volumes(findings))
     enhancing = compartments[0].change
     response = volumetric_response(enhancing.prior_ml, enhancing.current_ml)
@@ -328,7 +311,7 @@ def compare_with_prior(
         )
     return BrainFollowUp(
         summary=(
-            f"Compared with {named} ({prior.origin}; {where}), {interval:.0f} days earlier: "
+            f"Compared with {chosen.name} ({prior.origin}; {where}), {interval:.0f} days earlier: "
             f"{_describe(compartments)}. Response against this prior (RANO compares "
             f"response with the baseline and progression with the nadir).{doubt} "
             f"{registration.reason}"
@@ -338,7 +321,7 @@ def compare_with_prior(
         compared=True,
         prior_study_instance_uid=prior.study_instance_uid,
         prior_date=prior.study_date,
-        current_date=found.current_date,
+        current_date=chosen.current_date,
         interval_days=interval,
         prior_images=tuple(prior_t1c.slices()),
         registration=registration,

@@ -25,7 +25,6 @@ poor registration give a :class:`LungFollowUp` that is a baseline, whose
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -226,56 +225,36 @@ def compare_with_prior(
     context: JobContext,
 ) -> LungFollowUp:
     """The ``priors`` stage (module docstring); a baseline with its reason when there is no comparison."""
-    from dicomnode.followup.registration import coarsened, register
+    from dicomnode.followup.stage import NoComparison, newest_prior, registered
 
     uid_key = pipeline.results(context).uid_key
-    options = pipeline.options.priors
-    if not options.enabled:
-        return baseline(
-            detections, uid_key, "comparison with priors is off (priors.enabled = false)"
-        )
-    if context.priors is None:
-        return baseline(detections, uid_key, "no prior could be looked for (no priors service)")
-    found = context.priors.fetch(selected, options)
-    if not found.priors or found.current_date is None:
-        return baseline(detections, uid_key, found.reason, found.current_date)
-    prior = found.priors[0]
+    chosen = newest_prior(context, selected, pipeline.options.priors)
+    if isinstance(chosen, NoComparison):
+        return baseline(detections, uid_key, chosen.reason, chosen.current_date)
+    prior = chosen.prior
     context.check_cancelled()
     lesions, prior_volume, where = _prior_lesions(pipeline, prior, context)
     context.check_cancelled()
-    started = time.perf_counter()
-    registration = register(
-        coarsened(prior_volume, REGISTRATION_GRID_MM),
-        coarsened(volume, REGISTRATION_GRID_MM),
-        anatomy="lung",
+    registration = registered(
+        prior_volume, volume, anatomy="lung", grid_mm=REGISTRATION_GRID_MM, context=context
     )
-    context.log(
-        f"registration prior → current ({time.perf_counter() - started:.1f} s): {registration.reason}",
-        stage="priors",
-        level="warning" if registration.poor else "info",
-    )
-    named = f"prior study {prior.study_instance_uid} of {prior.study_date.isoformat()}"
     if registration.poor:
-        return baseline(
-            detections,
-            uid_key,
-            f"{named} could not be compared: {registration.reason.rstrip('.')}",
-            found.current_date,
-        )
-    interval = float((found.current_date - prior.study_date).days)
+        poor = chosen.not_compared(registration)
+        return baseline(detections, uid_key, poor.reason, poor.current_date)
+    interval = chosen.interval_days
     nodules = track(lesions, current_lesions(detections, uid_key), registration.matrix, interval)
     category = exam_category(nodules)
     return LungFollowUp(
         summary=(
-            f"Compared with {named} ({prior.origin}; {where}), {interval:.0f} days earlier: "
-            f"{_counts(nodules)}. {registration.reason}"
+            f"Compared with {chosen.name} ({prior.origin}; {where}), {interval:.0f} days "
+            f"earlier: {_counts(nodules)}. {registration.reason}"
         ),
         nodules=tuple(nodules),
         category=category,
         compared=True,
         prior_study_instance_uid=prior.study_instance_uid,
         prior_date=prior.study_date,
-        current_date=found.current_date,
+        current_date=chosen.current_date,
         interval_days=interval,
         prior_images=tuple(prior_volume.slices()),
         registration=registration,
