@@ -99,3 +99,23 @@ def absent(path: Path, finding: Any) -> bool:
         return False
     evaluations = groups[0].get_qualitative_evaluations(name=finding)
     return bool(evaluations) and evaluations[0].value == codes.SCT.Absent
+
+
+def assessment(sr: Any, category_concept: Any) -> dict[str, Any]:
+    """A follow-up report's Qualitative Evaluations and prior evidence, as a TID 1500 reader sees them.
+
+    ``category``: the code value given for *category_concept* (Lung-RADS,
+    RANO; None: none); ``text``: the comparison or baseline sentence;
+    ``other_studies``: the studies of the Pertinent Other Evidence (the prior).
+    """
+    category = text = None
+    for item in sr.content[0].ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue != "C0034375":  # Qualitative Evaluations
+            continue
+        for child in item.ContentSequence:
+            if child.ConceptNameCodeSequence[0].CodeValue == category_concept.value:
+                category = str(child.ConceptCodeSequence[0].CodeValue)
+            elif child.ValueType == "TEXT":
+                text = str(child.TextValue)
+    other = {str(s.StudyInstanceUID) for s in sr.get("PertinentOtherEvidenceSequence", [])}
+    return {"category": category, "text": text or "", "other_studies": other}

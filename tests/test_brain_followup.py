@@ -24,15 +24,17 @@ import pytest
 
 from dicomnode.config import PipelineConfig, Settings
 from dicomnode.followup import rano
+from dicomnode.followup.stage import time_point_of
 from dicomnode.pipelines import JobContext
 from dicomnode.pipelines.brain_tumor import BrainTumorPipeline
-from dicomnode.pipelines.brain_tumor.followup import COMPARTMENT_OF, TIME_POINT
+from dicomnode.pipelines.brain_tumor.followup import COMPARTMENT_OF
 from dicomnode.pipelines.brain_tumor.selection import ROLES
 from dicomnode.results.codes import RANO_RESPONSE, VOLUME_CHANGE, VOLUME_CHANGE_ML
 from dicomnode.service import Node
 from dicomnode.synthetic.followup import HeadPair, head_pair, write_head_pair
 from dicomnode.synthetic.mr import MRStudyTruth
 from dicomnode.testing.peers import dciodvfy
+from tests.readers import assessment
 from tests.test_brain_tumor import series_input
 from tests.test_priors import node_priors, push_and_settle
 
@@ -66,14 +68,7 @@ def brain_followup_report(path: Path) -> dict[str, Any]:
         label = str(group.tracking_identifier)
         item = found.setdefault(label, {"uids": set(), "time_points": set()})
         item["uids"].add(str(group.tracking_uid))
-        point = next(
-            (
-                str(i.TextValue)
-                for i in group[0].ContentSequence
-                if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == TIME_POINT
-            ),
-            None,
-        )
+        point = time_point_of(group)
         if point is not None:
             item["time_points"].add(point)
         key = "prior_volume" if point == "prior" else "volume"
@@ -86,24 +81,11 @@ def brain_followup_report(path: Path) -> dict[str, Any]:
             if measured:
                 assert measured[0].unit.value == ("%" if concept == VOLUME_CHANGE else "ml")
                 item[name] = float(measured[0].value)
-    category = text = None
-    for item in content[0].ContentSequence:
-        if item.ConceptNameCodeSequence[0].CodeValue != "C0034375":
-            continue
-        for child in item.ContentSequence:
-            name = child.ConceptNameCodeSequence[0]
-            if name.CodeValue == RANO_RESPONSE.value:
-                category = str(child.ConceptCodeSequence[0].CodeValue)
-            elif child.ValueType == "TEXT":
-                text = str(child.TextValue)
-    other = {str(s.StudyInstanceUID) for s in sr.get("PertinentOtherEvidenceSequence", [])}
     for item in found.values():
         (item["uid"],) = item.pop("uids")  # one Tracking UID per compartment, both time points
     return {
         "compartments": {k: v for k, v in found.items() if k in COMPARTMENT_OF},
-        "category": category,
-        "text": text or "",
-        "other_studies": other,
+        **assessment(sr, RANO_RESPONSE),
     }
 
 

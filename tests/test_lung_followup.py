@@ -22,10 +22,11 @@ import pydicom
 import pytest
 
 from dicomnode.config import PipelineConfig, Settings
+from dicomnode.followup.stage import time_point_of
 from dicomnode.pipelines import JobContext, SeriesInput
 from dicomnode.pipelines.lung_nodule import LungNodulePipeline
 from dicomnode.pipelines.lung_nodule.findings import Detection
-from dicomnode.pipelines.lung_nodule.followup import LungFollowUp, time_point_of
+from dicomnode.pipelines.lung_nodule.followup import LungFollowUp
 from dicomnode.pipelines.volume import Volume
 from dicomnode.results.codes import (
     CHANGE_CODES,
@@ -37,6 +38,7 @@ from dicomnode.results.codes import (
 from dicomnode.service import Node
 from dicomnode.synthetic.followup import ChestPair, chest_pair, write_chest_pair
 from dicomnode.testing.peers import dciodvfy
+from tests.readers import assessment
 from tests.test_priors import node_priors, push_and_settle
 
 SEED = 3000007  # a held-out evaluation seed (docs/followup.md): two growing, stable, resolved, new
@@ -85,22 +87,9 @@ def followup_report(path: Path) -> dict[str, Any]:
             item["prior_center" if time_point_of(group) == "prior" else "center"] = centre
         for evaluation in group.get_qualitative_evaluations(name=DESCRIPTION_OF_CHANGE):
             item["status"] = STATUS_OF[evaluation.value.value]
-    category = text = None
-    for item in content[0].ContentSequence:
-        if item.ConceptNameCodeSequence[0].CodeValue != "C0034375":
-            continue
-        for child in item.ContentSequence:
-            name = child.ConceptNameCodeSequence[0]
-            if name.CodeValue == LUNG_RADS.value:
-                category = str(child.ConceptCodeSequence[0].CodeValue)
-            elif child.ValueType == "TEXT":
-                text = str(child.TextValue)
-    other = {str(s.StudyInstanceUID) for s in sr.get("PertinentOtherEvidenceSequence", [])}
     return {
         "nodules": {u: n for u, n in nodules.items() if n["label"].startswith("Nodule")},
-        "category": category,
-        "text": text or "",
-        "other_studies": other,
+        **assessment(sr, LUNG_RADS),
     }
 
 

@@ -11,14 +11,18 @@ it compares, and how it reports it, is its own.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
+from typing import Any, TypeVar
 
 from dicomnode.config import PriorsOptions
 from dicomnode.followup.registration import Anatomy, Registration, coarsened, register
 from dicomnode.pipelines.base import JobContext, PriorStudy, SeriesInput
 from dicomnode.pipelines.volume import Volume
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -88,3 +92,40 @@ def registered(
         level="warning" if registration.poor else "info",
     )
     return registration
+
+
+TIME_POINT = "C2348792"  # UMLS "Time Point" (TID 1502)
+
+
+def time_point_of(group: Any) -> str | None:
+    """The TID 1502 Time Point of a measurement group read by highdicom (None: none)."""
+    for item in group[0].ContentSequence if len(group) else ():
+        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == TIME_POINT:
+            return str(item.TextValue)
+    return None
+
+
+def own_findings(prior: PriorStudy, read: Callable[[Path], T], context: JobContext) -> T | None:
+    """The findings of the node's own report of *prior* (*read* reads one), None when it has none.
+
+    A report that cannot be read is logged and skipped: the stage then runs its
+    model on the prior instead.
+    """
+    for report in prior.results:
+        try:
+            return read(report)
+        except Exception as exc:  # any reader failure: re-analyse rather than fail the job
+            context.log(
+                f"the node's report of the prior is unreadable ({exc}); re-analysing",
+                stage="priors",
+            )
+    return None
+
+
+def prior_uid_key(prior: PriorStudy, model: str) -> str:
+    """The key of the node's stable Tracking UIDs for a prior it never reported on.
+
+    From the prior study and the model (``"name version"``), so a re-run of
+    the follow-up gives the same ones.
+    """
+    return f"{prior.study_instance_uid}/prior/{model}"

@@ -67,7 +67,6 @@ COMPARTMENT_OF = {
 REGISTRATION_GRID_MM = (2.0, 2.0, 2.0)
 # Registered tumour centres further apart than this may not be the same lesion.
 SAME_LESION_MM = 15.0
-TIME_POINT = "C2348792"  # UMLS "Time Point" (TID 1502)
 
 
 @dataclass(frozen=True)
@@ -169,11 +168,13 @@ def report_compartments(path: Path) -> dict[str, PriorCompartment]:
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
+    from dicomnode.followup.stage import time_point_of
+
     content: Any = hd.sr.srread(path).content
     found: dict[str, dict[str, Any]] = {}
     for group in content.get_planar_roi_measurement_groups():
         label = str(group.tracking_identifier)
-        if label not in COMPARTMENT_OF or _time_point(group) == "prior":
+        if label not in COMPARTMENT_OF or time_point_of(group) == "prior":
             continue
         item = found.setdefault(label, {"uid": str(group.tracking_uid)})
         measured = group.get_measurements(name=codes.SCT.Volume)
@@ -190,36 +191,20 @@ def report_compartments(path: Path) -> dict[str, PriorCompartment]:
     }
 
 
-def _time_point(group: Any) -> str | None:
-    for item in group[0].ContentSequence if len(group) else ():
-        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == TIME_POINT:
-            return str(item.TextValue)
-    return None
-
-
 def _prior_compartments(
     pipeline: BrainTumorPipeline, prior: PriorStudy, context: JobContext
 ) -> tuple[dict[str, PriorCompartment], Volume, str]:
     """The prior's compartments, its T1c volume, and where the volumes came from (a phrase)."""
+    from dicomnode.followup.stage import own_findings, prior_uid_key
     from dicomnode.results import finding_uid
 
     prior_context = context.for_prior(prior)
-    for report in prior.results:
-        try:
-            compartments = report_compartments(report)
-        except Exception as exc:  # unreadable: the model is run on the prior instead
-            context.log(
-                f"the node's report of the prior is unreadable ({exc}); re-analysing",
-                stage="priors",
-            )
-            break
-        selected = pipeline.select(prior_context)
-        t1c = pipeline.load(selected, prior_context)["T1c"]
+    compartments = own_findings(prior, report_compartments, context)
+    if compartments is not None:
+        t1c = pipeline.load(pipeline.select(prior_context), prior_context)["T1c"]
         return compartments, t1c, "volumes from this node's report of it"
     _, loaded, findings = pipeline.analyse(prior_context, record_inputs=False)
-    # The node's stable UIDs for a prior it never reported on: from the prior study and
-    # the model, so a re-run of the follow-up gives the same ones.
-    key = f"{prior.study_instance_uid}/prior/{pipeline.algorithm.name} {pipeline.algorithm.version}"
+    key = prior_uid_key(prior, f"{pipeline.algorithm.name} {pipeline.algorithm.version}")
     where = centres(findings, loaded["T1c"])
     compartments = {
         label: PriorCompartment(label, ml, finding_uid(key, label), where[label])

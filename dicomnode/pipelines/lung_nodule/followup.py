@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from dicomnode.followup.registration import Registration
     from dicomnode.pipelines.lung_nodule.pipeline import LungNodulePipeline
 
-TIME_POINT = "C2348792"  # UMLS "Time Point" (TID 1502)
 # The finest grid (slices, rows, columns; mm) the registration is given: the grid its figures
 # were measured on (docs/followup.md). Thinner slices and finer pixels are block-averaged to
 # it first; at full resolution a 300-slice CT took half a minute on two cores for no gain.
@@ -115,19 +114,6 @@ def baseline(
     )
 
 
-def _text_items(group: Any) -> dict[str, str]:
-    items = {}
-    for item in group[0].ContentSequence if len(group) else ():
-        if item.ValueType == "TEXT":
-            items[str(item.ConceptNameCodeSequence[0].CodeValue)] = str(item.TextValue)
-    return items
-
-
-def time_point_of(group: Any) -> str | None:
-    """The TID 1502 Time Point of a measurement group read by highdicom (None: none)."""
-    return _text_items(group).get(TIME_POINT)
-
-
 def report_lesions(path: Path) -> list[Lesion]:
     """The nodules of a TID 1500 report this pipeline wrote, at its current time point.
 
@@ -138,6 +124,8 @@ def report_lesions(path: Path) -> list[Lesion]:
     import highdicom as hd
     import numpy as np
     from pydicom.sr.codedict import codes
+
+    from dicomnode.followup.stage import time_point_of
 
     content: Any = hd.sr.srread(path).content  # a MeasurementReport: its groups by type
     found: dict[str, dict[str, Any]] = {}
@@ -177,26 +165,18 @@ def _prior_lesions(
     pipeline: LungNodulePipeline, prior: PriorStudy, context: JobContext
 ) -> tuple[list[Lesion], Volume, str]:
     """The prior's nodules, its volume, and where the nodules came from (a phrase)."""
+    from dicomnode.followup.stage import own_findings, prior_uid_key
     from dicomnode.followup.tracking import lesion_from_detection
     from dicomnode.results import finding_uid
 
     prior_context = context.for_prior(prior)
-    for report in prior.results:
-        try:
-            lesions = report_lesions(report)
-        except Exception as exc:  # unreadable: the model is run on the prior instead
-            context.log(
-                f"the node's report of the prior is unreadable ({exc}); re-analysing",
-                stage="priors",
-            )
-            break
+    lesions = own_findings(prior, report_lesions, context)
+    if lesions is not None:
         selected: SeriesInput = pipeline.select(prior_context)
         volume = pipeline.load(selected, prior_context)
         return lesions, volume, "nodules from this node's report of it"
     _, volume, detections = pipeline.analyse(prior_context, record_inputs=False)
-    # The node's stable UIDs for a prior it never reported on: from the prior study and
-    # the model, so a re-run of the follow-up gives the same ones.
-    key = f"{prior.study_instance_uid}/prior/{pipeline.algorithm.name} {pipeline.algorithm.version}"
+    key = prior_uid_key(prior, f"{pipeline.algorithm.name} {pipeline.algorithm.version}")
     lesions = [
         lesion_from_detection(d, f"Nodule {n}", finding_uid(key, n))
         for n, d in enumerate(detections, start=1)
