@@ -11,7 +11,9 @@ The thread that accepted a connection runs :meth:`Association.run` to its end:
    1 GiB multi-frame object costs no more memory than a CT slice;
 3. when a message is complete, the application answers it (C-STORE: the
    instance is durable and indexed by then) and the response goes back;
-4. A-RELEASE-RQ is answered and the connection closed; an A-ABORT, a peer
+4. A-RELEASE-RQ is answered and the connection closed (the application
+   hears the association is over just before the A-RELEASE-RP goes out, so a
+   peer that opens its next association at once finds its slot free); an A-ABORT, a peer
    that goes away, a timeout or a protocol error ends it too, and whatever
    was half received is discarded (it was never acknowledged).
 """
@@ -165,6 +167,7 @@ class Association:
         self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract syntax, transfer syntax)
         self.peer_maximum_length = 0
         self._buffer = bytearray(CHUNK)
+        self._ended = False
 
     # -- the socket ---------------------------------------------------------------------
 
@@ -226,6 +229,12 @@ class Association:
         finally:
             with contextlib.suppress(OSError):
                 self.sock.close()
+            self._end(outcome, detail)
+
+    def _end(self, outcome: str, detail: str = "") -> None:
+        """Tell the application the association is over, once."""
+        if not self._ended:
+            self._ended = True
             self.application.ended(self.peer, outcome, detail)
 
     def _associate(self) -> Rejection | None:
@@ -284,6 +293,9 @@ class Association:
                     message = self._p_data(length, message)
                 elif pdu_type == pdu.A_RELEASE_RQ:
                     self._read(length)
+                    # Over for the application (its slot given back) before the peer hears
+                    # it is: the peer may open its next association the moment it does.
+                    self._end("released")
                     self._send(pdu.encode_release_response())
                     raise AssociationEnded("released")
                 elif pdu_type == pdu.A_ABORT:
