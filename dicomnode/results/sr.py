@@ -794,6 +794,34 @@ def _prior_group(
     )
 
 
+def _resolved_groups(
+    comparison: Comparison,
+    time_point: hd.sr.TimePointContext,
+    prior_images: Sequence[Dataset],
+    algorithm: hd.sr.AlgorithmIdentification,
+    empty_finding: Code,
+    *,
+    in_ml: bool = False,
+) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+    """The prior-time-point groups of the findings gone since the prior, status "resolved"."""
+    return [
+        _prior_group(
+            gone.label,
+            gone.tracking_uid,
+            gone.prior,
+            prior_images,
+            time_point=time_point,
+            algorithm=algorithm,
+            finding_type=gone.finding_type or empty_finding,
+            finding_site=gone.finding_site,
+            status="resolved",
+            interval_days=comparison.interval_days,
+            in_ml=in_ml,
+        )
+        for gone in comparison.resolved
+    ]
+
+
 def _assessment(comparison: Comparison) -> hd.sr.ContainerContentItem:
     """TID 1500's Qualitative Evaluations: the category suggestion and the comparison sentence."""
     container = hd.sr.ContainerContentItem(
@@ -891,21 +919,8 @@ def write_measurement_report(
                 )
             )
     if prior_point is not None and comparison is not None:
-        prior_groups.extend(
-            _prior_group(
-                gone.label,
-                gone.tracking_uid,
-                gone.prior,
-                prior_images,
-                time_point=prior_point,
-                algorithm=identification,
-                finding_type=gone.finding_type or empty_finding,
-                finding_site=gone.finding_site
-                or (codes.SCT.Lung if empty_finding == codes.SCT.Nodule else None),
-                status="resolved",
-                interval_days=comparison.interval_days,
-            )
-            for gone in comparison.resolved
+        prior_groups += _resolved_groups(
+            comparison, prior_point, prior_images, identification, empty_finding
         )
     return _segment_report(
         source_images,
@@ -1151,22 +1166,9 @@ def write_volume_report(
                 )
             )
     if prior_point is not None and comparison is not None:
-        prior_groups += [
-            _prior_group(
-                gone.label,
-                gone.tracking_uid,
-                gone.prior,
-                prior_images,
-                time_point=prior_point,
-                algorithm=identification,
-                finding_type=gone.finding_type or empty_finding,
-                finding_site=gone.finding_site,
-                status="resolved",
-                interval_days=comparison.interval_days,
-                in_ml=True,
-            )
-            for gone in comparison.resolved
-        ]
+        prior_groups += _resolved_groups(
+            comparison, prior_point, prior_images, identification, empty_finding, in_ml=True
+        )
     return _segment_report(
         source_images,
         groups,

@@ -15,7 +15,8 @@ In order (``docs/followup.md``):
    :func:`dicomnode.followup.registration.register`: rigid, as a skull does
    not scale — an affine stage shrank heads by 8-11 % on the synthetic pairs,
    ``docs/followup.md``), on both volumes block-averaged to no finer than
-   :data:`REGISTRATION_GRID_MM`;
+   :data:`dicomnode.followup.registration.BRAIN_GRID_MM`, the grid
+   ``register`` fits the brain on;
    a poor registration is not used: the report is a baseline that says so.
    Volumes need no registration, but whether the two studies show the same
    head, and where the prior's tumour lies in the current study, do: the
@@ -62,9 +63,6 @@ COMPARTMENT_OF = {
     LABEL_NAMES[3]: "oedema",
     WHOLE_TUMOUR: "whole",
 }
-# The finest grid (slices, rows, columns; mm) the registration is given: the head pairs'
-# grid its figures were measured on (docs/followup.md).
-REGISTRATION_GRID_MM = (2.0, 2.0, 2.0)
 # Registered tumour centres further apart than this may not be the same lesion.
 SAME_LESION_MM = 15.0
 
@@ -267,6 +265,7 @@ def compare_with_prior(
 ) -> BrainFollowUp:
     """The ``priors`` stage (module docstring); a baseline with its reason when there is no comparison."""
     from dicomnode.followup.rano import volumetric_response
+    from dicomnode.followup.registration import BRAIN_GRID_MM
     from dicomnode.followup.stage import NoComparison, newest_prior, registered
 
     chosen = newest_prior(context, selected["T1c"], pipeline.options.priors)
@@ -278,7 +277,7 @@ def compare_with_prior(
     context.check_cancelled()
     t1c = loaded["T1c"]
     registration = registered(
-        prior_t1c, t1c, anatomy="brain", grid_mm=REGISTRATION_GRID_MM, context=context
+        prior_t1c, t1c, anatomy="brain", grid_mm=BRAIN_GRID_MM, context=context
     )
     if registration.poor:
         poor = chosen.not_compared(registration)

@@ -244,6 +244,8 @@ def compare_with_prior(
 
 def report_comparison(follow_up: LungFollowUp) -> Any:
     """The SR's :class:`~dicomnode.results.Comparison` of *follow_up*."""
+    from pydicom.sr.codedict import codes
+
     from dicomnode.results import Comparison, PriorMeasurement, ResolvedFinding
 
     resolved = tuple(
@@ -251,6 +253,7 @@ def report_comparison(follow_up: LungFollowUp) -> Any:
             n.tracking_id,
             n.tracking_uid,
             PriorMeasurement(n.prior.center_lps, n.prior.volume_mm3, n.prior.long_axis_mm or None),
+            finding_site=codes.SCT.Lung,
         )
         for n in follow_up.nodules
         if n.status == "resolved" and n.prior is not None
