@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 CHUNK = 256 * 1024  # dataset bytes read from the socket at a time
 MAX_COMMAND = 1024 * 1024  # a command set is a few hundred bytes; more is not DICOM
 MAX_ASSOCIATE_RQ = 4 * 1024 * 1024  # 128 contexts x many transfer syntaxes fit easily
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
 class AssociationEnded(Exception):
@@ -194,6 +195,22 @@ class Association:
         except OSError as exc:
             raise AssociationEnded("aborted", f"connection lost while sending: {exc}") from None
 
+    def _ack_now(self) -> None:
+        """Acknowledge what arrived at once, before waiting for the next PDU.
+
+        Most senders write a C-STORE's command and its data set as separate
+        PDUs without ``TCP_NODELAY`` (pynetdicom, and DCMTK unless its
+        environment sets it): Nagle holds the data set until the command is
+        acknowledged, and Linux's delayed ACK waits up to 40 ms for data to
+        carry it, which never comes while we wait for the data set. Measured,
+        that was ~43 ms of the ~51 ms of every instance pynetdicom sent. Linux
+        sends a pending ACK when ``TCP_QUICKACK`` is set; it is not sticky, so
+        it is set before every PDU.
+        """
+        if _TCP_QUICKACK is not None:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+
     def _pdu_header(self) -> tuple[int, int]:
         header = self._read(6)
         pdu_type, _, length = struct.unpack(">BBI", header)
@@ -288,6 +305,7 @@ class Association:
                 self.sock.settimeout(
                     self.timeouts.network if message is None else self.timeouts.dimse
                 )
+                self._ack_now()
                 pdu_type, length = self._pdu_header()
                 if pdu_type == pdu.P_DATA_TF:
                     message = self._p_data(length, message)
