@@ -19,7 +19,9 @@ Then one association again, to split dicomnode's time into the disk's and
 its own: storescp, dicomnode, dicomnode with fsync off (not durable), and the
 same files written and fsynced with no network (the floor for any receiver
 that acknowledges only durable instances, since storescu waits for each
-response). Then dicomnode alone, four associations, with its receiver processes and
+response). Then one association of 300 small (128x128) instances from
+senders that leave Nagle on (DCMTK storescu without ``TCP_NODELAY`` in its
+environment, pynetdicom with its default socket) to each receiver. Then dicomnode alone, four associations, with its receiver processes and
 cores restricted by ``taskset``: 1 process on 1 core, 1 process on 2 cores,
 2 processes on 2 cores. Then DICOMweb: the same slices by STOW-RS (one
 request, streamed from the files) into dicomnode's endpoint and into
@@ -64,7 +66,7 @@ from dicomnode.testing.peers import (  # noqa: E402
 )
 
 STREAMS = (1, 4, 8, 16)
-SECTIONS = ("cstore", "floor", "scaling", "dicomweb", "many", "large")
+SECTIONS = ("cstore", "floor", "senders", "scaling", "dicomweb", "many", "large")
 AE = "BENCHNODE"
 
 
@@ -76,7 +78,12 @@ class Push:
     peak_mib: float
 
 
-def push(files: list[Path], port: int, aet: str, streams: int) -> float:
+Sender = Callable[[list[Path], int, str, int], float]
+
+
+def push(
+    files: list[Path], port: int, aet: str, streams: int, env: dict[str, str] = NODELAY_ENV
+) -> float:
     """Seconds to push *files* over *streams* concurrent storescu associations."""
     chunks = [files[i::streams] for i in range(streams)]
     # DCMTK's storescu, not pynetdicom's of the same name in the venv (other options).
@@ -85,7 +92,7 @@ def push(files: list[Path], port: int, aet: str, streams: int) -> float:
     procs = [
         subprocess.Popen(
             [tool, "-aec", aet, "127.0.0.1", str(port), *map(str, chunk)],
-            env=NODELAY_ENV,
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
@@ -96,6 +103,35 @@ def push(files: list[Path], port: int, aet: str, streams: int) -> float:
         out, _ = proc.communicate(timeout=900)
         if proc.returncode != 0:
             raise RuntimeError(f"storescu failed: {out.decode(errors='replace')[-500:]}")
+    return time.perf_counter() - started
+
+
+def push_without_nodelay(files: list[Path], port: int, aet: str, streams: int) -> float:
+    """:func:`push` by a storescu whose environment lacks ``TCP_NODELAY`` (DCMTK's default)."""
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    return push(files, port, aet, streams, env)
+
+
+def push_by_pynetdicom(files: list[Path], port: int, aet: str, streams: int) -> float:
+    """Seconds for pynetdicom, default socket options, to send *files* over one association."""
+    import pydicom
+    from pynetdicom import AE as PynetdicomAE
+
+    assert streams == 1
+    datasets = [pydicom.dcmread(f) for f in files]
+    ae = PynetdicomAE(ae_title="PYNETDICOM")
+    ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
+    started = time.perf_counter()
+    assoc = ae.associate("127.0.0.1", port, ae_title=aet)
+    if not assoc.is_established:
+        raise RuntimeError("pynetdicom could not associate")
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            if getattr(status, "Status", None) != 0:
+                raise RuntimeError(f"pynetdicom C-STORE failed: {status}")
+    finally:
+        assoc.release()
     return time.perf_counter() - started
 
 
@@ -192,13 +228,18 @@ class Dicomnode:
         processes: int | None = None,
         cores: str | None = None,
         fsync: bool = True,
+        sender: Sender = push,
     ) -> Push:
         workdir = self.tmp / f"node-{self.pushes}"
         self.pushes += 1
         with dicomnode_server(workdir, processes, cores, fsync) as node:
             pids = receiver_pids(node)
             reset_peak(pids)
-            seconds = push(self.files, node.port, AE, streams)
+            try:
+                seconds = sender(self.files, node.port, AE, streams)
+            except RuntimeError:
+                print(node.log.read_text()[-3000:], file=sys.stderr)  # what the node saw
+                raise
             peak = peak_mib(pids)
         indexed = count_rows(workdir)
         if indexed != len(self.files):
@@ -315,6 +356,8 @@ def main() -> int:
                 report(results, len(files))
             if "floor" in sections:
                 floor(tmp, files, dicomnode, push_to_scp, args.rounds)
+            if "senders" in sections:
+                senders(tmp, scp, orthanc, args.rounds)
             if "scaling" in sections:
                 scaling(dicomnode, args.rounds)
             if "dicomweb" in sections:
@@ -576,6 +619,58 @@ def floor(
         f"  lower bound for a receiver that fsyncs before Success: {bound:.2f} s "
         f"({bound / ref:.2f}x storescp)"
     )
+
+
+def senders(tmp: Path, scp: StoreSCP, orthanc: Orthanc, rounds: int, count: int = 300) -> None:
+    """One association from senders that leave Nagle on, as most do by default.
+
+    Such a sender writes a C-STORE's command and data set as separate PDUs,
+    and Nagle holds a segment shorter than the MSS until what went before is
+    acknowledged; a receiver that delays that ACK (Linux: up to 40 ms) stalls
+    the instance. The instances here are 128x128 (33 kB): on loopback the MSS
+    is 64 KiB, so only small objects show what, with a network's 1460-byte
+    MSS, happens at the end of objects of every size.
+    """
+    files = write_series(ct_series(n_slices=count, rows=128, columns=128, seed=7), tmp / "small")
+    scp_dir = tmp / "storescp"
+    dicomnode = Dicomnode(tmp, files)
+
+    def to_scp(sender: Sender) -> float:
+        shutil.rmtree(scp_dir, ignore_errors=True)
+        scp_dir.mkdir()
+        return sender(files, scp.port, scp.aet, 1)
+
+    def to_orthanc(sender: Sender) -> float:
+        orthanc.delete_all()
+        return sender(files, orthanc.dicom_port, orthanc.aet, 1)
+
+    receivers: dict[str, Callable[[Sender], float]] = {
+        "storescp": to_scp,
+        "orthanc": to_orthanc,
+        "dicomnode": lambda sender: dicomnode(1, sender=sender).seconds,
+    }
+    cases: dict[str, Sender] = {
+        "DCMTK storescu, no TCP_NODELAY": push_without_nodelay,
+        "pynetdicom, default socket": push_by_pynetdicom,
+        "DCMTK storescu, TCP_NODELAY=1": push,
+    }
+    seconds: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for sender_name, sender in cases.items():
+            for name, run in receivers.items():
+                seconds.setdefault((sender_name, name), []).append(run(sender))
+    print(
+        f"\none association, {count} instances of 128x128 (33 kB), by senders with Nagle on "
+        f"(median of {rounds})"
+    )
+    for sender_name in cases:
+        ref = statistics.median(seconds[(sender_name, "orthanc")])
+        for name in receivers:
+            med = statistics.median(seconds[(sender_name, name)])
+            print(
+                f"  {sender_name:<31} -> {name:<10} {med:6.2f} s "
+                f"{count / med:6.0f} inst/s  {med / ref:5.2f}x orthanc"
+            )
 
 
 def scaling(dicomnode: Dicomnode, rounds: int) -> None:
