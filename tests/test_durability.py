@@ -95,6 +95,9 @@ def push(
 ) -> set[str]:
     """Send datasets one by one; return the SOP Instance UIDs that got Success."""
     ae = AE(ae_title="MODALITY")
+    # A modality notices a dead node by its DIMSE timeout; pynetdicom's default
+    # (30 s) would be most of this file's run time.
+    ae.dimse_timeout = 5
     ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
     assert assoc.is_established
