@@ -329,25 +329,7 @@ def main() -> int:
             d.mkdir()
         dicomnode = Dicomnode(tmp, files)
         with StoreSCP(output_dir=scp_dir) as scp, Orthanc(workdir=orthanc_dir) as orthanc:
-
-            def push_to_scp(streams: int) -> Push:
-                shutil.rmtree(scp_dir, ignore_errors=True)
-                scp_dir.mkdir()
-                pids = [scp.proc.pid] if scp.proc else []
-                reset_peak(pids)
-                return Push(push(files, scp.port, scp.aet, streams), peak_mib(pids))
-
-            def push_to_orthanc(streams: int) -> Push:
-                orthanc.delete_all()
-                pids = [orthanc.proc.pid] if orthanc.proc else []
-                reset_peak(pids)
-                return Push(push(files, orthanc.dicom_port, orthanc.aet, streams), peak_mib(pids))
-
-            receivers: dict[str, Callable[[int], Push]] = {
-                "storescp": push_to_scp,
-                "orthanc": push_to_orthanc,
-                "dicomnode": dicomnode,
-            }
+            receivers = receivers_of(files, scp, orthanc, dicomnode)
             if "cstore" in sections:
                 for _ in range(args.rounds):
                     for streams in STREAMS:
@@ -355,7 +337,7 @@ def main() -> int:
                             results.setdefault((name, streams), []).append(run(streams))
                 report(results, len(files))
             if "floor" in sections:
-                floor(tmp, files, dicomnode, push_to_scp, args.rounds)
+                floor(tmp, files, dicomnode, receivers["storescp"], args.rounds)
             if "senders" in sections:
                 senders(tmp, scp, orthanc, args.rounds)
             if "scaling" in sections:
@@ -367,6 +349,30 @@ def main() -> int:
             if args.large_mib and "large" in sections:
                 large_object(tmp, args.large_mib, scp, orthanc)
     return 0
+
+
+Receiver = Callable[..., Push]  # (streams, sender=push) -> Push
+
+
+def receivers_of(
+    files: list[Path], scp: StoreSCP, orthanc: Orthanc, dicomnode: Dicomnode
+) -> dict[str, Receiver]:
+    """Push *files* to storescp (emptied first), Orthanc (emptied first) or a fresh dicomnode."""
+
+    def to_scp(streams: int, sender: Sender = push) -> Push:
+        shutil.rmtree(scp.output_dir, ignore_errors=True)
+        scp.output_dir.mkdir()
+        pids = [scp.proc.pid] if scp.proc else []
+        reset_peak(pids)
+        return Push(sender(files, scp.port, scp.aet, streams), peak_mib(pids))
+
+    def to_orthanc(streams: int, sender: Sender = push) -> Push:
+        orthanc.delete_all()
+        pids = [orthanc.proc.pid] if orthanc.proc else []
+        reset_peak(pids)
+        return Push(sender(files, orthanc.dicom_port, orthanc.aet, streams), peak_mib(pids))
+
+    return {"storescp": to_scp, "orthanc": to_orthanc, "dicomnode": dicomnode}
 
 
 def report(results: dict[tuple[str, int], list[Push]], count: int) -> None:
@@ -632,23 +638,8 @@ def senders(tmp: Path, scp: StoreSCP, orthanc: Orthanc, rounds: int, count: int 
     MSS, happens at the end of objects of every size.
     """
     files = write_series(ct_series(n_slices=count, rows=128, columns=128, seed=7), tmp / "small")
-    scp_dir = tmp / "storescp"
-    dicomnode = Dicomnode(tmp, files)
-
-    def to_scp(sender: Sender) -> float:
-        shutil.rmtree(scp_dir, ignore_errors=True)
-        scp_dir.mkdir()
-        return sender(files, scp.port, scp.aet, 1)
-
-    def to_orthanc(sender: Sender) -> float:
-        orthanc.delete_all()
-        return sender(files, orthanc.dicom_port, orthanc.aet, 1)
-
-    receivers: dict[str, Callable[[Sender], float]] = {
-        "storescp": to_scp,
-        "orthanc": to_orthanc,
-        "dicomnode": lambda sender: dicomnode(1, sender=sender).seconds,
-    }
+    # Its own folder: node workdirs are numbered per Dicomnode.
+    receivers = receivers_of(files, scp, orthanc, Dicomnode(tmp / "senders", files))
     cases: dict[str, Sender] = {
         "DCMTK storescu, no TCP_NODELAY": push_without_nodelay,
         "pynetdicom, default socket": push_by_pynetdicom,
@@ -658,10 +649,10 @@ def senders(tmp: Path, scp: StoreSCP, orthanc: Orthanc, rounds: int, count: int 
     for _ in range(rounds):
         for sender_name, sender in cases.items():
             for name, run in receivers.items():
-                seconds.setdefault((sender_name, name), []).append(run(sender))
+                seconds.setdefault((sender_name, name), []).append(run(1, sender=sender).seconds)
     print(
-        f"\none association, {count} instances of 128x128 (33 kB), by senders with Nagle on "
-        f"(median of {rounds})"
+        f"\none association, {count} instances of 128x128 (33 kB), by senders with Nagle on, "
+        f"and storescu without it for reference (median of {rounds})"
     )
     for sender_name in cases:
         ref = statistics.median(seconds[(sender_name, "orthanc")])
